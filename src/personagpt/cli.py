@@ -1,0 +1,353 @@
+"""The ``personagpt`` command line: thin wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personagpt.format import DEFAULT_ACTIONS
+
+app = typer.Typer(
+    help="PersonaGPT: persona-conditioned, controllable open-domain dialogue.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ---- options shared by several commands -------------------------------------------------------------------------
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", help="Local checkpoint directory, LoRA adapter directory, or Hugging Face hub id "
+                    "(hub ids need a network). Defaults to the bundled model once one ships.")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda (default: cuda if available).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "--top_k", "-k", help="Top-k sampling: keep the k likeliest tokens.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", "--top_p", "-p", help="Nucleus sampling probability mass.")]
+TempOpt = Annotated[float, typer.Option(help="Sampling temperature (lower is more conservative).")]
+RepPenOpt = Annotated[float, typer.Option("--repetition-penalty", help="Penalty > 1 discourages repeated tokens.")]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")]
+MaxLenOpt = Annotated[Optional[int], typer.Option(
+    "--max-length", "--max_length", "-maxlen",
+    help="Context window in tokens (default: the model's). Oldest turns are dropped to fit; the persona never is.")]
+GreedyOpt = Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")]
+SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for reproducible sampling.")]
+TurnsOpt = Annotated[int, typer.Option("--num-turns", "--num_turns", "-turns", min=1, help="Number of turns.")]
+PersonaOpt = Annotated[Optional[list[str]], typer.Option(
+    "--persona", help="A persona fact (repeat for several, up to 5).")]
+PersonaFileOpt = Annotated[Optional[Path], typer.Option(
+    "--persona-file", help="Text file with one persona fact per line.")]
+RandomPersonaOpt = Annotated[bool, typer.Option(
+    "--random-persona", help="Draw a random persona from --personas-path.")]
+PersonasPathOpt = Annotated[Optional[Path], typer.Option(
+    "--personas-path", help="JSONL of persona profiles (default: $PERSONAGPT_DATA/personachat/personas_train.jsonl).")]
+
+MAX_FACTS = 5
+
+
+def _sampling(top_k: int, top_p: float, temperature: float, repetition_penalty: float, max_new_tokens: int,
+              greedy: bool):
+    from personagpt.generation import SamplingConfig
+
+    return SamplingConfig(do_sample=not greedy, top_k=top_k, top_p=top_p, temperature=temperature,
+                          repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens)
+
+
+class UserError(Exception):
+    """A mistake in the command line or input: reported in one line, no traceback."""
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Turn the library's user-facing errors, Ctrl-C and closed pipes into a message and an exit code."""
+    from personagpt.data import DataError
+    from personagpt.models import ModelNotFoundError
+
+    try:
+        yield
+    except (UserError, DataError, ModelNotFoundError, ValueError) as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("\nInterrupted.", err=True)
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise typer.Exit(1) from None
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class Prompter:
+    """Reads lines from stdin as bytes so bad encodings and EOF are handled, not raised."""
+
+    def __init__(self, stream=None, out: Callable[[str], None] | None = None) -> None:
+        self.stream = stream or sys.stdin.buffer
+        self.out = out or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+
+    def ask(self, prompt: str) -> str | None:
+        """The stripped line typed, or None at end of input."""
+        while True:
+            self.out(prompt)
+            raw = self.stream.readline()
+            if not raw:
+                self.out("\n")
+                return None
+            try:
+                return raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                self.out("That line is not valid UTF-8 text; please type it again.\n")
+
+
+def _load(model_name: str | None, device: str | None):
+    from personagpt.format import PromptFormat
+    from personagpt.models import load_model, resolve_model_name
+
+    _quiet_transformers()
+    name = resolve_model_name(model_name)
+    typer.echo(f"Loading {name} ...", err=True)
+    model, tokenizer = load_model(name, device=device)
+    return model, PromptFormat(tokenizer)
+
+
+def _persona_from_flags(persona: list[str] | None, persona_file: Path | None, random_persona: bool,
+                        personas_path: Path | None, rng: random.Random) -> list[str] | None:
+    from personagpt.data import default_personas_path, load_personas, read_facts_file
+
+    chosen = sum([bool(persona), persona_file is not None, random_persona])
+    if chosen > 1:
+        raise UserError("use only one of --persona, --persona-file and --random-persona")
+    if persona:
+        facts = [f.strip() for f in persona]
+        if not all(facts):
+            raise UserError("persona facts must not be empty")
+    elif persona_file is not None:
+        facts = read_facts_file(persona_file)
+        if not facts:
+            raise UserError(f"{persona_file}: no persona facts in the file")
+    elif random_persona:
+        facts = rng.choice(load_personas(personas_path or default_personas_path()))
+    else:
+        return None
+    if len(facts) > MAX_FACTS:
+        raise UserError(f"at most {MAX_FACTS} persona facts, got {len(facts)}")
+    return facts
+
+
+def _ask_persona(prompter: Prompter) -> list[str]:
+    typer.echo(f"Give the bot up to {MAX_FACTS} persona facts (empty line to stop).")
+    facts: list[str] = []
+    while len(facts) < MAX_FACTS:
+        fact = prompter.ask(f">> Fact {len(facts) + 1}: ")
+        if fact is None:
+            break
+        if not fact:
+            if facts:
+                break
+            typer.echo("The bot needs at least one fact, e.g. 'i have two dogs.'")
+            continue
+        facts.append(fact)
+    if not facts:
+        raise UserError("no persona facts given")
+    return facts
+
+
+def _add_turn(conversation, text: str) -> bool:
+    """Add the person's turn; False (with a message) when it does not fit the context window."""
+    from personagpt.generation import ContextOverflowError
+
+    try:
+        conversation.add_turn(text)
+        return True
+    except ContextOverflowError:
+        typer.echo(f"That message is too long for the model's context ({len(text)} characters); "
+                   "please say it in fewer words.")
+        return False
+
+
+def _ask_message(prompter: Prompter, conversation) -> bool:
+    """Read the person's turn into the conversation; False at end of input."""
+    while True:
+        text = prompter.ask(">> User: ")
+        if text is None:
+            return False
+        if not text:
+            typer.echo("(type a message, or press Ctrl-D to end the chat)")
+        elif _add_turn(conversation, text):
+            return True
+
+
+def _ask_action(prompter: Prompter) -> str | None:
+    typer.echo("Actions:")
+    for i, action in enumerate(DEFAULT_ACTIONS):
+        typer.echo(f"  {i:2d}  {action}")
+    while True:
+        choice = prompter.ask(f">> Action [0-{len(DEFAULT_ACTIONS) - 1}] or type a new goal: ")
+        if choice is None:
+            return None
+        if choice.isdigit():
+            if int(choice) < len(DEFAULT_ACTIONS):
+                return DEFAULT_ACTIONS[int(choice)]
+            typer.echo(f"There is no action {choice}; pick 0-{len(DEFAULT_ACTIONS) - 1} or type a goal.")
+        elif choice:
+            return choice
+        else:
+            typer.echo("Pick an action number or type a goal.")
+
+
+# ---- commands -----------------------------------------------------------------------------------------------------
+
+@app.command()
+def interact(
+    mode: Annotated[int, typer.Option("--mode", "-M", min=0, max=1, help=(
+        "0: chat with a persona bot (you give its facts). "
+        "1: steer the bot with an action code (turn-level goal) each turn, then answer it."))] = 0,
+    model: ModelOpt = None,
+    persona: PersonaOpt = None,
+    persona_file: PersonaFileOpt = None,
+    random_persona: RandomPersonaOpt = False,
+    personas_path: PersonasPathOpt = None,
+    num_turns: TurnsOpt = 8,
+    top_k: TopKOpt = 10,
+    top_p: TopPOpt = 0.92,
+    temperature: TempOpt = 1.0,
+    repetition_penalty: RepPenOpt = 1.0,
+    max_new_tokens: MaxNewOpt = 64,
+    max_length: MaxLenOpt = None,
+    greedy: GreedyOpt = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Chat with the bot in the terminal.
+
+    Mode 0 asks for the bot's persona facts (unless given with --persona, --persona-file or --random-persona)
+    and then alternates your messages with its replies. Mode 1 shows the 11 action codes each turn; the bot
+    generates a turn pursuing the one you pick (or a goal you type), and you answer it. Ctrl-D ends the chat.
+    """
+    with _friendly_errors():
+        from personagpt.generation import Conversation
+
+        sampling = _sampling(top_k, top_p, temperature, repetition_penalty, max_new_tokens, greedy)
+        prompter = Prompter()
+        facts = _persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
+        if mode == 0 and facts is None:
+            facts = _ask_persona(prompter)
+        loaded, fmt = _load(model, device)
+        kwargs = dict(sampling=sampling, max_context=max_length, seed=seed)
+        if mode == 0:
+            typer.echo("Persona: " + " ".join(facts))
+            conversation = Conversation.with_persona(loaded, fmt, facts, **kwargs)
+            for _ in range(num_turns):
+                if not _ask_message(prompter, conversation):
+                    break
+                typer.echo(f"Bot: {conversation.respond()}")
+        else:
+            conversation = Conversation.with_action(loaded, fmt, DEFAULT_ACTIONS[0], facts or (), **kwargs)
+            for _ in range(num_turns):
+                goal = _ask_action(prompter)
+                if goal is None:
+                    break
+                conversation.set_action(goal, facts or ())
+                typer.echo(f"Bot [{goal}]: {conversation.respond()}")
+                if not _ask_message(prompter, conversation):
+                    break
+        typer.echo("Goodbye.")
+
+
+@app.command()
+def selfplay(
+    model: ModelOpt = None,
+    num_turns: TurnsOpt = 8,
+    num_convos: Annotated[int, typer.Option("--num-convos", min=1, help="Conversations to run, batched together.")] = 1,
+    actions: Annotated[Optional[list[str]], typer.Option(
+        "--actions", help="Interviewer goal per turn, cycled: an action index 0-10 or free text (repeatable). "
+                          "Default: a random default goal each turn.")] = None,
+    persona: PersonaOpt = None,
+    persona_file: PersonaFileOpt = None,
+    personas_path: PersonasPathOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the transcripts as JSONL here.")] = None,
+    top_k: TopKOpt = 10,
+    top_p: TopPOpt = 0.92,
+    temperature: TempOpt = 1.0,
+    repetition_penalty: RepPenOpt = 1.0,
+    max_new_tokens: MaxNewOpt = 64,
+    max_length: MaxLenOpt = None,
+    greedy: GreedyOpt = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Let an interviewer agent, driven by action codes, talk with a persona agent.
+
+    The persona agent gets --persona / --persona-file facts, or a random persona per conversation. Prints a
+    Role | Action | Response table per conversation; --out saves them as JSONL (loadable as training data).
+    """
+    with _friendly_errors():
+        from transformers import set_seed
+
+        from personagpt.data import default_personas_path, load_personas
+        from personagpt.selfplay import pick_actions, self_play
+
+        rng = random.Random(seed)
+        goals = [_parse_action(a) for a in actions] if actions else None
+        fixed = _persona_from_flags(persona, persona_file, False, None, rng)
+        if fixed is not None:
+            personas = [fixed] * num_convos
+        else:
+            pool = load_personas(personas_path or default_personas_path())
+            personas = [rng.choice(pool) for _ in range(num_convos)]
+        loaded, fmt = _load(model, device)
+        if seed is not None:
+            set_seed(seed)
+        transcripts = self_play(
+            loaded, fmt, personas, pick_actions(num_convos, num_turns, goals, rng),
+            _sampling(top_k, top_p, temperature, repetition_penalty, max_new_tokens, greedy),
+            max_context=max_length, progress=num_convos > 1)
+        _print_transcripts(transcripts)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with open(out, "w", encoding="utf-8") as f:
+                for t in transcripts:
+                    f.write(json.dumps(t.to_json()) + "\n")
+            typer.echo(f"Wrote {len(transcripts)} transcript(s) to {out}", err=True)
+
+
+def _parse_action(text: str) -> str:
+    text = text.strip()
+    if text.isdigit():
+        if int(text) >= len(DEFAULT_ACTIONS):
+            raise UserError(f"unknown action index {text}; use 0-{len(DEFAULT_ACTIONS) - 1} or a free-text goal")
+        return DEFAULT_ACTIONS[int(text)]
+    if not text:
+        raise UserError("an action must not be empty")
+    return text
+
+
+def _print_transcripts(transcripts) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for n, t in enumerate(transcripts, 1):
+        table = Table(title=f"Conversation {n} — persona: {' '.join(t.p2_facts)}", show_lines=False)
+        for column in ("Role", "Action", "Response"):
+            table.add_column(column, overflow="fold")
+        for text, action in zip(t.turns, t.actions):
+            table.add_row("Interviewer" if action else "PersonaGPT", action or "-", text)
+        console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Dialogue records and the file formats they come from.
+
+Two inputs are understood:
+
+* ConvAI2 / ParlAI text (``N your persona: ...``, ``N partner's persona: ...``, ``N x<TAB>y``), in any of the
+  ``self`` / ``both`` / ``other`` / ``none`` variants, with or without candidates;
+* JSONL, one dialogue per line: ``{"turns": [...], "p1_facts": [...], "p2_facts": [...]}`` where ``turns[0]``
+  is spoken by p1 and speakers alternate; the fact lists are optional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SILENCE = "__SILENCE__"
+_YOUR = "your persona:"
+_PARTNER = "partner's persona:"
+
+
+class DataError(ValueError):
+    """Malformed input; the message names the file and line."""
+
+
+@dataclass
+class Dialogue:
+    """One conversation: ``turns[0]`` is spoken by p1, then p2, alternating.
+
+    ``p1_facts`` / ``p2_facts`` are empty when that speaker's persona is unknown.
+    """
+
+    turns: list[str]
+    p1_facts: list[str] = field(default_factory=list)
+    p2_facts: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def facts(self, speaker: int) -> list[str]:
+        return self.p1_facts if speaker == 1 else self.p2_facts
+
+    def speaker_of(self, index: int) -> int:
+        """Which speaker (1 or 2) said ``turns[index]``."""
+        return 1 if index % 2 == 0 else 2
+
+
+def parse_convai2(path: str | os.PathLike) -> list[Dialogue]:
+    """Parse a ConvAI2 / ParlAI text file into dialogues.
+
+    The persona called "your" belongs to the speaker of the ``y`` side; when the first ``x`` is ``__SILENCE__``
+    that speaker opened the conversation and becomes p1, otherwise the partner did.
+    """
+    path = Path(path)
+    dialogues: list[Dialogue] = []
+    episode: _Episode | None = None
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        number, sep, rest = line.partition(" ")
+        if not number.isdigit() or not sep:
+            raise DataError(f"{where}: expected a line starting with a line number, got {line[:60]!r}")
+        if int(number) == 1 or episode is None:
+            if episode is not None:
+                dialogues.append(episode.finish())
+            episode = _Episode(source=where)
+        if rest.startswith(_YOUR):
+            episode.your_facts.append(rest[len(_YOUR):].strip())
+        elif rest.startswith(_PARTNER):
+            episode.partner_facts.append(rest[len(_PARTNER):].strip())
+        else:
+            fields = rest.split("\t")
+            if len(fields) < 2:
+                raise DataError(f"{where}: expected 'x<TAB>y' (an exchange) or a persona line, got {rest[:60]!r}")
+            x, y = fields[0].strip(), fields[1].strip()
+            if not y:
+                raise DataError(f"{where}: empty reply")
+            if not episode.turns:
+                episode.your_first = x == SILENCE
+                if not episode.your_first:
+                    episode.turns.append(x)
+            elif x == SILENCE:
+                raise DataError(f"{where}: {SILENCE} is only allowed in an episode's first exchange")
+            else:
+                episode.turns.append(x)
+            episode.turns.append(y)
+    if episode is not None:
+        dialogues.append(episode.finish())
+    return dialogues
+
+
+@dataclass
+class _Episode:
+    source: str
+    your_facts: list[str] = field(default_factory=list)
+    partner_facts: list[str] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)
+    your_first: bool = False
+
+    def finish(self) -> Dialogue:
+        if self.your_first:
+            p1, p2 = self.your_facts, self.partner_facts
+        else:
+            p1, p2 = self.partner_facts, self.your_facts
+        return Dialogue(turns=self.turns, p1_facts=p1, p2_facts=p2, source=self.source)
+
+
+def parse_jsonl(path: str | os.PathLike) -> list[Dialogue]:
+    """Parse the project's JSONL dialogue format (see module docstring)."""
+    path = Path(path)
+    dialogues = []
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object with a 'turns' list")
+        turns = _string_list(obj.get("turns"), "turns", where)
+        if not turns:
+            raise DataError(f"{where}: 'turns' must be a non-empty list of strings")
+        dialogues.append(Dialogue(
+            turns=turns,
+            p1_facts=_string_list(obj.get("p1_facts", []), "p1_facts", where),
+            p2_facts=_string_list(obj.get("p2_facts", []), "p2_facts", where),
+            source=where,
+        ))
+    return dialogues
+
+
+def write_jsonl(dialogues: Sequence[Dialogue], path: str | os.PathLike) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for d in dialogues:
+            f.write(json.dumps({"turns": d.turns, "p1_facts": d.p1_facts, "p2_facts": d.p2_facts}) + "\n")
+
+
+def load_dialogues(path: str | os.PathLike) -> list[Dialogue]:
+    """Read dialogues from a ConvAI2 text file or a ``.jsonl`` file (chosen by extension)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        return parse_jsonl(path)
+    return parse_convai2(path)
+
+
+def load_personas(path: str | os.PathLike) -> list[list[str]]:
+    """Persona profiles: one JSON list of facts per line (``personas_train.jsonl``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    personas = []
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            facts = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        facts = _string_list(facts, "persona", where)
+        if facts:
+            personas.append(facts)
+    if not personas:
+        raise DataError(f"{path}: no personas found")
+    return personas
+
+
+def read_facts_file(path: str | os.PathLike) -> list[str]:
+    """Persona facts for one bot: one fact per line, blank lines ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    return [line.strip() for _, line in _lines(path)]
+
+
+def random_persona(path: str | os.PathLike, rng: random.Random | None = None) -> list[str]:
+    return (rng or random).choice(load_personas(path))
+
+
+def default_data_dir() -> Path:
+    """Where the Persona-Chat files live: ``$PERSONAGPT_DATA``, else ``../shared/data`` or ``./data``."""
+    env = os.environ.get("PERSONAGPT_DATA")
+    if env:
+        return Path(env)
+    for candidate in (Path("../shared/data"), Path("data")):
+        if (candidate / "personachat").is_dir():
+            return candidate
+    return Path("../shared/data")
+
+
+def default_personas_path() -> Path:
+    return default_data_dir() / "personachat" / "personas_train.jsonl"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Non-blank, stripped lines with 1-based numbers; decoding errors become DataError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _string_list(value, name: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: '{name}' must be a list of strings")
+    return [v.strip() for v in value if v.strip()]

@@ -1,0 +1,114 @@
+"""The PersonaGPT prompt format: special tokens and the exact persona / action layouts.
+
+Every other module asks this one for token ids, so the layout lives in exactly one place.
+
+Persona mode (the bot speaks as ``p2`` with its facts)::
+
+    <|p2|> fact1 <eos> ... factN <eos> <|sep|> <|start|> turn1 <eos> turn2 <eos> ...
+
+Action mode (the bot is ``p1``, steered by a turn-level goal, optional facts of its own)::
+
+    <|act|> ␣goal <|p1|> [fact <eos> ...] <|sep|> <|start|> turn1 <eos> ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+# Appended in this order so the ids match the published af1tang/personaGPT checkpoint (50257-50262 on GPT-2).
+SPECIAL_TOKENS: tuple[str, ...] = ("<|sep|>", "<|cls|>", "<|start|>", "<|p1|>", "<|p2|>", "<|act|>")
+SEP, CLS, START, P1, P2, ACT = SPECIAL_TOKENS
+
+# The 11 turn-level goals PersonaGPT was trained with, spelled exactly as in the original action space.
+DEFAULT_ACTIONS: tuple[str, ...] = (
+    "ask about kids.",
+    "ask about pets.",
+    "talk about work.",
+    "ask about marital status.",
+    "talk about travel.",
+    "ask about age and gender.",
+    "ask about hobbies.",
+    "ask about favorite food.",
+    "talk about movies.",
+    "talk about music.",
+    "talk about politics.",
+)
+
+
+def add_special_tokens(tokenizer, model=None) -> int:
+    """Add the PersonaGPT tokens (same strings for every tokenizer family) and resize ``model``.
+
+    A tokenizer that already has them (a published or saved checkpoint) is left untouched.
+    Also gives the tokenizer a pad token (its eos) when it has none. Returns how many tokens were added.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    added = 0
+    if missing:
+        # Tokens are added one call per token so the new ids follow SPECIAL_TOKENS' order exactly.
+        for token in missing:
+            added += tokenizer.add_special_tokens({"additional_special_tokens": [token]},
+                                                  replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is not None:
+        embeddings = model.get_input_embeddings()
+        if embeddings.weight.shape[0] < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return added
+
+
+class PromptFormat:
+    """Token-level builder for PersonaGPT prompts, bound to one tokenizer."""
+
+    def __init__(self, tokenizer) -> None:
+        vocab = tokenizer.get_vocab()
+        absent = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if absent:
+            raise ValueError(f"tokenizer lacks the PersonaGPT tokens {absent}; call add_special_tokens first")
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos token; PersonaGPT ends every utterance with it")
+        self.tokenizer = tokenizer
+        self.eos_id: int = tokenizer.eos_token_id
+        self.sep_id, self.cls_id, self.start_id, self.p1_id, self.p2_id, self.act_id = (
+            vocab[t] for t in SPECIAL_TOKENS)
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """The added tokens; never part of a generated utterance."""
+        return (self.sep_id, self.cls_id, self.start_id, self.p1_id, self.p2_id, self.act_id)
+
+    def text(self, text: str) -> list[int]:
+        """Plain text, no special-token parsing (a user typing ``<|p1|>`` gets no control over the prompt)."""
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+
+    def utterance(self, text: str) -> list[int]:
+        """One utterance or fact: its tokens then eos."""
+        return self.text(text.strip()) + [self.eos_id]
+
+    def facts(self, facts: Iterable[str]) -> list[int]:
+        return [i for fact in facts for i in self.utterance(fact)]
+
+    def persona_prefix(self, facts: Sequence[str], speaker: int = 2) -> list[int]:
+        """``<|pN|> facts <|sep|> <|start|>``: the bot (speaker N, 2 by default) speaks in character."""
+        if speaker not in (1, 2):
+            raise ValueError(f"speaker must be 1 or 2, not {speaker!r}")
+        return [self.p1_id if speaker == 1 else self.p2_id] + self.facts(facts) + [self.sep_id, self.start_id]
+
+    def action_prefix(self, goal: str, facts: Sequence[str] = ()) -> list[int]:
+        """``<|act|> goal <|p1|> [facts] <|sep|> <|start|>``: the bot's next turn pursues ``goal``."""
+        goal = goal.strip()
+        if not goal:
+            raise ValueError("an action goal must not be empty")
+        return [self.act_id] + self.text(" " + goal) + [self.p1_id] + self.facts(facts) + [self.sep_id, self.start_id]
+
+    def history(self, turns: Iterable[str]) -> list[int]:
+        return [i for turn in turns for i in self.utterance(turn)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids, without eos or special tokens."""
+        ids = list(ids)
+        if not ids:  # transformers 5 decodes [] as an empty batch (a list), not ""
+            return ""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+

@@ -1,0 +1,147 @@
+import pytest
+
+from personagpt.generation import (GREEDY, ContextOverflowError, Conversation, SamplingConfig, fit_context,
+                                   generate_batch)
+
+FACTS = ["i like dogs.", "i am a nurse."]
+USER_TURNS = ["hi there , how are you ?", "what do you do for work ?", "cool , me too .", "do you have pets ?"]
+SHORT = SamplingConfig(do_sample=False, max_new_tokens=10)
+
+
+class TokenCounter:
+    """Counts the input tokens the model's forward sees (via a hook on the embedding)."""
+
+    def __init__(self, model):
+        self.seen = 0
+        self.handle = model.get_input_embeddings().register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        self.seen += args[0].numel()
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_greedy_identical_with_and_without_cache(tiny_model, fmt):
+    cached = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT)
+    fresh = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT, use_cache=False)
+    for text in USER_TURNS:
+        cached.add_turn(text)
+        fresh.add_turn(text)
+        assert cached.respond() == fresh.respond()
+    assert cached.turn_ids == fresh.turn_ids
+
+
+def test_cache_means_a_turn_costs_only_new_tokens(tiny_model, fmt):
+    conversation = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT)
+    counter = TokenCounter(tiny_model)
+    try:
+        conversation.add_turn(USER_TURNS[0])
+        conversation.respond()
+        for text in USER_TURNS[1:]:
+            counter.seen = 0
+            before = len(conversation.context_ids())
+            conversation.add_turn(text)
+            conversation.respond()
+            new_input = len(fmt.utterance(text)) + 1  # + the previous reply's unseen eos
+            generated = len(conversation.turn_ids[-1]) - 1
+            # prefill of the new tokens, then one token per decoding step; never the old history
+            assert counter.seen <= new_input + generated
+            assert counter.seen < before
+    finally:
+        counter.close()
+
+
+def test_action_mode_cache_matches_uncached(tiny_model, fmt):
+    cached = Conversation.with_action(tiny_model, fmt, "ask about pets.", sampling=SHORT)
+    fresh = Conversation.with_action(tiny_model, fmt, "ask about pets.", sampling=SHORT, use_cache=False)
+    for goal, answer in zip(["ask about pets.", "talk about music.", "my own new goal."], USER_TURNS):
+        for c in (cached, fresh):
+            c.set_action(goal)
+        assert cached.respond() == fresh.respond()
+        cached.add_turn(answer)
+        fresh.add_turn(answer)
+
+
+def test_oldest_turns_dropped_never_the_prefix(tiny_model, fmt):
+    conversation = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT, max_context=80)
+    fresh = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT, max_context=80, use_cache=False)
+    prefix = fmt.persona_prefix(FACTS)
+    for text in USER_TURNS * 2:
+        conversation.add_turn(text)
+        fresh.add_turn(text)
+        assert conversation.respond() == fresh.respond()
+        ids = conversation.context_ids()
+        assert ids[: len(prefix)] == prefix
+        assert len(ids) <= 80 - SHORT.max_new_tokens
+    assert len(conversation.context_ids()) < len(prefix) + sum(map(len, conversation.turn_ids))
+
+
+def test_fit_context_keeps_whole_turns():
+    assert fit_context([9], [[1, 1], [2, 2], [3, 3]], 5) == [9, 2, 2, 3, 3]
+    with pytest.raises(ContextOverflowError):
+        fit_context([9, 9], [[1, 1, 1, 1]], 5)
+
+
+def test_too_long_turn_is_refused_and_history_unchanged(tiny_model, fmt):
+    conversation = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT)
+    with pytest.raises(ContextOverflowError):
+        conversation.add_turn("word " * 10_000)
+    assert conversation.turns == []
+
+
+def test_batch_matches_single(tiny_model, fmt):
+    contexts = [fmt.persona_prefix(["i like cats."]) + fmt.utterance("hi"),
+                fmt.action_prefix("ask about kids."),
+                fmt.persona_prefix(FACTS) + fmt.history(USER_TURNS)]
+    batched = generate_batch(tiny_model, fmt, contexts, SHORT)
+    single = [generate_batch(tiny_model, fmt, [c], SHORT)[0] for c in contexts]
+    assert batched == single
+    assert all(fmt.eos_id not in reply for reply in batched)
+
+
+def test_sampling_is_seeded_and_never_emits_control_tokens(tiny_model, fmt):
+    sampling = SamplingConfig(max_new_tokens=20, top_k=50, top_p=1.0)
+    runs = []
+    for _ in range(2):
+        c = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=sampling, seed=123)
+        c.add_turn("hello")
+        runs.append((c.respond(), c.turn_ids[-1]))
+    assert runs[0] == runs[1]
+    assert not set(runs[0][1]) & set(fmt.special_ids)
+
+
+@pytest.mark.parametrize("bad", [dict(top_p=0), dict(temperature=0), dict(max_new_tokens=0), dict(top_k=-1)])
+def test_bad_sampling_settings(bad):
+    with pytest.raises(ValueError):
+        SamplingConfig(**bad)
+
+
+def test_greedy_drops_sampling_settings(fmt):
+    kwargs = GREEDY.generate_kwargs(fmt)
+    assert kwargs["do_sample"] is False and "top_k" not in kwargs and "top_p" not in kwargs
+    assert kwargs["suppress_tokens"] == list(fmt.special_ids)
+
+
+def test_session_decoder_matches_transformers_generate(tiny_model, fmt):
+    conversation = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT)
+    for text in USER_TURNS[:2]:
+        conversation.add_turn(text)
+        context = conversation.context_ids()
+        reply = conversation.respond()
+        expected = generate_batch(tiny_model, fmt, [context], SHORT)[0]
+        assert conversation.turn_ids[-1] == expected + [fmt.eos_id]
+        assert reply == fmt.decode(expected)
+
+
+def test_repetition_penalty_and_beams_run(tiny_model, fmt):
+    conversation = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT)
+    conversation.add_turn("hello")
+    penalised = conversation.respond(SamplingConfig(do_sample=False, max_new_tokens=10, repetition_penalty=1.5))
+    context = conversation.context_ids()
+    expected = generate_batch(tiny_model, fmt, [fmt.persona_prefix(FACTS) + fmt.utterance("hello")],
+                              SamplingConfig(do_sample=False, max_new_tokens=10, repetition_penalty=1.5))[0]
+    assert penalised == fmt.decode(expected)
+    conversation.add_turn("and you ?")
+    assert isinstance(conversation.respond(SamplingConfig(do_sample=False, num_beams=2, max_new_tokens=6)), str)
+    assert len(conversation.context_ids()) > len(context)
