@@ -320,6 +320,106 @@ def selfplay(
             typer.echo(f"Wrote {len(transcripts)} transcript(s) to {out}", err=True)
 
 
+@app.command()
+def prepare(
+    data: Annotated[list[Path], typer.Option("--data", help="ConvAI2 text or JSONL file (repeatable).")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Model or tokenizer whose tokenizer to use (hub id or directory).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory (instead of --model).")] = None,
+    kind: Annotated[str, typer.Option(help="persona: dialogues; control: action-code JSONL.")] = "persona",
+    max_length: Annotated[int, typer.Option("--max-length", min=16, help="Longest training sequence.")] = 512,
+    cache_dir: Annotated[Path, typer.Option(help="Where the tokenized dataset is cached.")] = Path("runs/.data-cache"),
+) -> None:
+    """Tokenize training data into a cached dataset (re-used while inputs and tokenizer are unchanged).
+
+    One sequence per (dialogue, speaker with known facts), loss on that speaker's turns only. `personagpt train` prepares its data itself with the same cache, so this is optional: use it to check data and see its size.
+    """
+    with _friendly_errors():
+        from personagpt.dataset import prepare as prepare_data
+        from personagpt.format import PromptFormat
+        from personagpt.models import load_tokenizer
+
+        if bool(model) == bool(tokenizer):
+            raise UserError("give exactly one of --model and --tokenizer")
+        _quiet_transformers()
+        fmt = PromptFormat(load_tokenizer(model or tokenizer))
+        dataset = prepare_data(data, fmt, max_length, kind, cache_dir)
+        lengths = dataset.lengths()
+        typer.echo(f"{len(dataset)} sequences, {sum(lengths)} tokens, {dataset.num_targets()} target tokens, "
+                   f"longest {max(lengths)}; cached under {cache_dir}")
+
+
+@app.command()
+def train(
+    phase: Annotated[str, typer.Option(help="pretrain (persona data), train_loop (persona + action-code data) or both.")] = "pretrain",
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Settings file: .json, .toml, or .env with the original's keys (save_path, data_path, epochs, learn_rate, gradient_accumulation_steps, batch_size, weight_decay, logging_steps, save_steps). Flags override it. Without it, ./.env is read when present.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Base model to fine-tune: hub id or local directory.")] = None,
+    from_scratch: Annotated[Optional[str], typer.Option(help="Train a random GPT-2 of LAYERSxWIDTH (e.g. 6x384) instead.")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer directory (with --from-scratch).")] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="Persona dialogues: ConvAI2 text, JSONL or a directory of them (repeatable).")] = None,
+    ctrl_data: Annotated[Optional[list[str]], typer.Option("--ctrl-data", help="Action-code JSONL {goal, facts, history, response} (repeatable).")] = None,
+    eval_data: Annotated[Optional[str], typer.Option(help="Dialogues for validation loss.")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run directory: checkpoints, stats, samples/loss.png, model/.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the persona data.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option("--learning-rate", "--lr")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option()] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per batch, per process.")] = None,
+    gradient_accumulation_steps: Annotated[Optional[int], typer.Option()] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping (0: off).")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Longest training sequence in tokens.")] = None,
+    ctrl_ratio: Annotated[Optional[float], typer.Option(help="train_loop: fraction of batches from action-code data.")] = None,
+    logging_steps: Annotated[Optional[int], typer.Option()] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Checkpoint every N steps.")] = None,
+    save_total_limit: Annotated[Optional[int], typer.Option(help="Checkpoints kept.")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Validate every N steps (0: at the end only).")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="Validation sequences used.")] = None,
+    seed: SeedOpt = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto, no, bf16 or fp16 (auto: bf16 where the hardware is fast at it).")] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--full", help="LoRA adapters (+ trainable new-token rows) or full fine-tuning.")] = None,
+    lora_r: Annotated[Optional[int], typer.Option()] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option()] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option()] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(help="Tokenized-data cache (default: next to the run directory).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+) -> None:
+    """Fine-tune a causal LM into a PersonaGPT model.
+
+    pretrain trains on persona dialogues (logs pretrain_loss); train_loop mixes in action-code data (logs persona_loss and ctrl_loss); both runs them in turn. Checkpoints are written every --save-steps and on Ctrl-C; --resume continues exactly where a stopped or killed run left off. Runs on several GPUs or machines with `accelerate launch -m personagpt.cli train ...` or `torchrun`.
+    """
+    with _friendly_errors():
+        from personagpt.training import TrainConfig, read_config_file, train_phases
+
+        if phase not in ("pretrain", "train_loop", "both"):
+            raise UserError("--phase must be pretrain, train_loop or both")
+        settings = {}
+        config_path = config or (Path(".env") if Path(".env").is_file() else None)
+        if config_path is not None:
+            settings.update(read_config_file(config_path))
+            typer.echo(f"Settings from {config_path}", err=True)
+        flags = dict(model=model, from_scratch=from_scratch, tokenizer=tokenizer, data=data, ctrl_data=ctrl_data,
+                     eval_data=eval_data, output_dir=output_dir, epochs=epochs, max_steps=max_steps,
+                     learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                     batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+                     max_grad_norm=max_grad_norm, max_length=max_length, ctrl_ratio=ctrl_ratio,
+                     logging_steps=logging_steps, save_steps=save_steps, save_total_limit=save_total_limit,
+                     eval_steps=eval_steps, eval_limit=eval_limit, seed=seed, mixed_precision=mixed_precision,
+                     lora=lora, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, cache_dir=cache_dir)
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        if "data" in settings:
+            from personagpt.training import _expand_data_path
+
+            settings["data"] = [str(p) for d in settings["data"] for p in _expand_data_path(d)]
+        _quiet_transformers()
+        result = train_phases(TrainConfig(**settings), phase, resume=resume)
+        if result.interrupted:
+            raise typer.Exit(130)
+        typer.echo(f"Done: {result.step} steps. Model in {result.output_dir / 'model'}, "
+                   f"loss curves in {result.output_dir / 'samples' / 'loss.png'}")
+
+
 def _parse_action(text: str) -> str:
     text = text.strip()
     if text.isdigit():

@@ -129,6 +129,43 @@ def parse_jsonl(path: str | os.PathLike) -> list[Dialogue]:
     return dialogues
 
 
+@dataclass
+class ControlRecord:
+    """One action-code example: under ``goal`` (and optional own ``facts``), after ``history``, say ``response``."""
+
+    goal: str
+    history: list[str]
+    response: str
+    facts: list[str] = field(default_factory=list)
+    source: str = ""
+
+    def to_json(self) -> dict:
+        return {"goal": self.goal, "facts": self.facts, "history": self.history, "response": self.response}
+
+
+def load_control_records(path: str | os.PathLike) -> list[ControlRecord]:
+    """Action-code data: JSONL of ``{goal, facts (optional), history, response}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    records = []
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("goal"), str) or not obj["goal"].strip():
+            raise DataError(f"{where}: expected an object with a non-empty 'goal' string")
+        response = obj.get("response")
+        if not isinstance(response, str) or not response.strip():
+            raise DataError(f"{where}: 'response' must be a non-empty string")
+        records.append(ControlRecord(goal=obj["goal"].strip(), history=_string_list(obj.get("history", []), "history", where),
+                                     response=response.strip(), facts=_string_list(obj.get("facts", []), "facts", where),
+                                     source=where))
+    return records
+
+
 def write_jsonl(dialogues: Sequence[Dialogue], path: str | os.PathLike) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for d in dialogues:
