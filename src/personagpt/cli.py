@@ -416,8 +416,9 @@ def train(
         result = train_phases(TrainConfig(**settings), phase, resume=resume)
         if result.interrupted:
             raise typer.Exit(130)
-        typer.echo(f"Done: {result.step} steps. Model in {result.output_dir / 'model'}, "
-                   f"loss curves in {result.output_dir / 'samples' / 'loss.png'}")
+        if result.main_process:
+            typer.echo(f"Done: {result.step} steps. Model in {result.output_dir / 'model'}, "
+                       f"loss curves in {result.output_dir / 'samples' / 'loss.png'}")
 
 
 def _parse_action(text: str) -> str:

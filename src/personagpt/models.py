@@ -93,11 +93,12 @@ def save_checkpoint(model, tokenizer, path: str | os.PathLike) -> Path:
 
 
 def build_gpt2(tokenizer, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, n_positions: int = 1024,
-               seed: int = 0) -> GPT2LMHeadModel:
+               dropout: float = 0.1, seed: int = 0) -> GPT2LMHeadModel:
     """A randomly initialised GPT-2 sized to ``tokenizer`` (tests, benchmarks, train-from-scratch baselines)."""
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                        n_positions=n_positions, bos_token_id=tokenizer.eos_token_id,
+                        n_positions=n_positions, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+                        bos_token_id=tokenizer.eos_token_id,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return GPT2LMHeadModel(config).eval()
 

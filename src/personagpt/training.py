@@ -349,6 +349,7 @@ class RunResult:
     step: int
     stats: list[dict]
     interrupted: bool = False
+    main_process: bool = True
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> RunResult:
@@ -446,7 +447,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> R
         save_checkpoint(output_dir, accelerator, loss_module, tokenizer, optimizer, scheduler, state, config)
         if accelerator.is_main_process:
             print(f"Interrupted at step {state['step']}; continue with --resume.")
-        return RunResult(output_dir, state["step"], state["stats"], interrupted=True)
+        return RunResult(output_dir, state["step"], state["stats"], True, accelerator.is_main_process)
     evaluated = any(r.get("step") == state["step"] and "eval_loss" in r for r in state["stats"])
     if eval_set is not None and not evaluated:
         _log_eval(state, evaluate_loss(loss_module, eval_set, config, tokenizer, accelerator), accelerator)
@@ -455,7 +456,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> R
         accelerator.unwrap_model(loss_module).model.save_pretrained(output_dir / "model")
         tokenizer.save_pretrained(output_dir / "model")
     accelerator.wait_for_everyone()
-    return RunResult(output_dir, state["step"], state["stats"])
+    return RunResult(output_dir, state["step"], state["stats"], False, accelerator.is_main_process)
 
 
 class _Window:
