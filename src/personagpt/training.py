@@ -168,7 +168,7 @@ def build_model(config: TrainConfig, checkpoint: Path | None = None):
     """
     from transformers import AutoModelForCausalLM
 
-    from personagpt.models import build_gpt2, load_tokenizer, _from_pretrained
+    from personagpt.models import _from_pretrained, build_gpt2, load_tokenizer, resolve_model_name
 
     if config.from_scratch:
         tokenizer = load_tokenizer(checkpoint or config.tokenizer)
@@ -181,8 +181,9 @@ def build_model(config: TrainConfig, checkpoint: Path | None = None):
     elif config.lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        tokenizer = load_tokenizer(checkpoint or config.model)
-        base = _from_pretrained(AutoModelForCausalLM, config.model)
+        base_path = resolve_model_name(config.model)
+        tokenizer = load_tokenizer(checkpoint or base_path)
+        base = _from_pretrained(AutoModelForCausalLM, base_path)
         add_special_tokens(tokenizer, base)
         if checkpoint:
             model = PeftModel.from_pretrained(base, str(checkpoint), is_trainable=True)
@@ -191,9 +192,12 @@ def build_model(config: TrainConfig, checkpoint: Path | None = None):
             model = get_peft_model(base, LoraConfig(
                 r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                 target_modules="all-linear", trainable_token_indices=new_ids, task_type="CAUSAL_LM"))
+        # record the name the user gave (an alias or hub id), not a machine-specific cache path
+        model.peft_config["default"].base_model_name_or_path = config.model
     else:
-        tokenizer = load_tokenizer(checkpoint or config.model)
-        model = _from_pretrained(AutoModelForCausalLM, str(checkpoint or config.model))
+        source = str(checkpoint) if checkpoint else resolve_model_name(config.model)
+        tokenizer = load_tokenizer(source)
+        model = _from_pretrained(AutoModelForCausalLM, source)
     add_special_tokens(tokenizer, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
@@ -453,7 +457,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> R
         _log_eval(state, evaluate_loss(loss_module, eval_set, config, tokenizer, accelerator), accelerator)
     save_checkpoint(output_dir, accelerator, loss_module, tokenizer, optimizer, scheduler, state, config)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(loss_module).model.save_pretrained(output_dir / "model")
+        save_model(accelerator.unwrap_model(loss_module).model, output_dir / "model")
         tokenizer.save_pretrained(output_dir / "model")
     accelerator.wait_for_everyone()
     return RunResult(output_dir, state["step"], state["stats"], False, accelerator.is_main_process)
@@ -550,7 +554,7 @@ def save_checkpoint(output_dir: Path, accelerator, loss_module, tokenizer, optim
         tmp = output_dir / f".tmp-checkpoint-{state['step']}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        accelerator.unwrap_model(loss_module).model.save_pretrained(tmp)
+        save_model(accelerator.unwrap_model(loss_module).model, tmp)
         tokenizer.save_pretrained(tmp)
         torch.save({"step": state["step"], "stats": state["stats"], "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "rng": _rng_state(), "config": asdict(config)},
@@ -566,6 +570,14 @@ def save_checkpoint(output_dir: Path, accelerator, loss_module, tokenizer, optim
         _rotate(output_dir, config.save_total_limit, keep=final.name)
     accelerator.wait_for_everyone()
     return final
+
+
+def save_model(model, path: Path) -> None:
+    """``save_pretrained``; for LoRA the adapter only (the new-token rows are part of it)."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(path, save_embedding_layers=False)
+    else:
+        model.save_pretrained(path)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
