@@ -422,6 +422,41 @@ def train(
                        f"loss curves in {result.output_dir / 'samples' / 'loss.png'}")
 
 
+@app.command("build-control-data")
+def build_control_data(
+    data: Annotated[list[Path], typer.Option("--data", help="Dialogues to mine (ConvAI2 text or JSONL; repeatable). Never the validation split.")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL of {goal, facts, history, response}.")],
+    goals: Annotated[Optional[list[str]], typer.Option("--goal", help="Goals to label (repeatable; default: the 11 default goals).")] = None,
+    per_goal: Annotated[int, typer.Option(min=1, help="Keep at most this many examples per goal (balance).")] = 500,
+    history_turns: Annotated[int, typer.Option(min=0, help="Turns of history kept before each response.")] = 6,
+    semantic: Annotated[bool, typer.Option("--semantic/--rules-only", help="Use the sentence-embedding model as well as the rules.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and for including facts.")] = 0,
+) -> None:
+    """Build action-code training data: label every turn of the dialogues with the goals it fulfils.
+
+    Prints the number of examples found and kept per goal. The output is what `train --phase train_loop --ctrl-data` mixes in.
+    """
+    with _friendly_errors():
+        from personagpt.control import GoalLabeler, build_control_records
+        from personagpt.data import load_dialogues
+
+        _quiet_transformers()
+        dialogues = [d for path in data for d in load_dialogues(path)]
+        goal_list = [_parse_action(g) for g in goals] if goals else list(DEFAULT_ACTIONS)
+        records, counts = build_control_records(dialogues, GoalLabeler(semantic=semantic), goal_list, per_goal,
+                                                history_turns, seed=seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record.to_json()) + "\n")
+        tmp.replace(out)
+        typer.echo("| goal | found | kept |\n|---|---:|---:|")
+        for goal, c in counts.items():
+            typer.echo(f"| {goal} | {c['found']} | {c['kept']} |")
+        typer.echo(f"{len(records)} examples written to {out}")
+
+
 def _parse_action(text: str) -> str:
     text = text.strip()
     if text.isdigit():

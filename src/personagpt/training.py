@@ -438,8 +438,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> R
                 record = window.flush(accelerator, names, state["step"], scheduler.get_last_lr()[0],
                                       state["step"] / schedule.steps_per_epoch)
                 state["stats"].append(record)
-                bar.set_postfix({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in record.items()
-                                 if k.endswith("loss") or k in ("lr", "tgt_tok/s")})
+                bar.set_postfix({k: (f"{v:.2e}" if k == "lr" else f"{v:.3f}" if k.endswith("loss") else v)
+                                 for k, v in record.items() if k.endswith("loss") or k in ("lr", "tgt_tok/s")})
             if eval_set is not None and config.eval_steps and state["step"] % config.eval_steps == 0:
                 _log_eval(state, evaluate_loss(loss_module, eval_set, config, tokenizer, accelerator), accelerator)
             if state["step"] % config.save_steps == 0 and state["step"] < total:
