@@ -457,6 +457,109 @@ def build_control_data(
         typer.echo(f"{len(records)} examples written to {out}")
 
 
+@app.command()
+def teach(
+    model: ModelOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Corrections are appended here as JSONL {goal, facts, history, response}.")] = Path("corrections.jsonl"),
+    from_file: Annotated[Optional[Path], typer.Option("--from-file", help="Replay a saved corrections file instead of asking (non-interactive).")] = None,
+    update: Annotated[bool, typer.Option("--update", help="Take gradient steps on each example as it comes; save the weights at exit.")] = False,
+    save_to: Annotated[Path, typer.Option(help="Where --update writes the updated model (or LoRA adapter).")] = Path("taught-model"),
+    replay_data: Annotated[Optional[list[Path]], typer.Option("--replay-data", help="Persona dialogues replayed during updates so the model does not forget (repeatable).")] = None,
+    replay_ctrl: Annotated[Optional[list[Path]], typer.Option("--replay-ctrl", help="Action-code JSONL replayed during updates (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Gradient steps per new example.")] = 3,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", "--lr", help="Learning rate of the updates.")] = 1e-4,
+    persona: PersonaOpt = None,
+    top_k: TopKOpt = 10,
+    top_p: TopPOpt = 0.92,
+    temperature: TempOpt = 1.0,
+    repetition_penalty: RepPenOpt = 1.0,
+    max_new_tokens: MaxNewOpt = 64,
+    greedy: GreedyOpt = False,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Teach the bot turn-level goals, old or new (active learning).
+
+    Each round you pick a goal from the list or type a new one, the bot generates a turn pursuing it, and you accept it (Enter) or type a better one; then you answer as its partner. Every accepted or corrected turn is appended to --out at once, so nothing is lost on Ctrl-C. With --update the model learns from each example on the spot (mixed with --replay-data / --replay-ctrl) and the weights are saved to --save-to at exit.
+    """
+    with _friendly_errors():
+        from personagpt.data import load_control_records
+        from personagpt.training import OnlineLearner, record_loss, save_model
+
+        records = load_control_records(from_file) if from_file is not None else None
+        facts = _persona_from_flags(persona, None, False, None, random.Random(seed))
+        loaded, fmt = _load(model, device)
+        learner = None
+        if update:
+            from personagpt.dataset import prepare as prepare_data
+            from personagpt.generation import context_limit
+
+            length = min(512, context_limit(loaded))
+            pools = {}
+            if replay_data:
+                pools["replay_persona"] = prepare_data(replay_data, fmt, length, "persona", progress=False)
+            if replay_ctrl:
+                pools["replay_control"] = prepare_data(replay_ctrl, fmt, length, "control", progress=False)
+            if not pools:
+                typer.echo("Note: no --replay-data/--replay-ctrl, so updates see only the new examples.", err=True)
+            learner = OnlineLearner(loaded, fmt.tokenizer, learning_rate=learning_rate, steps=steps,
+                                    max_length=length, seed=seed or 0, **pools)
+        try:
+            if records is not None:
+                for n, record in enumerate(records, 1):
+                    if learner is not None:
+                        before = learner.learn(record)
+                        after = record_loss(loaded, fmt, record)
+                        typer.echo(f"{n}. [{record.goal}] loss {before:.3f} -> {after:.3f}")
+                    else:
+                        typer.echo(f"{n}. [{record.goal}] loss {record_loss(loaded, fmt, record):.3f}")
+                return
+            _teach_interactively(loaded, fmt, learner, out, facts or [], _sampling(
+                top_k, top_p, temperature, repetition_penalty, max_new_tokens, greedy), seed)
+        finally:
+            if learner is not None and learner.updates:
+                save_model(loaded, save_to)
+                fmt.tokenizer.save_pretrained(save_to)
+                typer.echo(f"Saved the updated model to {save_to} ({learner.updates} update(s)).", err=True)
+
+
+def _teach_interactively(model, fmt, learner, out: Path, facts: list[str], sampling, seed) -> None:
+    import os
+
+    from personagpt.data import ControlRecord
+    from personagpt.generation import Conversation
+
+    prompter = Prompter()
+    bot = Conversation.with_action(model, fmt, DEFAULT_ACTIONS[0], facts, sampling=sampling, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    taught = 0
+    while True:
+        goal = _ask_action(prompter)
+        if goal is None:
+            break
+        bot.set_action(goal, facts)
+        history = list(bot.turns[-6:])
+        typer.echo(f"Bot [{goal}]: {bot.respond()}")
+        correction = prompter.ask(">> Enter to accept, or type a better turn: ")
+        if correction is None:
+            break
+        if correction:
+            bot.replace_last(correction)
+        record = ControlRecord(goal=goal, history=history, response=bot.turns[-1], facts=list(facts))
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record.to_json()) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        taught += 1
+        if learner is not None:
+            before = learner.learn(record)
+            bot.invalidate_cache()
+            typer.echo(f"(learned; loss on that turn was {before:.3f})")
+        if not _ask_message(prompter, bot):
+            break
+    typer.echo(f"{taught} example(s) saved to {out}.")
+
+
 def _parse_action(text: str) -> str:
     text = text.strip()
     if text.isdigit():

@@ -168,6 +168,15 @@ class Conversation:
         """Forget the history (the prefix stays)."""
         self.turns, self.turn_ids = [], []
 
+    def replace_last(self, text: str) -> None:
+        """Swap the last turn for ``text`` (a person's correction of the bot's turn)."""
+        self.turns[-1] = text.strip()
+        self.turn_ids[-1] = self.fmt.utterance(text)
+
+    def invalidate_cache(self) -> None:
+        """Forget cached keys/values, e.g. after the model's weights changed."""
+        self._cache, self._cached_ids = None, []
+
     def _reuse_cache(self, ids: list[int]) -> int:
         """Crop the cache to the longest prefix it shares with ``ids``; returns that length."""
         shared = 0

@@ -681,3 +681,75 @@ def train_phases(config: TrainConfig, phases: str, resume: bool = False, progres
             return result
     return train(replace(config, phase="train_loop", init_from=str(first / "model")), resume=resume,
                  progress=progress)
+
+
+# ---- learning from a person's corrections (active learning) ------------------------------------------------------
+
+class OnlineLearner:
+    """A few gradient steps per new example, mixed with replayed persona and control data so old skills stay.
+
+    Used by ``personagpt teach --update``: each accepted or corrected turn is trained on at once.
+    """
+
+    def __init__(self, model, tokenizer, learning_rate: float = 1e-4, steps: int = 3, replay: int = 2,
+                 replay_persona: TokenizedDataset | None = None, replay_control: TokenizedDataset | None = None,
+                 max_length: int = 512, seed: int = 0) -> None:
+        self.fmt = PromptFormat(tokenizer)
+        self.model = model
+        _make_trainable(model)
+        self.loss = TargetLoss(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+        self.steps, self.replay, self.max_length = steps, replay, max_length
+        self.pools = [d for d in (replay_persona, replay_control) if d is not None and len(d)]
+        self.rng = random.Random(seed)
+        self.updates = 0
+
+    def learn(self, record) -> float:
+        """Train on one ``ControlRecord``; returns its loss per target token before the update."""
+        from personagpt.dataset import control_example
+
+        example = control_example(record, self.fmt, self.max_length)
+        new = TokenizedDataset.from_examples([example])
+        before = record_loss(self.model, self.fmt, record, self.max_length)
+        self.model.train()
+        for _ in range(self.steps):
+            batches = [(new, [0])]
+            for _ in range(self.replay if self.pools else 0):
+                pool = self.rng.choice(self.pools)
+                batches.append((pool, [self.rng.randrange(len(pool))]))
+            total_targets = sum(d.num_targets(i) for d, i in batches)
+            for dataset, indices in batches:
+                width = min(self.max_length, max(len(dataset[i][0]) for i in indices))
+                inputs = collate(dataset, indices, width, self.fmt.tokenizer.pad_token_id)
+                inputs = {k: v.to(self.model.device) for k, v in inputs.items()}
+                loss_sum, _ = self.loss(**inputs)
+                (loss_sum / total_targets).backward()
+            torch.nn.utils.clip_grad_norm_(self.loss.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        self.updates += 1
+        return before
+
+
+def _make_trainable(model) -> None:
+    """LoRA models loaded for inference have frozen adapters: unfreeze those (or everything for full models)."""
+    names = [n for n, _ in model.named_parameters()]
+    adapter = [n for n in names if "lora_" in n or "trainable_tokens" in n]
+    for name, param in model.named_parameters():
+        param.requires_grad = name in adapter if adapter else True
+
+
+@torch.no_grad()
+def record_loss(model, fmt: PromptFormat, record, max_length: int = 512) -> float:
+    """Mean negative log-likelihood per token of ``record.response`` under its goal and history."""
+    from personagpt.dataset import control_example
+
+    dataset = TokenizedDataset.from_examples([control_example(record, fmt, max_length)])
+    inputs = collate(dataset, [0], len(dataset[0][0]), fmt.tokenizer.pad_token_id)
+    was_training = model.training
+    model.eval()
+    loss_sum, count = TargetLoss(model)(**{k: v.to(model.device) for k, v in inputs.items()})
+    model.train(was_training)
+    return float(loss_sum / count)
