@@ -560,6 +560,94 @@ def _teach_interactively(model, fmt, learner, out: Path, facts: list[str], sampl
     typer.echo(f"{taught} example(s) saved to {out}.")
 
 
+@app.command("eval")
+def evaluate_models(
+    model: Annotated[Optional[list[str]], typer.Option("--model", help="Model to evaluate (repeatable): checkpoint or adapter dir, hub id, smollm2-135m, or random:LAYERSxWIDTH for a random GPT-2 floor. Default: the bundled model.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="ConvAI2-format split (default: the Persona-Chat validation split).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N dialogues (quick runs).")] = None,
+    decode: Annotated[str, typer.Option(help="Decoding for F1 and distinct-n: greedy, sample or beam.")] = "greedy",
+    metrics: Annotated[str, typer.Option(help="Comma-separated groups: ppl (perplexities, tf-F1), f1 (generation: F1, distinct-n), hits (persona identification).")] = "ppl,f1,hits",
+    distractors: Annotated[int, typer.Option(min=1, help="Distractor personas for Hits@1.")] = 19,
+    control_contexts: Annotated[int, typer.Option(min=0, help="Contexts for the control success rate (0: skip).")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer for random:... models (default: the shared GPT-2 BPE files).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write all results as JSON here.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for distractors, control contexts, sampling.")] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Evaluate models on a Persona-Chat split and print one comparison row per model.
+
+    Reports response perplexity per token, per word and as the original computed it, the original's teacher-forced token F1 (tf-F1), ConvAI2 word F1 of generated replies, distinct-1/2, persona identification Hits@1 (per response and per conversation, chance 5%) and, with --control-contexts, the control success rate against its no-action base rate. A model that fails to load gets an error row; the others still run.
+    """
+    with _friendly_errors():
+        from transformers import set_seed
+
+        from personagpt.data import default_data_dir, load_dialogues
+        from personagpt.evaluation import evaluate, markdown_table
+        from personagpt.models import ModelNotFoundError
+
+        groups = [m.strip() for m in metrics.split(",") if m.strip()]
+        unknown = set(groups) - {"ppl", "f1", "hits"}
+        if unknown:
+            raise UserError(f"unknown metric group(s) {', '.join(sorted(unknown))}; use ppl, f1, hits")
+        split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
+        dialogues = load_dialogues(split)[:limit]
+        names = model or [None]
+        _quiet_transformers()
+        rows = []
+        for name in names:
+            label = name or "default"
+            try:
+                loaded, fmt = _load_for_eval(name, device, tokenizer)
+            except (ModelNotFoundError, ValueError, OSError) as e:
+                typer.echo(f"Error: {label}: {e}", err=True)
+                rows.append({"model": label, "error": str(e)})
+                continue
+            set_seed(seed)
+            typer.echo(f"Evaluating {label} on {len(dialogues)} dialogues of {split} ...", err=True)
+            rows.append({"model": label, **evaluate(loaded, fmt, dialogues, decode=decode, distractors=distractors,
+                                                    batch_size=batch_size, seed=seed, metrics=groups,
+                                                    control_contexts=control_contexts)})
+            del loaded
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"data": str(split), "dialogues": len(dialogues), "decode": decode,
+                                       "rows": rows}, indent=1))
+        if markdown:
+            typer.echo(markdown_table(rows))
+        else:
+            _print_rich_table(markdown_table(rows))
+        if all("error" in r for r in rows):
+            raise typer.Exit(1)
+
+
+def _load_for_eval(name: str | None, device: str | None, tokenizer: Path | None):
+    """A model by name, or ``random:LAYERSxWIDTH``: a randomly initialised GPT-2 (the floor of the table)."""
+    if name and name.startswith("random:"):
+        from personagpt.data import default_data_dir
+        from personagpt.format import PromptFormat
+        from personagpt.models import build_gpt2, load_tokenizer
+        from personagpt.training import _parse_shape
+
+        layers, width = _parse_shape(name.split(":", 1)[1])
+        tok = load_tokenizer(tokenizer or default_data_dir() / "tokenizer" / "gpt2")
+        return build_gpt2(tok, n_layer=layers, n_embd=width, n_head=max(1, width // 64)).eval(), PromptFormat(tok)
+    return _load(name, device)
+
+
+def _print_rich_table(markdown_text: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lines = markdown_text.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = Table(*header)
+    for line in lines[2:]:
+        table.add_row(*[c.strip() for c in line.strip("|").split("|")])
+    Console().print(table)
+
+
 def _parse_action(text: str) -> str:
     text = text.strip()
     if text.isdigit():

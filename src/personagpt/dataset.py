@@ -13,7 +13,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ IGNORE_INDEX = -100
 class Example:
     ids: list[int]
     targets: list[bool]  # True where the token is predicted with loss
+    spans: list[tuple[int, int, int]] = field(default_factory=list)  # (turn index, start, end) of target turns
 
 
 def persona_examples(dialogue: Dialogue, fmt: PromptFormat, max_length: int) -> list[Example]:
@@ -72,16 +73,18 @@ def _windows(prefix: list[int], turns: list[list[int]], is_target: list[bool], m
             used += len(turns[end])
             end += 1
         if end == start:  # a single turn longer than the budget: keep its beginning
-            chunks, flags, end = [turns[start][:budget]], [is_target[start]], start + 1
+            first, chunks, flags, end = start, [turns[start][:budget]], [is_target[start]], start + 1
         else:
             chunks = turns[first:end]
             flags = [is_target[i] and i >= start for i in range(first, end)]
         if any(flags):
-            ids, targets = list(prefix), [False] * len(prefix)
-            for chunk, flag in zip(chunks, flags):
+            ids, targets, spans = list(prefix), [False] * len(prefix), []
+            for index, (chunk, flag) in enumerate(zip(chunks, flags), first):
+                if flag:
+                    spans.append((index, len(ids), len(ids) + len(chunk)))
                 ids += chunk
                 targets += [flag] * len(chunk)
-            examples.append(Example(ids, targets))
+            examples.append(Example(ids, targets, spans))
         start = end
     return examples
 

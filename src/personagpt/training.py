@@ -225,11 +225,16 @@ class TargetLoss(nn.Module):
         self._decoder = getattr(inner, inner.base_model_prefix)
         self._head = inner.get_output_embeddings()
 
-    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    def logits_at(self, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at the ``positions`` (a [batch, length] bool mask) only, in row-major order."""
         hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._head(hidden[positions])
+
+    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
-        logits = self._head(hidden[:, :-1][keep])
+        positions = torch.nn.functional.pad(keep, (0, 1))  # position p predicts token p + 1
+        logits = self.logits_at(input_ids, attention_mask, positions)
         loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
         return loss, keep.sum()
 

@@ -1,0 +1,331 @@
+"""Evaluation on a Persona-Chat split: perplexities, both F1s, distinct-n, persona identification, control.
+
+Every response of every speaker whose persona is known is a target, predicted from that speaker's persona
+prefix and the dialogue so far (teacher forcing for likelihoods, generation for ConvAI2 F1).
+
+Definitions (see the README section "Metrics"):
+
+* ``ppl_token``: exp of the total negative log-likelihood of the gold responses (their eos included) over their
+  token count, in the model's own tokenizer;
+* ``ppl_word``: the same total NLL over the gold responses' word count (whitespace words), comparable across
+  tokenizers;
+* ``ppl_orig``: the original PersonaGPT's figure: the mean over examples (one response with its context) of the
+  example's mean token loss, exponentiated; its loss skips each response's first token (``labels=turn``);
+* ``tf_f1``: the original's "F1": teacher-forced argmax predictions for the same tokens, split into segments at
+  eos, per segment set overlap of token ids (precision over predicted length, recall over gold length,
+  ``2pr/(p+r+0.001)``), averaged over segments, then over examples;
+* ``f1``: ConvAI2 F1: word unigram F1 of the *generated* reply against the gold reply after normalisation
+  (lowercase, no punctuation, no articles a/an/the, single spaces), averaged over responses;
+* ``distinct_1`` / ``distinct_2``: distinct word uni/bigrams over all n-grams of the generated replies;
+* ``hits1_response`` / ``hits1_conversation``: the speaker's true persona ranked against distractors (19 other
+  personas of the split) by the likelihood of the gold responses, per response or summed over the speaker's
+  responses in the dialogue (chance: 1 in 20).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import string
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from personagpt.data import Dialogue
+from personagpt.dataset import Example, persona_examples
+from personagpt.format import PromptFormat
+from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+
+# ---- metric definitions (pure functions, pinned by tests) ---------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """ConvAI2/ParlAI normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    text = text.lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def word_f1(prediction: str, gold: str) -> float:
+    """Unigram F1 between normalised word multisets (ConvAI2's F1)."""
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def segments(ids: Sequence[int], eos_id: int) -> list[list[int]]:
+    """Runs of non-eos tokens (the original's ``filter_turn_indices``)."""
+    out, current = [], []
+    for i in ids:
+        if i == eos_id:
+            if current:
+                out.append(current)
+            current = []
+        else:
+            current.append(i)
+    if current:
+        out.append(current)
+    return out
+
+
+def teacher_forced_f1(predicted: Sequence[int], gold: Sequence[int], eos_id: int) -> float:
+    """The original's per-example F1 of argmax predictions against gold ids.
+
+    Where the original averages an empty list (a prediction that is all eos) and gets NaN, this returns 0.
+    """
+    pred_segments, gold_segments = segments(predicted, eos_id), segments(gold, eos_id)
+    n = min(len(pred_segments), len(gold_segments))
+    if n == 0:
+        return 0.0
+    scores = []
+    for p, g in zip(pred_segments[:n], gold_segments[:n]):
+        hits = len(set(p) & set(g))
+        precision, recall = hits / len(p), hits / len(g)
+        scores.append(2 * precision * recall / (precision + recall + 1e-3))
+    return sum(scores) / n
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+# ---- scoring --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TurnScore:
+    """Teacher-forced results for one target response."""
+
+    conversation: int  # index of the (dialogue, speaker) pair
+    turn: int
+    nll: list[float]  # per token of the response, eos included
+    predicted: list[int]  # argmax prediction for each of those tokens
+    gold: list[int]
+    words: int
+
+
+@dataclass
+class Targets:
+    """The (dialogue, speaker) pairs to evaluate, as examples in one model's format."""
+
+    dialogues: list[Dialogue]
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # (dialogue index, speaker)
+
+    @classmethod
+    def of(cls, dialogues: Sequence[Dialogue]) -> Targets:
+        pairs = [(i, s) for i, d in enumerate(dialogues) for s in (1, 2) if d.facts(s) and len(d.turns) >= s]
+        return cls(list(dialogues), pairs)
+
+    def facts(self, pair: int) -> list[str]:
+        dialogue, speaker = self.pairs[pair]
+        return self.dialogues[dialogue].facts(speaker)
+
+
+def examples_for(targets: Targets, fmt: PromptFormat, max_length: int,
+                 facts: Sequence[list[str]] | None = None) -> list[tuple[int, Example]]:
+    """(pair index, example) for every pair; ``facts`` swaps in other personas (persona identification)."""
+    out = []
+    for n, (d, speaker) in enumerate(targets.pairs):
+        dialogue = targets.dialogues[d]
+        persona = facts[n] if facts is not None else dialogue.facts(speaker)
+        only = Dialogue(dialogue.turns, persona if speaker == 1 else [], persona if speaker == 2 else [])
+        out += [(n, e) for e in persona_examples(only, fmt, max_length)]
+    return out
+
+
+@torch.inference_mode()
+def score_examples(model, fmt: PromptFormat, examples: Sequence[tuple[int, Example]], texts: Targets,
+                   batch_size: int = 8, progress=None) -> list[TurnScore]:
+    """Per-token NLL and argmax for every target turn, batched (longest first, right padding)."""
+    from personagpt.training import TargetLoss
+
+    head = TargetLoss(model)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][1].ids))
+    scores: list[TurnScore] = []
+    for start in range(0, len(order), batch_size):
+        batch = [examples[i] for i in order[start:start + batch_size]]
+        width = max(len(e.ids) for _, e in batch)
+        ids = torch.full((len(batch), width), fmt.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        positions = torch.zeros_like(ids, dtype=torch.bool)
+        for row, (_, e) in enumerate(batch):
+            ids[row, : len(e.ids)] = torch.tensor(e.ids)
+            mask[row, : len(e.ids)] = 1
+            for _, s, end in e.spans:
+                positions[row, s - 1:end - 1] = True  # position p predicts token p + 1
+        device = model.device
+        logits = head.logits_at(ids.to(device), mask.to(device), positions.to(device)).float()
+        gold = ids[:, 1:][positions[:, :-1]].to(device)
+        nll = (torch.logsumexp(logits, -1) - logits.gather(-1, gold.unsqueeze(-1)).squeeze(-1)).tolist()
+        argmax = logits.argmax(-1).tolist()
+        cursor = 0
+        for pair, example in batch:
+            dialogue = texts.dialogues[texts.pairs[pair][0]]
+            for turn, s, end in example.spans:
+                n = end - s
+                scores.append(TurnScore(pair, turn, nll[cursor:cursor + n], argmax[cursor:cursor + n],
+                                        example.ids[s:end], len(dialogue.turns[turn].split())))
+                cursor += n
+        if progress is not None:
+            progress(len(batch))
+    scores.sort(key=lambda t: (t.conversation, t.turn))
+    return scores
+
+
+def perplexities(scores: Sequence[TurnScore]) -> dict[str, float]:
+    total = sum(sum(t.nll) for t in scores)
+    tokens = sum(len(t.nll) for t in scores)
+    words = sum(t.words for t in scores)
+    # the original scores labels=turn: the turn's first token is not predicted (except in the opening turn)
+    per_example = [sum(t.nll[1:]) / len(t.nll[1:]) if t.turn and len(t.nll) > 1 else sum(t.nll) / len(t.nll)
+                   for t in scores]
+    return {"ppl_token": math.exp(total / tokens), "ppl_word": math.exp(total / words),
+            "ppl_orig": math.exp(sum(per_example) / len(per_example))}
+
+
+def original_tf_f1(scores: Sequence[TurnScore], eos_id: int) -> float:
+    values = []
+    for t in scores:
+        skip = 1 if t.turn else 0
+        values.append(teacher_forced_f1(t.predicted[skip:], t.gold[skip:], eos_id))
+    return sum(values) / len(values)
+
+
+def persona_hits(true_scores: Sequence[TurnScore], distractor_scores: Sequence[Sequence[TurnScore]]) -> dict[str, float]:
+    """Hits@1 when the true persona must give the gold responses the highest likelihood (ties count as misses)."""
+    def totals(scores):
+        return {(t.conversation, t.turn): sum(t.nll) for t in scores}
+
+    true = totals(true_scores)
+    others = [totals(s) for s in distractor_scores]
+    per_response = [all(true[key] < o[key] for o in others) for key in true]
+    conversations = sorted({c for c, _ in true})
+    per_conversation = []
+    for c in conversations:
+        keys = [k for k in true if k[0] == c]
+        own = sum(true[k] for k in keys)
+        per_conversation.append(all(own < sum(o[k] for k in keys) for o in others))
+    return {"hits1_response": sum(per_response) / len(per_response),
+            "hits1_conversation": sum(per_conversation) / len(per_conversation)}
+
+
+def distractor_personas(targets: Targets, count: int, seed: int) -> list[list[list[str]]]:
+    """For each pair, ``count`` personas of *other* dialogues of the split (a fixed draw per seed)."""
+    rng = random.Random(seed)
+    draws = []
+    for n, (d, _) in enumerate(targets.pairs):
+        pool = [m for m, (other, _) in enumerate(targets.pairs) if other != d]
+        picks = rng.sample(pool, min(count, len(pool)))
+        draws.append([targets.facts(m) for m in picks])
+    return [[draw[k] for draw in draws] for k in range(count)]  # per distractor slot, a persona for each pair
+
+
+def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: SamplingConfig, batch_size: int = 16,
+                     progress=None) -> tuple[list[str], list[str]]:
+    """Generated and gold replies for every target response (context: persona prefix + history)."""
+    budget = context_limit(model) - sampling.max_new_tokens
+    jobs = []
+    for dialogue_index, speaker in targets.pairs:
+        dialogue = targets.dialogues[dialogue_index]
+        prefix = fmt.persona_prefix(dialogue.facts(speaker), speaker)
+        history = [fmt.utterance(t) for t in dialogue.turns]
+        for turn in range(len(dialogue.turns)):
+            if dialogue.speaker_of(turn) == speaker:
+                jobs.append((fit_context(prefix, history[:turn], budget), dialogue.turns[turn]))
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))  # similar lengths batch together
+    replies: list[str] = [""] * len(jobs)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for row, reply in zip(rows, generate_batch(model, fmt, [jobs[r][0] for r in rows], sampling)):
+            replies[row] = fmt.decode(reply)
+        if progress is not None:
+            progress(len(rows))
+    return replies, [gold for _, gold in jobs]
+
+
+DECODING = {
+    "greedy": SamplingConfig(do_sample=False, max_new_tokens=32),
+    "sample": SamplingConfig(do_sample=True, top_k=10, top_p=0.92, max_new_tokens=32),
+    "beam": SamplingConfig(do_sample=False, num_beams=4, max_new_tokens=32),
+}
+
+
+def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode: str = "greedy",
+             distractors: int = 19, batch_size: int = 8, seed: int = 0, metrics: Sequence[str] = ("ppl", "f1", "hits"),
+             control_contexts: int = 0, progress: bool = True) -> dict:
+    """All metrics for one model on ``dialogues``; see the module docstring for definitions."""
+    from tqdm.auto import tqdm
+
+    if decode not in DECODING:
+        raise ValueError(f"decode must be one of {', '.join(DECODING)}")
+    started = time.perf_counter()
+    targets = Targets.of(dialogues)
+    if not targets.pairs:
+        raise ValueError("no dialogue with a known persona to evaluate")
+    max_length = min(1024, context_limit(model))
+    results: dict = {"conversations": len(targets.pairs)}
+    model.eval()
+    if "ppl" in metrics or "hits" in metrics:
+        examples = examples_for(targets, fmt, max_length)
+        runs = 1 + (distractors if "hits" in metrics else 0)
+        bar = tqdm(total=len(examples) * runs, desc="teacher forcing", unit="seq", disable=not progress)
+        true_scores = score_examples(model, fmt, examples, targets, batch_size, bar.update)
+        results["responses"] = len(true_scores)
+        results |= perplexities(true_scores)
+        results["tf_f1"] = 100 * original_tf_f1(true_scores, fmt.eos_id)
+        if "hits" in metrics:
+            others = [score_examples(model, fmt, examples_for(targets, fmt, max_length, swap), targets, batch_size,
+                                     bar.update)
+                      for swap in distractor_personas(targets, distractors, seed)]
+            results |= {k: 100 * v for k, v in persona_hits(true_scores, others).items()}
+        bar.close()
+    if "f1" in metrics:
+        total = sum(1 for d, s in targets.pairs for t in range(len(targets.dialogues[d].turns))
+                    if targets.dialogues[d].speaker_of(t) == s)
+        bar = tqdm(total=total, desc=f"generating ({decode})", unit="reply", disable=not progress)
+        replies, gold = generate_replies(model, fmt, targets, DECODING[decode], max(1, batch_size * 2), bar.update)
+        bar.close()
+        results["f1"] = 100 * sum(word_f1(r, g) for r, g in zip(replies, gold)) / len(gold)
+        results["distinct_1"] = distinct_n(replies, 1)
+        results["distinct_2"] = distinct_n(replies, 2)
+        results["samples"] = [{"gold": g, "generated": r} for r, g in list(zip(replies, gold))[:5]]
+    if control_contexts:
+        from personagpt.control import GoalLabeler, control_success
+
+        control = control_success(model, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
+                                  batch_size=max(1, batch_size * 2), seed=seed, progress=progress)
+        results["control_success"] = 100 * control["overall"]["success"]
+        results["control_base_rate"] = 100 * control["overall"]["base_rate"]
+        results["control"] = control
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+COLUMNS = [("ppl_token", "PPL/token", "{:.2f}"), ("ppl_word", "PPL/word", "{:.2f}"), ("ppl_orig", "PPL (orig)", "{:.2f}"),
+           ("tf_f1", "tf-F1", "{:.1f}"), ("f1", "F1", "{:.2f}"), ("distinct_1", "Dist-1", "{:.3f}"),
+           ("distinct_2", "Dist-2", "{:.3f}"), ("hits1_response", "Hits@1 resp", "{:.1f}"),
+           ("hits1_conversation", "Hits@1 conv", "{:.1f}"), ("control_success", "Control", "{:.1f}"),
+           ("control_base_rate", "Control base", "{:.1f}"), ("seconds", "Time (s)", "{:.0f}")]
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """One row per model; columns only for metrics some row has."""
+    shown = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    lines = ["| Model | " + " | ".join(h for _, h, _ in shown) + " |", "|---|" + "---:|" * len(shown)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | " + " | ".join("error" if i == 0 else "" for i in range(len(shown))) + " |")
+            continue
+        cells = [fmt.format(r[key]) if key in r else "" for key, _, fmt in shown]
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
