@@ -92,10 +92,11 @@ def test_long_message_non_utf8_and_eof(tiny_checkpoint):
     assert "Goodbye." in result.output
 
 
-def test_no_model_is_a_clear_error():
+def test_no_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("personagpt.models.BUNDLED_MODEL", tmp_path / "none")
     result = run(["interact", "--persona", "i like dogs."])
     assert result.exit_code == 2
-    assert "no --model given" in result.output
+    assert "no --model given" in result.output and "--model" in result.output
 
 
 def test_selfplay_table_and_jsonl(tiny_checkpoint, tmp_path):

