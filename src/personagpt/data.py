@@ -107,14 +107,8 @@ class _Episode:
 
 def parse_jsonl(path: str | os.PathLike) -> list[Dialogue]:
     """Parse the project's JSONL dialogue format (see module docstring)."""
-    path = Path(path)
     dialogues = []
-    for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    for where, obj in _json_lines(path):
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected a JSON object with a 'turns' list")
         turns = _string_list(obj.get("turns"), "turns", where)
@@ -145,16 +139,8 @@ class ControlRecord:
 
 def load_control_records(path: str | os.PathLike) -> list[ControlRecord]:
     """Action-code data: JSONL of ``{goal, facts (optional), history, response}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     records = []
-    for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    for where, obj in _json_lines(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("goal"), str) or not obj["goal"].strip():
             raise DataError(f"{where}: expected an object with a non-empty 'goal' string")
         response = obj.get("response")
@@ -184,16 +170,8 @@ def load_dialogues(path: str | os.PathLike) -> list[Dialogue]:
 
 def load_personas(path: str | os.PathLike) -> list[list[str]]:
     """Persona profiles: one JSON list of facts per line (``personas_train.jsonl``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
     personas = []
-    for lineno, line in _lines(path):
-        where = f"{path}:{lineno}"
-        try:
-            facts = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+    for where, facts in _json_lines(path):
         facts = _string_list(facts, "persona", where)
         if facts:
             personas.append(facts)
@@ -227,6 +205,19 @@ def default_data_dir() -> Path:
 
 def default_personas_path() -> Path:
     return default_data_dir() / "personachat" / "personas_train.jsonl"
+
+
+def _json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
+    """``(file:line, parsed JSON)`` for each non-blank line; a missing file or bad JSON is a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    for lineno, line in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
