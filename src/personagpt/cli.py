@@ -566,9 +566,9 @@ def evaluate_models(
     data: Annotated[Optional[Path], typer.Option("--data", help="ConvAI2-format split (default: the Persona-Chat validation split).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate only the first N dialogues (quick runs).")] = None,
     decode: Annotated[str, typer.Option(help="Decoding for F1 and distinct-n: greedy, sample or beam.")] = "greedy",
-    metrics: Annotated[str, typer.Option(help="Comma-separated groups: ppl (perplexities, tf-F1), f1 (generation: F1, distinct-n), hits (persona identification).")] = "ppl,f1,hits",
+    metrics: Annotated[str, typer.Option(help="Comma-separated groups: ppl (perplexities, tf-F1), f1 (generation: F1, distinct-n), hits (persona identification), control (control success rate and its no-action base rate).")] = "ppl,f1,hits,control",
     distractors: Annotated[int, typer.Option(min=1, help="Distractor personas for Hits@1.")] = 19,
-    control_contexts: Annotated[int, typer.Option(min=0, help="Contexts for the control success rate (0: skip).")] = 0,
+    control_contexts: Annotated[int, typer.Option(min=1, help="Contexts (x 11 goals) for the control success rate.")] = 50,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer for random:... models (default: the shared GPT-2 BPE files).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write all results as JSON here.")] = None,
@@ -578,7 +578,7 @@ def evaluate_models(
 ) -> None:
     """Evaluate models on a Persona-Chat split and print one comparison row per model.
 
-    Reports response perplexity per token, per word and as the original computed it, the original's teacher-forced token F1 (tf-F1), ConvAI2 word F1 of generated replies, distinct-1/2, persona identification Hits@1 (per response and per conversation, chance 5%) and, with --control-contexts, the control success rate against its no-action base rate. A model that fails to load gets an error row; the others still run.
+    Reports response perplexity per token, per word and as the original computed it, the original's teacher-forced token F1 (tf-F1), ConvAI2 word F1 of generated replies, distinct-1/2, persona identification Hits@1 (per response and per conversation, chance 5%) and the control success rate against its no-action base rate (contexts drawn from the evaluated dialogues). A model that fails to load gets an error row; the others still run.
     """
     with _friendly_errors():
         from transformers import set_seed
@@ -588,9 +588,10 @@ def evaluate_models(
         from personagpt.models import ModelNotFoundError
 
         groups = [m.strip() for m in metrics.split(",") if m.strip()]
-        unknown = set(groups) - {"ppl", "f1", "hits"}
-        if unknown:
-            raise UserError(f"unknown metric group(s) {', '.join(sorted(unknown))}; use ppl, f1, hits")
+        unknown = set(groups) - {"ppl", "f1", "hits", "control"}
+        if unknown or not groups:
+            raise UserError(f"unknown metric group(s) {', '.join(sorted(unknown)) or '(none)'}; "
+                            "use ppl, f1, hits, control")
         split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
         dialogues = load_dialogues(split)[:limit]
         names = model or [None]

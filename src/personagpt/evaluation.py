@@ -260,8 +260,9 @@ DECODING = {
 
 
 def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode: str = "greedy",
-             distractors: int = 19, batch_size: int = 8, seed: int = 0, metrics: Sequence[str] = ("ppl", "f1", "hits"),
-             control_contexts: int = 0, progress: bool = True) -> dict:
+             distractors: int = 19, batch_size: int = 8, seed: int = 0,
+             metrics: Sequence[str] = ("ppl", "f1", "hits", "control"), control_contexts: int = 50,
+             progress: bool = True) -> dict:
     """All metrics for one model on ``dialogues``; see the module docstring for definitions."""
     from tqdm.auto import tqdm
 
@@ -298,7 +299,7 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         results["distinct_1"] = distinct_n(replies, 1)
         results["distinct_2"] = distinct_n(replies, 2)
         results["samples"] = [{"gold": g, "generated": r} for r, g in list(zip(replies, gold))[:5]]
-    if control_contexts:
+    if "control" in metrics:
         from personagpt.control import GoalLabeler, control_success
 
         control = control_success(model, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
