@@ -15,7 +15,7 @@ Beam search and batches use ``model.generate``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import set_seed
