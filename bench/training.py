@@ -91,8 +91,8 @@ def run_original(data: Path, accumulation: int = 8, lr: float = 5e-5) -> dict:
 def run_ours(data: Path, workdir: Path) -> dict:
     from personagpt.dataset import prepare
     from personagpt.format import PromptFormat
-    from personagpt.models import load_tokenizer
-    from personagpt.training import TrainConfig, resolve_mixed_precision, train
+    from personagpt.models import load_tokenizer, resolve_mixed_precision
+    from personagpt.training import TrainConfig, train
 
     config = TrainConfig(from_scratch="6x384", tokenizer=str(SHARED / "tokenizer" / "gpt2"), data=[str(data)],
                          output_dir=str(workdir / "ours"), epochs=1, batch_size=8, learning_rate=5e-5,

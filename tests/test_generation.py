@@ -1,7 +1,7 @@
 import pytest
 
-from personagpt.generation import (GREEDY, ContextOverflowError, Conversation, SamplingConfig, fit_context,
-                                   generate_batch)
+from personagpt.generation import (GREEDY, ContextOverflowError, Conversation, Replay, SamplingConfig,
+                                   fit_context, generate_batch, generate_replays)
 
 FACTS = ["i like dogs.", "i am a nurse."]
 USER_TURNS = ["hi there , how are you ?", "what do you do for work ?", "cool , me too .", "do you have pets ?"]
@@ -98,6 +98,37 @@ def test_batch_matches_single(tiny_model, fmt):
     single = [generate_batch(tiny_model, fmt, [c], SHORT)[0] for c in contexts]
     assert batched == single
     assert all(fmt.eos_id not in reply for reply in batched)
+
+
+def test_replays_match_re_encoding_every_context(tiny_model, fmt):
+    """Lockstep replay over a shared cache with masked holes gives the replies of re-encoding each context."""
+    turns = [fmt.utterance(t) for t in USER_TURNS + ["yes , two cats .", "bye !"]]
+    replays = [Replay(fmt.persona_prefix(FACTS, 2), turns, [1, 3, 5]),
+               Replay(fmt.persona_prefix(["i like cats."], 1), turns[:3], [0, 2]),  # fewer replies than the others
+               Replay(fmt.action_prefix("ask about kids."), turns[:4], [2]),
+               Replay(fmt.persona_prefix(FACTS, 1), [], [0])]
+    replayed = generate_replays(tiny_model, fmt, replays, SHORT, batch_size=3)
+    expected = [[generate_batch(tiny_model, fmt, [r.prefix + [i for t in r.turns[:at] for i in t]], SHORT)[0]
+                 for at in r.reply_at] for r in replays]
+    assert replayed == expected
+    assert [len(r) for r in replayed] == [3, 2, 1, 1]
+
+
+def test_replay_feeds_the_history_once(tiny_model, fmt):
+    turns = [fmt.utterance(t) for t in USER_TURNS + ["yes , two cats .", "bye !"]]
+    replay = Replay(fmt.persona_prefix(FACTS, 2), turns, list(range(len(turns))))
+    counter = TokenCounter(tiny_model)
+    generate_replays(tiny_model, fmt, [replay], SHORT)
+    counter.close()
+    generated = len(turns) * (SHORT.max_new_tokens - 1)  # at most, fed back one at a time
+    assert counter.seen <= replay.length() + generated
+    assert counter.seen < sum(len(replay.prefix) + sum(map(len, turns[:at])) for at in replay.reply_at)
+
+
+def test_replays_refuse_what_does_not_fit(tiny_model, fmt):
+    long = Replay(fmt.persona_prefix(FACTS), [fmt.utterance("word " * 300)] * 4, [3])
+    with pytest.raises(ValueError, match="does not fit"):
+        generate_replays(tiny_model, fmt, [long], SHORT)
 
 
 def test_sampling_is_seeded_and_never_emits_control_tokens(tiny_model, fmt):

@@ -280,7 +280,7 @@ def build_control_records(dialogues, labeler: GoalLabeler, goals: Sequence[str] 
 
 def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence[str] = DEFAULT_ACTIONS,
                     contexts: int = 50, sampling=None, batch_size: int = 16, seed: int = 0,
-                    progress: bool = True) -> dict[str, dict[str, float]]:
+                    progress: bool = True, precision: str = "auto") -> dict[str, dict[str, float]]:
     """How often a steered turn fulfils its goal, against the rate without steering.
 
     For ``contexts`` validation contexts (a dialogue cut before a random turn), the model generates the next turn
@@ -292,6 +292,7 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
     from tqdm.auto import tqdm
 
     from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+    from personagpt.models import inference_autocast
 
     cfg = sampling or SamplingConfig(do_sample=False, max_new_tokens=40)
     rng = random.Random(seed)
@@ -306,9 +307,11 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
         for goal in goals:
             jobs.append((goal, fit_context(fmt.action_prefix(goal), history, budget)))
     replies = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc="control success", unit="batch", disable=not progress):
-        batch = [ids for _, ids in jobs[start:start + batch_size]]
-        replies += [fmt.decode(r) for r in generate_batch(model, fmt, batch, cfg)]
+    with inference_autocast(model, precision):
+        for start in tqdm(range(0, len(jobs), batch_size), desc="control success", unit="batch",
+                          disable=not progress):
+            batch = [ids for _, ids in jobs[start:start + batch_size]]
+            replies += [fmt.decode(r) for r in generate_batch(model, fmt, batch, cfg)]
     found = labeler.label_many(replies, goals)
     results = {}
     for goal in goals:

@@ -38,7 +38,7 @@ import torch
 from personagpt.data import Dialogue
 from personagpt.dataset import Example, persona_examples
 from personagpt.format import PromptFormat
-from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.generation import Replay, SamplingConfig, context_limit, fit_context, generate_batch, generate_replays
 
 # ---- metric definitions (pure functions, pinned by tests) ---------------------------------------------------------
 
@@ -218,38 +218,52 @@ def persona_hits(true_scores: Sequence[TurnScore], distractor_scores: Sequence[S
             "hits1_conversation": sum(per_conversation) / len(per_conversation)}
 
 
-def distractor_personas(targets: Targets, count: int, seed: int) -> list[list[list[str]]]:
-    """For each pair, ``count`` personas of *other* dialogues of the split (a fixed draw per seed)."""
+def distractor_personas(targets: Targets, count: int, seed: int, split: Targets | None = None) -> list[list[list[str]]]:
+    """For each pair, ``count`` personas of *other* dialogues of ``split`` (default: ``targets``; a fixed draw
+    per seed)."""
+    split = split or targets
     rng = random.Random(seed)
     draws = []
-    for n, (d, _) in enumerate(targets.pairs):
-        pool = [m for m, (other, _) in enumerate(targets.pairs) if other != d]
+    for d, _ in targets.pairs:
+        pool = [m for m, (other, _) in enumerate(split.pairs) if other != d]
         picks = rng.sample(pool, min(count, len(pool)))
-        draws.append([targets.facts(m) for m in picks])
+        draws.append([split.facts(m) for m in picks])
     return [[draw[k] for draw in draws] for k in range(count)]  # per distractor slot, a persona for each pair
 
 
 def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: SamplingConfig, batch_size: int = 16,
                      progress=None) -> tuple[list[str], list[str]]:
-    """Generated and gold replies for every target response (context: persona prefix + history)."""
-    budget = context_limit(model) - sampling.max_new_tokens
-    jobs = []
+    """Generated and gold replies for every target response (context: persona prefix + gold history).
+
+    Conversations are replayed with one KV cache each (``generate_replays``); beam search, and the rare
+    conversation too long for the context window, re-encode each context instead (oldest turns dropped to fit).
+    """
+    limit = context_limit(model)
+    replays, gold = [], []
     for dialogue_index, speaker in targets.pairs:
         dialogue = targets.dialogues[dialogue_index]
-        prefix = fmt.persona_prefix(dialogue.facts(speaker), speaker)
-        history = [fmt.utterance(t) for t in dialogue.turns]
-        for turn in range(len(dialogue.turns)):
-            if dialogue.speaker_of(turn) == speaker:
-                jobs.append((fit_context(prefix, history[:turn], budget), dialogue.turns[turn]))
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))  # similar lengths batch together
-    replies: list[str] = [""] * len(jobs)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        for row, reply in zip(rows, generate_batch(model, fmt, [jobs[r][0] for r in rows], sampling)):
-            replies[row] = fmt.decode(reply)
+        reply_at = [t for t in range(len(dialogue.turns)) if dialogue.speaker_of(t) == speaker]
+        replays.append(Replay(fmt.persona_prefix(dialogue.facts(speaker), speaker),
+                              [fmt.utterance(t) for t in dialogue.turns], reply_at))
+        gold += [dialogue.turns[t] for t in reply_at]
+    replayed = [i for i, r in enumerate(replays)
+                if sampling.num_beams == 1 and r.length() + sampling.max_new_tokens <= limit]
+    out: list[list[list[int]]] = [[] for _ in replays]
+    for i, replies in zip(replayed, generate_replays(model, fmt, [replays[i] for i in replayed], sampling,
+                                                     batch_size, progress)):
+        out[i] = replies
+    rest = [(i, k, fit_context(replays[i].prefix, replays[i].turns[:t], limit - sampling.max_new_tokens))
+            for i in sorted(set(range(len(replays))) - set(replayed)) for k, t in enumerate(replays[i].reply_at)]
+    for i in {i for i, _, _ in rest}:
+        out[i] = [[] for _ in replays[i].reply_at]
+    rest.sort(key=lambda job: -len(job[2]))  # similar lengths batch together
+    for start in range(0, len(rest), batch_size):
+        jobs = rest[start:start + batch_size]
+        for (i, k, _), reply in zip(jobs, generate_batch(model, fmt, [ids for _, _, ids in jobs], sampling)):
+            out[i][k] = reply
         if progress is not None:
-            progress(len(rows))
-    return replies, [gold for _, gold in jobs]
+            progress(len(jobs))
+    return [fmt.decode(reply) for replies in out for reply in replies], gold
 
 
 DECODING = {
@@ -262,9 +276,16 @@ DECODING = {
 def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode: str = "greedy",
              distractors: int = 19, batch_size: int = 8, seed: int = 0,
              metrics: Sequence[str] = ("ppl", "f1", "hits", "control"), control_contexts: int = 50,
-             progress: bool = True) -> dict:
-    """All metrics for one model on ``dialogues``; see the module docstring for definitions."""
+             progress: bool = True, precision: str = "auto", hits_dialogues: int | None = None) -> dict:
+    """All metrics for one model on ``dialogues``; see the module docstring for definitions.
+
+    ``precision`` (auto, no, bf16, fp16) sets the autocast of the model's matmuls; see ``inference_autocast``.
+    ``hits_dialogues`` limits persona identification (1 + ``distractors`` teacher-forced passes) to the first N
+    dialogues; their distractors are still drawn from all of ``dialogues``.
+    """
     from tqdm.auto import tqdm
+
+    from personagpt.models import inference_autocast, resolve_mixed_precision
 
     if decode not in DECODING:
         raise ValueError(f"decode must be one of {', '.join(DECODING)}")
@@ -273,27 +294,37 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     if not targets.pairs:
         raise ValueError("no dialogue with a known persona to evaluate")
     max_length = min(1024, context_limit(model))
-    results: dict = {"conversations": len(targets.pairs)}
+    results: dict = {"conversations": len(targets.pairs), "precision": resolve_mixed_precision(precision)}
     model.eval()
+    autocast = inference_autocast(model, precision)
     if "ppl" in metrics or "hits" in metrics:
         examples = examples_for(targets, fmt, max_length)
-        runs = 1 + (distractors if "hits" in metrics else 0)
-        bar = tqdm(total=len(examples) * runs, desc="teacher forcing", unit="seq", disable=not progress)
-        true_scores = score_examples(model, fmt, examples, targets, batch_size, bar.update)
+        # pairs are in dialogue order, so the ranked pairs are the first pairs of targets
+        ranked = Targets.of(dialogues[:hits_dialogues]) if hits_dialogues else targets
+        ranked_examples = examples_for(ranked, fmt, max_length) if ranked is not targets else examples
+        runs = distractors * len(ranked_examples) if "hits" in metrics else 0
+        bar = tqdm(total=len(examples) + runs, desc="teacher forcing", unit="seq", disable=not progress)
+        with autocast:
+            true_scores = score_examples(model, fmt, examples, targets, batch_size, bar.update)
         results["responses"] = len(true_scores)
         results |= perplexities(true_scores)
         results["tf_f1"] = 100 * original_tf_f1(true_scores, fmt.eos_id)
         if "hits" in metrics:
-            others = [score_examples(model, fmt, examples_for(targets, fmt, max_length, swap), targets, batch_size,
-                                     bar.update)
-                      for swap in distractor_personas(targets, distractors, seed)]
-            results |= {k: 100 * v for k, v in persona_hits(true_scores, others).items()}
+            with autocast:
+                others = [score_examples(model, fmt, examples_for(ranked, fmt, max_length, swap), ranked,
+                                         batch_size, bar.update)
+                          for swap in distractor_personas(ranked, distractors, seed, split=targets)]
+            own = [t for t in true_scores if t.conversation < len(ranked.pairs)]
+            results |= {k: 100 * v for k, v in persona_hits(own, others).items()}
+            results["hits_conversations"] = len(ranked.pairs)
         bar.close()
     if "f1" in metrics:
         total = sum(1 for d, s in targets.pairs for t in range(len(targets.dialogues[d].turns))
                     if targets.dialogues[d].speaker_of(t) == s)
         bar = tqdm(total=total, desc=f"generating ({decode})", unit="reply", disable=not progress)
-        replies, gold = generate_replies(model, fmt, targets, DECODING[decode], max(1, batch_size * 2), bar.update)
+        with autocast:
+            replies, gold = generate_replies(model, fmt, targets, DECODING[decode], max(1, batch_size * 2),
+                                             bar.update)
         bar.close()
         results["f1"] = 100 * sum(word_f1(r, g) for r, g in zip(replies, gold)) / len(gold)
         results["distinct_1"] = distinct_n(replies, 1)
@@ -303,7 +334,8 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         from personagpt.control import GoalLabeler, control_success
 
         control = control_success(model, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
-                                  batch_size=max(1, batch_size * 2), seed=seed, progress=progress)
+                                  batch_size=max(1, batch_size * 2), seed=seed, progress=progress,
+                                  precision=precision)
         results["control_success"] = 100 * control["overall"]["success"]
         results["control_base_rate"] = 100 * control["overall"]["base_rate"]
         results["control"] = control

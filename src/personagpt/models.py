@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -109,15 +110,19 @@ def load_tokenizer(name_or_path: str | os.PathLike):
 
 
 def load_model(name_or_path: str | os.PathLike | None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None):
+               dtype: torch.dtype | None = None, merge_adapter: bool = False):
     """Load ``(model, tokenizer)`` from a hub id, a local checkpoint, or a LoRA adapter directory.
 
-    The model is in eval mode on ``device`` (default: CUDA when available, else CPU).
+    The model is in eval mode on ``device`` (default: CUDA when available, else CPU). ``merge_adapter`` folds a
+    LoRA adapter into the base weights: same outputs, no extra matmuls per layer (for inference; keep it off to
+    go on training the adapter).
     """
     name = resolve_model_name(str(name_or_path) if name_or_path is not None else None)
     path = Path(name)
     if path.is_dir() and (path / "adapter_config.json").is_file():
         model, tokenizer = _load_adapter(path, dtype)
+        if merge_adapter:
+            model = model.merge_and_unload()
     else:
         tokenizer = load_tokenizer(name)
         model = _from_pretrained(AutoModelForCausalLM, name, dtype=dtype)
@@ -136,6 +141,32 @@ def _load_adapter(path: Path, dtype):
     base = _from_pretrained(AutoModelForCausalLM, resolve_model_name(base_name), dtype=dtype)
     add_special_tokens(tokenizer, base)
     return PeftModel.from_pretrained(base, str(path)), tokenizer
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` becomes bf16 where the hardware is fast at it (recent GPUs; CPUs with AMX or AVX512-BF16)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if _cpu_has_fast_bf16() else "no"
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def inference_autocast(model, precision: str = "auto"):
+    """Autocast for scoring and generation: bf16 matmuls run ~5x faster than fp32 on an AMX CPU, and change
+    perplexities by well under 1%. ``no`` keeps full precision."""
+    mode = resolve_mixed_precision(precision)
+    if mode == "no" or model.dtype != torch.float32:
+        return nullcontext()
+    return torch.autocast(model.device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
 def save_checkpoint(model, tokenizer, path: str | os.PathLike) -> Path:

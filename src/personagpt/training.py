@@ -27,6 +27,7 @@ from torch import nn
 
 from personagpt.dataset import IGNORE_INDEX, Batch, TokenizedDataset, collate, plan_batches, prepare
 from personagpt.format import SPECIAL_TOKENS, PromptFormat, add_special_tokens
+from personagpt.models import resolve_mixed_precision
 
 PHASES = ("pretrain", "train_loop")
 # The loss names each phase logs, as in the original.
@@ -235,8 +236,14 @@ class TargetLoss(nn.Module):
         return hidden[positions]
 
     def logits_at(self, input_ids, attention_mask, positions: torch.Tensor) -> torch.Tensor:
-        """Next-token logits at the ``positions`` only, in row-major order."""
-        return self._head(self.hidden_at(input_ids, attention_mask, positions))
+        """Next-token fp32 logits at the ``positions`` only, in row-major order.
+
+        The output layer runs in the weights' own precision even under autocast: bf16 logits (3 significant
+        digits) shift perplexities and flip argmax ties; the layers below keep the speed-up.
+        """
+        hidden = self.hidden_at(input_ids, attention_mask, positions)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._head(hidden.to(self._head.weight.dtype)).float()
 
     def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]
@@ -308,22 +315,6 @@ class Schedule:
         mixed = persona + control[:n_ctrl]
         random.Random(c.seed * 31 + epoch).shuffle(mixed)
         return mixed
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if _cpu_has_fast_bf16() else "no"
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def keep_freed_memory() -> bool:
