@@ -285,7 +285,7 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     """
     from tqdm.auto import tqdm
 
-    from personagpt.models import inference_autocast, resolve_mixed_precision
+    from personagpt.models import generation_model, inference_autocast, resolve_mixed_precision
 
     if decode not in DECODING:
         raise ValueError(f"decode must be one of {', '.join(DECODING)}")
@@ -322,9 +322,10 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         total = sum(1 for d, s in targets.pairs for t in range(len(targets.dialogues[d].turns))
                     if targets.dialogues[d].speaker_of(t) == s)
         bar = tqdm(total=total, desc=f"generating ({decode})", unit="reply", disable=not progress)
-        with autocast:
-            replies, gold = generate_replies(model, fmt, targets, DECODING[decode], max(1, batch_size * 2),
-                                             bar.update)
+        generator, generator_autocast = generation_model(model, precision)
+        with generator_autocast:  # decoding steps are cheap per row: batch 8x wider than scoring
+            replies, gold = generate_replies(generator, fmt, targets, DECODING[decode], batch_size * 8, bar.update)
+        del generator
         bar.close()
         results["f1"] = 100 * sum(word_f1(r, g) for r, g in zip(replies, gold)) / len(gold)
         results["distinct_1"] = distinct_n(replies, 1)
@@ -333,9 +334,10 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     if "control" in metrics:
         from personagpt.control import GoalLabeler, control_success
 
-        control = control_success(model, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
-                                  batch_size=max(1, batch_size * 2), seed=seed, progress=progress,
-                                  precision=precision)
+        generator, _ = generation_model(model, precision)
+        control = control_success(generator, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
+                                  batch_size=batch_size * 8, seed=seed, progress=progress, precision=precision)
+        del generator
         results["control_success"] = 100 * control["overall"]["success"]
         results["control_base_rate"] = 100 * control["overall"]["base_rate"]
         results["control"] = control

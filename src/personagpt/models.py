@@ -169,6 +169,19 @@ def inference_autocast(model, precision: str = "auto"):
     return torch.autocast(model.device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
+def generation_model(model, precision: str = "auto"):
+    """``(model, autocast)`` to generate with.
+
+    Scoring is fastest under autocast over fp32 weights, but a decoding step is not: autocast re-casts every
+    weight at every step. Measured on the 2-core AMX CPU (SmolLM2-135M, 64 rows): 154 ms a step in fp32, 151 ms
+    under autocast, 75 ms with bf16 weights. So on a CPU, bf16 generation runs on a bf16 copy of the model.
+    """
+    mode = resolve_mixed_precision(precision)
+    if mode == "bf16" and model.device.type == "cpu" and model.dtype == torch.float32:
+        return copy.deepcopy(model).to(torch.bfloat16), nullcontext()
+    return model, inference_autocast(model, precision)
+
+
 def save_checkpoint(model, tokenizer, path: str | os.PathLike) -> Path:
     """Write model (safetensors) and tokenizer to ``path``; loadable with :func:`load_model`."""
     path = Path(path)
