@@ -8,7 +8,9 @@ tokens per turn, so the difference is only how the context and the decoding step
 By default each bot turn generates exactly as many tokens as the gold reply at that point of the dialogue (what
 a trained model's replies look like); ``--new-tokens N`` fixes every reply at N tokens instead.
 
-    python bench/generation.py [--repeats 5] [--new-tokens N]
+``--precision bf16`` runs both sides under bf16 autocast (it makes single-token decoding slower on a CPU).
+
+    python bench/generation.py [--repeats 5] [--new-tokens N] [--precision no|bf16]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import transformers
 from personagpt.data import load_dialogues
 from personagpt.format import PromptFormat
 from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import build_gpt2, load_tokenizer
+from personagpt.models import build_gpt2, inference_autocast, load_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=None,
                         help="tokens generated per bot turn (default: the gold reply's length)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["no", "bf16"], default="no",
+                        help="autocast for both sides (default: fp32, as the original ran)")
     args = parser.parse_args()
     transformers.logging.set_verbosity_error()
 
@@ -83,16 +87,17 @@ def main() -> None:
     samplings = [FixedLength(max_new_tokens=n) for n in lengths]
     facts = dialogue.p2_facts
 
-    original_turns(model, fmt, facts, user_turns[:2], samplings, args.seed)  # warm-up
     runs = {"original": [], "ours": []}
-    for r in range(args.repeats):
-        runs["original"].append(original_turns(model, fmt, facts, user_turns, samplings, args.seed + r))
-        runs["ours"].append(our_turns(model, fmt, facts, user_turns, samplings, args.seed + r))
+    with inference_autocast(model, args.precision):
+        original_turns(model, fmt, facts, user_turns[:2], samplings, args.seed)  # warm-up
+        for r in range(args.repeats):
+            runs["original"].append(original_turns(model, fmt, facts, user_turns, samplings, args.seed + r))
+            runs["ours"].append(our_turns(model, fmt, facts, user_turns, samplings, args.seed + r))
     median = {k: [statistics.median(run[t] for run in v) * 1000 for t in range(len(user_turns))]
               for k, v in runs.items()}
 
     context = len(fmt.persona_prefix(facts)) + sum(len(fmt.utterance(t)) + n + 1 for t, n in zip(user_turns, lengths))
-    print(f"model: GPT-2 6x384 (random init), torch threads: {torch.get_num_threads()}, "
+    print(f"model: GPT-2 6x384 (random init), precision: {args.precision}, torch threads: {torch.get_num_threads()}, "
           f"context at turn 8: {context} tokens, median of {args.repeats} conversations")
     print("| turn | new tokens | original (ms) | ours (ms) | speed-up |")
     print("|---:|---:|---:|---:|---:|")
