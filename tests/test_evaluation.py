@@ -109,3 +109,23 @@ def test_eval_cli_keeps_going_after_a_bad_model(tiny_checkpoint, tmp_path):
     assert rows[0]["responses"] > 0 and "error" in rows[1]
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_checkpoint), "--metrics", "bleu"])
     assert bad.exit_code == 2 and "unknown metric" in bad.output
+
+
+def test_hits_limit_ranks_only_the_first_dialogues(tiny_model, fmt):
+    dialogues = load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:4]
+    result = evaluate(tiny_model, fmt, dialogues, distractors=3, metrics=("ppl", "hits"), progress=False,
+                      hits_dialogues=1, precision="no")
+    assert result["conversations"] == 8 and result["hits_conversations"] == 2
+    assert result["hits1_conversation"] in (0.0, 50.0, 100.0)
+    # the perplexities still cover every dialogue
+    full = evaluate(tiny_model, fmt, dialogues, metrics=("ppl",), progress=False, precision="no")
+    assert result["ppl_token"] == pytest.approx(full["ppl_token"])
+
+
+def test_bf16_generation_uses_a_copy(tiny_model):
+    from personagpt.models import generation_model
+
+    copy, _ = generation_model(tiny_model, "bf16")
+    assert copy is not tiny_model and copy.dtype == torch.bfloat16 and tiny_model.dtype == torch.float32
+    same, _ = generation_model(tiny_model, "no")
+    assert same is tiny_model
