@@ -129,3 +129,13 @@ def test_bf16_generation_uses_a_copy(tiny_model):
     assert copy is not tiny_model and copy.dtype == torch.bfloat16 and tiny_model.dtype == torch.float32
     same, _ = generation_model(tiny_model, "no")
     assert same is tiny_model
+
+
+@pytest.mark.parametrize("decode", ["greedy", "beam"])
+def test_generate_replies_gives_one_reply_per_gold_response(tiny_model, fmt, decode):
+    """Greedy replays the conversations through one cache; beams (and over-long ones) re-encode each context."""
+    from personagpt.evaluation import DECODING, generate_replies
+
+    targets = Targets.of(load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:2])
+    replies, gold = generate_replies(tiny_model, fmt, targets, DECODING[decode], batch_size=4)
+    assert len(replies) == len(gold) == sum(len(d.turns) for d in targets.dialogues)

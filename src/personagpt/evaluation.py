@@ -246,16 +246,15 @@ def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: Sampl
         replays.append(Replay(fmt.persona_prefix(dialogue.facts(speaker), speaker),
                               [fmt.utterance(t) for t in dialogue.turns], reply_at))
         gold += [dialogue.turns[t] for t in reply_at]
-    replayed = [i for i, r in enumerate(replays)
-                if sampling.num_beams == 1 and r.length() + sampling.max_new_tokens <= limit]
-    out: list[list[list[int]]] = [[] for _ in replays]
-    for i, replies in zip(replayed, generate_replays(model, fmt, [replays[i] for i in replayed], sampling,
-                                                     batch_size, progress)):
-        out[i] = replies
-    rest = [(i, k, fit_context(replays[i].prefix, replays[i].turns[:t], limit - sampling.max_new_tokens))
-            for i in sorted(set(range(len(replays))) - set(replayed)) for k, t in enumerate(replays[i].reply_at)]
-    for i in {i for i, _, _ in rest}:
-        out[i] = [[] for _ in replays[i].reply_at]
+    fits = [sampling.num_beams == 1 and r.length() + sampling.max_new_tokens <= limit for r in replays]
+    replayed = [i for i, f in enumerate(fits) if f]
+    out: list[list[list[int]]] = [[[] for _ in r.reply_at] for r in replays]
+    if replayed:
+        for i, replies in zip(replayed, generate_replays(model, fmt, [replays[i] for i in replayed], sampling,
+                                                         batch_size, progress)):
+            out[i] = replies
+    rest = [(i, k, fit_context(r.prefix, r.turns[:t], limit - sampling.max_new_tokens))
+            for i, r in enumerate(replays) if not fits[i] for k, t in enumerate(r.reply_at)]
     rest.sort(key=lambda job: -len(job[2]))  # similar lengths batch together
     for start in range(0, len(rest), batch_size):
         jobs = rest[start:start + batch_size]
@@ -318,14 +317,14 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
             results |= {k: 100 * v for k, v in persona_hits(own, others).items()}
             results["hits_conversations"] = len(ranked.pairs)
         bar.close()
+    if "f1" in metrics or "control" in metrics:  # one generation copy (bf16 on a CPU) serves both
+        generator, generator_autocast = generation_model(model, precision)
     if "f1" in metrics:
         total = sum(1 for d, s in targets.pairs for t in range(len(targets.dialogues[d].turns))
                     if targets.dialogues[d].speaker_of(t) == s)
         bar = tqdm(total=total, desc=f"generating ({decode})", unit="reply", disable=not progress)
-        generator, generator_autocast = generation_model(model, precision)
         with generator_autocast:  # decoding steps are cheap per row: batch 8x wider than scoring
             replies, gold = generate_replies(generator, fmt, targets, DECODING[decode], batch_size * 8, bar.update)
-        del generator
         bar.close()
         results["f1"] = 100 * sum(word_f1(r, g) for r, g in zip(replies, gold)) / len(gold)
         results["distinct_1"] = distinct_n(replies, 1)
@@ -334,10 +333,8 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     if "control" in metrics:
         from personagpt.control import GoalLabeler, control_success
 
-        generator, _ = generation_model(model, precision)
         control = control_success(generator, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
                                   batch_size=batch_size * 8, seed=seed, progress=progress, precision=precision)
-        del generator
         results["control_success"] = 100 * control["overall"]["success"]
         results["control_base_rate"] = 100 * control["overall"]["base_rate"]
         results["control"] = control
