@@ -57,6 +57,16 @@ def test_mode1_actions_index_free_text_and_unknown_index(tiny_checkpoint):
     assert "10  talk about politics." in result.output
 
 
+def test_compile_flag_gives_the_same_greedy_chat(tiny_checkpoint):
+    script = b"1\ni have a cat .\n4\ni like to swim .\n"
+    args = ["interact", "--model", tiny_checkpoint, "--mode", "1", "--num_turns", "2", "--max-new-tokens", "6",
+            "--greedy"]
+    eager, compiled = run(args, script), run(args + ["--compile"], script)
+    assert compiled.exit_code == 0, compiled.output
+    assert compiled.output == eager.output
+    assert compiled.output.count("Bot [") == 2
+
+
 def test_random_persona_and_persona_file(tiny_checkpoint, tmp_path):
     facts = tmp_path / "facts.txt"
     facts.write_text("i love jazz.\ni play the sax.\n")

@@ -1,5 +1,7 @@
 import pytest
 
+from personagpt.models import build_gpt2
+
 from personagpt.generation import (GREEDY, ContextOverflowError, Conversation, Replay, SamplingConfig,
                                    fit_context, generate_batch, generate_replays)
 
@@ -176,3 +178,54 @@ def test_repetition_penalty_and_beams_run(tiny_model, fmt):
     conversation.add_turn("and you ?")
     assert isinstance(conversation.respond(SamplingConfig(do_sample=False, num_beams=2, max_new_tokens=6)), str)
     assert len(conversation.context_ids()) > len(context)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # the eager fallback warns: it must not be taken here
+def test_compiled_decoding_matches_eager(tiny_model, fmt):
+    """torch.compile over a static cache: same greedy turns as re-encoding, across context drops and cache sizes."""
+    compiled = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT, max_context=80, compile=True)
+    fresh = Conversation.with_persona(tiny_model, fmt, FACTS, sampling=SHORT, max_context=80, use_cache=False)
+    for text in USER_TURNS * 2:
+        compiled.add_turn(text)
+        fresh.add_turn(text)
+        assert compiled.respond() == fresh.respond()
+    assert compiled.turn_ids == fresh.turn_ids
+    assert compiled._cache.get_max_length() == 80
+
+
+def test_compile_failure_falls_back_to_eager(tokenizer, fmt, monkeypatch):
+    import torch
+
+    def broken(fn, **kwargs):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=2, n_positions=128)
+    compiled = Conversation.with_persona(model, fmt, FACTS, sampling=SHORT, compile=True)
+    fresh = Conversation.with_persona(model, fmt, FACTS, sampling=SHORT, use_cache=False)
+    with pytest.warns(RuntimeWarning, match="decoding eagerly"):
+        compiled.add_turn(USER_TURNS[0])
+        fresh.add_turn(USER_TURNS[0])
+        assert compiled.respond() == fresh.respond()
+
+
+def test_min_new_tokens_bans_eos_like_generate(tokenizer, fmt):
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=2, n_positions=128)
+
+    def favour_eos(module, args, output):
+        output[..., fmt.eos_id] += 100.0
+        return output
+
+    model.lm_head.register_forward_hook(favour_eos)
+    context = fmt.persona_prefix(FACTS) + fmt.utterance(USER_TURNS[0])
+    for minimum in (0, 5):
+        cfg = SamplingConfig(do_sample=False, max_new_tokens=8, min_new_tokens=minimum)
+        bot = Conversation(model, fmt, fmt.persona_prefix(FACTS), sampling=cfg)
+        bot.add_turn(USER_TURNS[0])
+        bot.respond()
+        assert len(bot.turn_ids[-1]) - 1 == minimum  # eos right after the minimum
+        assert bot.turn_ids[-1][:-1] == generate_batch(model, fmt, [context], cfg)[0]
+        replay = Replay(fmt.persona_prefix(FACTS), [fmt.utterance(USER_TURNS[0])], reply_at=[1])
+        assert generate_replays(model, fmt, [replay], cfg) == [[bot.turn_ids[-1][:-1]]]

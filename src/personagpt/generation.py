@@ -10,6 +10,11 @@ per-token cost is dominated by framework overhead (``torch.cat`` of the whole ca
 vocabulary for top-p), which the loop avoids with a preallocated cache and top-k-first filtering. Its sampling
 rules are those of transformers' processors (repetition penalty, temperature, top-k, then top-p).
 Beam search and batches use ``model.generate``.
+
+``compile=True`` goes one step further: the single-token forward pass runs through ``torch.compile`` over a
+fixed-shape ``StaticCache`` (sized in powers of two, so a session compiles for a few shapes at most), which
+removes most of the remaining per-op overhead; prefills stay eager. It pays a one-off compilation (seconds to a
+minute) and suits long sessions and servers, not one-shot commands.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import warnings
+from collections.abc import Callable
+
 import torch
 from transformers import set_seed
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, StaticCache
 
 from personagpt.format import PromptFormat
 
@@ -34,6 +42,7 @@ class SamplingConfig:
     temperature: float = 1.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # eos is banned before this many tokens (benchmarks that need fixed-length turns)
     num_beams: int = 1
 
     def __post_init__(self) -> None:
@@ -47,6 +56,8 @@ class SamplingConfig:
             raise ValueError("repetition_penalty must be > 0")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("min_new_tokens must be between 0 and max_new_tokens")
         if self.num_beams < 1:
             raise ValueError("num_beams must be >= 1")
 
@@ -105,8 +116,10 @@ class Conversation:
     """
 
     def __init__(self, model, fmt: PromptFormat, prefix: Sequence[int], *, sampling: SamplingConfig | None = None,
-                 max_context: int | None = None, use_cache: bool = True, seed: int | None = None) -> None:
+                 max_context: int | None = None, use_cache: bool = True, compile: bool = False,
+                 seed: int | None = None) -> None:
         self.model = model
+        self.compile = compile
         self.fmt = fmt
         self.prefix = list(prefix)
         self.sampling = sampling or SamplingConfig()
@@ -114,7 +127,7 @@ class Conversation:
         self.use_cache = use_cache
         self.turns: list[str] = []
         self.turn_ids: list[list[int]] = []
-        self._cache: ReservedCache | None = None
+        self._cache: Cache | None = None
         self._cached_ids: list[int] = []
         if seed is not None:
             set_seed(seed)
@@ -153,11 +166,13 @@ class Conversation:
         if cfg.num_beams > 1:
             reply = generate_batch(self.model, self.fmt, [ids], cfg)[0]
         else:
-            if not self.use_cache or self._cache is None:
-                self._cache, self._cached_ids = ReservedCache(), []
+            needed = len(ids) + cfg.max_new_tokens
+            if not self.use_cache or self._cache is None or needed > _capacity(self._cache):
+                self._cache, self._cached_ids = self._new_cache(needed), []
             shared = self._reuse_cache(ids)
-            generated = decode(self.model, self._cache, ids, shared, cfg, self.fmt)
-            self._cached_ids = (ids + generated)[: self._cache.get_seq_length()]
+            step = compiled_step(self.model) if self.compile else None
+            generated = decode(self.model, self._cache, ids, shared, cfg, self.fmt, step=step)
+            self._cached_ids = (ids + generated)[: int(self._cache.get_seq_length())]
             reply = _strip_reply(generated, self.fmt.eos_id)
         text = self.fmt.decode(reply)
         self.turns.append(text)
@@ -177,6 +192,14 @@ class Conversation:
         """Forget cached keys/values, e.g. after the model's weights changed."""
         self._cache, self._cached_ids = None, []
 
+    def _new_cache(self, needed: int) -> Cache:
+        if not self.compile:
+            return ReservedCache()
+        capacity = 256
+        while capacity < needed:
+            capacity *= 2
+        return StaticCache(config=self.model.config, max_cache_len=min(capacity, max(needed, self.max_context)))
+
     def _reuse_cache(self, ids: list[int]) -> int:
         """Crop the cache to the longest prefix it shares with ``ids``; returns that length."""
         shared = 0
@@ -185,7 +208,7 @@ class Conversation:
                 break
             shared += 1
         shared = min(shared, len(ids) - 1)  # the last context token must be fed to get next-token logits
-        surplus = self._cache.get_seq_length() - shared
+        surplus = int(self._cache.get_seq_length()) - shared
         if surplus > 0:
             self._cache.crop(-surplus)
         return shared
@@ -252,7 +275,7 @@ def generate_replays(model, fmt: PromptFormat, replays: Sequence[Replay], sampli
 
 def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: SamplingConfig, progress):
     device, pad, eos = model.device, fmt.tokenizer.pad_token_id, fmt.eos_id
-    suppress = torch.tensor(fmt.special_ids, device=device)
+    suppress, suppress_eos = _suppressed(fmt, device)
     size = len(replays)
     cache = ReservedCache()
     mask = torch.zeros((size, 0), dtype=torch.long, device=device)
@@ -288,10 +311,11 @@ def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: Samp
         live = [bool(c) for c in chunks]
         generated: list[list[int]] = [[] for _ in replays]
         for n in range(cfg.max_new_tokens):
+            banned = suppress_eos if n < cfg.min_new_tokens else suppress
             if not cfg.do_sample and cfg.repetition_penalty == 1.0:
-                picks = logits.index_fill(1, suppress, float("-inf")).argmax(-1).tolist()
+                picks = logits.index_fill(1, banned, float("-inf")).argmax(-1).tolist()
             else:
-                picks = [_pick(logits[r], cfg, torch.tensor(seen[r], device=device), suppress) if live[r] else pad
+                picks = [_pick(logits[r], cfg, torch.tensor(seen[r], device=device), banned) if live[r] else pad
                          for r in range(size)]
             for r in range(size):
                 if live[r]:
@@ -356,10 +380,43 @@ class ReservedCache(Cache):
         super().__init__(layer_class_to_replicate=_ReservedLayer)
 
 
+def _capacity(cache: Cache) -> float:
+    """Tokens a cache can hold: a static cache is fixed at creation, ours grows."""
+    return cache.get_max_length() if isinstance(cache, StaticCache) else float("inf")
+
+
+def compiled_step(model) -> Callable[[torch.Tensor, Cache], torch.Tensor]:
+    """The model's single-token forward (next-token logits of one row) under ``torch.compile``, one per model.
+
+    If compilation fails (e.g. no C++ compiler for inductor), warns once and falls back to the eager forward.
+    """
+    step = getattr(model, "_personagpt_compiled_step", None)
+    if step is not None:
+        return step
+
+    def forward(token: torch.Tensor, cache: Cache) -> torch.Tensor:
+        return model(token, cache=cache, use_cache=True).logits[0, -1]
+
+    compiled = torch.compile(forward, fullgraph=True, dynamic=False)
+
+    def step(token: torch.Tensor, cache: Cache) -> torch.Tensor:
+        try:
+            return compiled(token, cache)
+        except Exception as error:  # noqa: BLE001 - any compiler failure: keep chatting, eagerly
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); decoding eagerly instead",
+                          RuntimeWarning, stacklevel=2)
+            model._personagpt_compiled_step = forward
+            return forward(token, cache)
+
+    model._personagpt_compiled_step = step
+    return step
+
+
 def decode(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingConfig,
-           fmt: PromptFormat) -> list[int]:
+           fmt: PromptFormat, step: Callable[[torch.Tensor, Cache], torch.Tensor] | None = None) -> list[int]:
     """Generate after ``ids`` whose first ``cached`` tokens are already in ``cache``; stops after eos.
 
+    ``step`` runs a single-token forward (see :func:`compiled_step`); by default the model's own.
     Returns the generated ids (eos included when produced). The cache then holds ``ids`` plus all generated
     tokens but the last.
     """
@@ -367,16 +424,26 @@ def decode(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingCo
     logits = model(torch.tensor([ids[cached:]], device=device), cache=cache, use_cache=True,
                    logits_to_keep=1).logits[0, -1]
     seen = torch.tensor(sorted(set(ids)), device=device)
-    suppress = torch.tensor(fmt.special_ids, device=device)
+    suppress, suppress_eos = _suppressed(fmt, device)
     generated: list[int] = []
-    for step in range(cfg.max_new_tokens):
-        token = _pick(logits.float(), cfg, seen, suppress)
+    for n in range(cfg.max_new_tokens):
+        token = _pick(logits.float(), cfg, seen, suppress_eos if n < cfg.min_new_tokens else suppress)
         generated.append(token)
-        if token == fmt.eos_id or step == cfg.max_new_tokens - 1:
+        if token == fmt.eos_id or n == cfg.max_new_tokens - 1:
             break
         seen = torch.cat([seen, torch.tensor([token], device=device)])
-        logits = model(torch.tensor([[token]], device=device), cache=cache, use_cache=True).logits[0, -1]
+        next_input = torch.tensor([[token]], device=device)
+        if step is None:
+            logits = model(next_input, cache=cache, use_cache=True).logits[0, -1]
+        else:
+            logits = step(next_input, cache)
     return generated
+
+
+def _suppressed(fmt: PromptFormat, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids never generated (the format's added tokens), and the same plus eos (before ``min_new_tokens``)."""
+    return (torch.tensor(fmt.special_ids, device=device),
+            torch.tensor([*fmt.special_ids, fmt.eos_id], device=device))
 
 
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, suppress: torch.Tensor) -> int:
