@@ -19,11 +19,9 @@ minute) and suits long sessions and servers, not one-shot commands.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 from transformers import set_seed
