@@ -140,7 +140,7 @@ def main() -> None:
     context = len(fmt.persona_prefix(facts)) + sum(len(fmt.utterance(t)) + n + 1 for t, n in zip(user_turns, lengths))
     print(f"model: {label}, precision: {args.precision}, torch threads: {torch.get_num_threads()}, "
           f"context at turn 8: {context} tokens, median of {args.repeats} conversations")
-    print(f"warm-up conversation (s): " + ", ".join(f"{k} {v:.1f}" for k, v in warm_up.items()))
+    print("warm-up conversation (s): " + ", ".join(f"{k} {v:.1f}" for k, v in warm_up.items()))
     print("| turn | new tokens | original (ms) | ours (ms) | speed-up | ours, compiled (ms) | speed-up |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for t, (o, n, c) in enumerate(zip(median["original"], median["ours"], median["ours, compiled"]), 1):

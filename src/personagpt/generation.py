@@ -400,7 +400,7 @@ def compiled_step(model) -> Callable[[torch.Tensor, Cache], torch.Tensor]:
     def step(token: torch.Tensor, cache: Cache) -> torch.Tensor:
         try:
             return compiled(token, cache)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: keep chatting, eagerly
+        except Exception as error:  # any compiler failure: keep chatting, eagerly
             warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); decoding eagerly instead",
                           RuntimeWarning, stacklevel=2)
             model._personagpt_compiled_step = forward
