@@ -247,6 +247,8 @@ def interact(
             facts = _ask_persona(prompter)
         loaded, fmt = _load(model, device)
         kwargs = dict(sampling=sampling, max_context=max_length, seed=seed, compile=compile)
+        if compile:
+            typer.echo("--compile: the bot's first reply waits for a one-off compilation (up to a minute).", err=True)
         if mode == 0:
             typer.echo("Persona: " + " ".join(facts))
             conversation = Conversation.with_persona(loaded, fmt, facts, **kwargs)
