@@ -35,7 +35,7 @@ from transformers import StaticCache
 
 from personagpt.data import load_dialogues
 from personagpt.format import PromptFormat
-from personagpt.generation import Conversation, ReservedCache, SamplingConfig, compiled_step
+from personagpt.generation import Conversation, ReservedCache, SamplingConfig, compiled_step, eager_step
 from personagpt.models import build_gpt2, inference_autocast, load_model, load_tokenizer, resolve_model_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -76,10 +76,10 @@ def step_times(model, steps: int = 40) -> dict[str, float]:
     context = torch.randint(0, 1000, (1, 250))
     token = torch.tensor([[5]])
     caches = {"eager": ReservedCache, "compiled": lambda: StaticCache(config=model.config, max_cache_len=512)}
-    forward = {"eager": lambda t, c: model(t, cache=c, use_cache=True).logits, "compiled": compiled_step(model)}
+    forward = {"eager": eager_step(model), "compiled": compiled_step(model)}
     times = {}
     for name in caches:
-        for measured in (False, True):  # the first pass compiles / warms up
+        for _ in range(2):  # the first pass compiles / warms up; the second is kept
             cache = caches[name]()
             model(context, cache=cache, use_cache=True, logits_to_keep=1)
             start = time.perf_counter()

@@ -383,18 +383,27 @@ def _capacity(cache: Cache) -> float:
     return cache.get_max_length() if isinstance(cache, StaticCache) else float("inf")
 
 
-def compiled_step(model) -> Callable[[torch.Tensor, Cache], torch.Tensor]:
-    """The model's single-token forward (next-token logits of one row) under ``torch.compile``, one per model.
+Step = Callable[[torch.Tensor, Cache], torch.Tensor]
+
+
+def eager_step(model) -> Step:
+    """The model's single-token forward: next-token logits of one row, extending ``cache``."""
+
+    def forward(token: torch.Tensor, cache: Cache) -> torch.Tensor:
+        return model(token, cache=cache, use_cache=True).logits[0, -1]
+
+    return forward
+
+
+def compiled_step(model) -> Step:
+    """:func:`eager_step` under ``torch.compile``, one per model (its sessions share the compiled graphs).
 
     If compilation fails (e.g. no C++ compiler for inductor), warns once and falls back to the eager forward.
     """
     step = getattr(model, "_personagpt_compiled_step", None)
     if step is not None:
         return step
-
-    def forward(token: torch.Tensor, cache: Cache) -> torch.Tensor:
-        return model(token, cache=cache, use_cache=True).logits[0, -1]
-
+    forward = eager_step(model)
     compiled = torch.compile(forward, fullgraph=True, dynamic=False)
 
     def step(token: torch.Tensor, cache: Cache) -> torch.Tensor:
@@ -411,14 +420,15 @@ def compiled_step(model) -> Callable[[torch.Tensor, Cache], torch.Tensor]:
 
 
 def decode(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingConfig,
-           fmt: PromptFormat, step: Callable[[torch.Tensor, Cache], torch.Tensor] | None = None) -> list[int]:
+           fmt: PromptFormat, step: Step | None = None) -> list[int]:
     """Generate after ``ids`` whose first ``cached`` tokens are already in ``cache``; stops after eos.
 
-    ``step`` runs a single-token forward (see :func:`compiled_step`); by default the model's own.
+    ``step`` runs a single-token forward (:func:`compiled_step`); by default :func:`eager_step`.
     Returns the generated ids (eos included when produced). The cache then holds ``ids`` plus all generated
     tokens but the last.
     """
     device = model.device
+    step = step or eager_step(model)
     logits = model(torch.tensor([ids[cached:]], device=device), cache=cache, use_cache=True,
                    logits_to_keep=1).logits[0, -1]
     seen = torch.tensor(sorted(set(ids)), device=device)
@@ -430,11 +440,7 @@ def decode(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingCo
         if token == fmt.eos_id or n == cfg.max_new_tokens - 1:
             break
         seen = torch.cat([seen, torch.tensor([token], device=device)])
-        next_input = torch.tensor([[token]], device=device)
-        if step is None:
-            logits = model(next_input, cache=cache, use_cache=True).logits[0, -1]
-        else:
-            logits = step(next_input, cache)
+        logits = step(torch.tensor([[token]], device=device), cache)
     return generated
 
 

@@ -172,8 +172,9 @@ def inference_autocast(model, precision: str = "auto"):
 def generation_model(model, precision: str = "auto"):
     """``(model, autocast)`` to generate with.
 
-    Scoring is fastest under autocast over fp32 weights, but a decoding step gains nothing from it. ``bench/precision.py`` on the 2-core AMX CPU (SmolLM2-135M, 64 rows): 141 ms a step in
-    fp32, 132 ms under autocast, 78 ms with bf16 weights. So on a CPU, bf16 generation runs on a bf16 copy of the model.
+    Scoring is fastest under autocast over fp32 weights, but a decoding step gains nothing from it.
+    ``bench/precision.py`` on the 2-core AMX CPU (SmolLM2-135M, 64 rows): 141 ms a step in fp32, 132 ms under
+    autocast, 78 ms with bf16 weights. So on a CPU, bf16 generation runs on a bf16 copy of the model.
     """
     mode = resolve_mixed_precision(precision)
     if mode == "bf16" and model.device.type == "cpu" and model.dtype == torch.float32:
