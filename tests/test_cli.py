@@ -110,6 +110,12 @@ def test_no_model_is_a_clear_error(monkeypatch, tmp_path):
     assert "no --model given" in result.output and "--model" in result.output
 
 
+def test_bad_model_fails_before_asking_for_facts(tmp_path):
+    result = run(["interact", "--model", str(tmp_path / "missing")], b"i like dogs.\n\nhi\n")
+    assert result.exit_code == 2
+    assert "Fact 1" not in result.output and "Error:" in result.output
+
+
 def test_selfplay_table_and_jsonl(tiny_checkpoint, tmp_path):
     out = tmp_path / "sp.jsonl"
     result = run(["selfplay", "--model", tiny_checkpoint, "--num-convos", "3", "-turns", "2", "--max-new-tokens", "5",

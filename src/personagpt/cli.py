@@ -243,9 +243,9 @@ def interact(
         sampling = _sampling(top_k, top_p, temperature, repetition_penalty, max_new_tokens, greedy)
         prompter = Prompter()
         facts = _persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
+        loaded, fmt = _load(model, device)  # before asking for facts: a bad --model fails before any typing
         if mode == 0 and facts is None:
             facts = _ask_persona(prompter)
-        loaded, fmt = _load(model, device)
         kwargs = dict(sampling=sampling, max_context=max_length, seed=seed, compile=compile)
         if compile:
             typer.echo("--compile: the bot's first reply waits for a one-off compilation (up to a minute).", err=True)
