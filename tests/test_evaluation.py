@@ -109,6 +109,8 @@ def test_eval_cli_keeps_going_after_a_bad_model(tiny_checkpoint, tmp_path):
     assert rows[0]["responses"] > 0 and "error" in rows[1]
     bad = CliRunner().invoke(app, ["eval", "--model", str(tiny_checkpoint), "--metrics", "bleu"])
     assert bad.exit_code == 2 and "unknown metric" in bad.output
+    only_bad = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "nope"), "--limit", "2"])
+    assert only_bad.exit_code == 2 and "Error:" in only_bad.output and "| Model |" not in only_bad.output
 
 
 def test_hits_limit_ranks_only_the_first_dialogues(tiny_model, fmt):

@@ -586,7 +586,7 @@ def evaluate_models(
 ) -> None:
     """Evaluate models on a Persona-Chat split and print one comparison row per model.
 
-    Reports response perplexity per token, per word and as the original computed it, the original's teacher-forced token F1 (tf-F1), ConvAI2 word F1 of generated replies, distinct-1/2, persona identification Hits@1 (per response and per conversation, chance 5%) and the control success rate against its no-action base rate (contexts drawn from the evaluated dialogues). A model that fails to load gets an error row; the others still run.
+    Reports response perplexity per token, per word and as the original computed it, the original's teacher-forced token F1 (tf-F1), ConvAI2 word F1 of generated replies, distinct-1/2, persona identification Hits@1 (per response and per conversation, chance 5%) and the control success rate against its no-action base rate (contexts drawn from the evaluated dialogues). A model that fails to load gets an error row; the others still run (exit status 2 if none loads).
     """
     with _friendly_errors():
         from transformers import set_seed
@@ -631,12 +631,12 @@ def evaluate_models(
                                                     hits_dialogues=hits_limit)})
             del loaded
             save()
+        if all("error" in r for r in rows):  # nothing to tabulate; the errors are printed above
+            raise typer.Exit(2)
         if markdown:
             typer.echo(markdown_table(rows))
         else:
             _print_rich_table(markdown_table(rows))
-        if all("error" in r for r in rows):
-            raise typer.Exit(1)
 
 
 def _load_for_eval(name: str | None, device: str | None, tokenizer: Path | None):
