@@ -35,7 +35,8 @@ from transformers import StaticCache
 
 from personagpt.data import load_dialogues
 from personagpt.format import PromptFormat
-from personagpt.generation import Conversation, ReservedCache, SamplingConfig, compiled_step, eager_step
+from personagpt.generation import Conversation, SamplingConfig
+from personagpt.kvcache import ReservedCache, compiled_step, eager_step
 from personagpt.models import build_gpt2, inference_autocast, load_model, load_tokenizer, resolve_model_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

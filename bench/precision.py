@@ -13,7 +13,7 @@ import time
 import torch
 import transformers
 
-from personagpt.generation import ReservedCache
+from personagpt.kvcache import ReservedCache
 from personagpt.models import default_model, load_model
 
 

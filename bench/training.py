@@ -92,7 +92,8 @@ def run_ours(data: Path, workdir: Path) -> dict:
     from personagpt.dataset import prepare
     from personagpt.format import PromptFormat
     from personagpt.models import load_tokenizer, resolve_mixed_precision
-    from personagpt.training import TrainConfig, train
+    from personagpt.config import TrainConfig
+    from personagpt.training import train
 
     config = TrainConfig(from_scratch="6x384", tokenizer=str(SHARED / "tokenizer" / "gpt2"), data=[str(data)],
                          output_dir=str(workdir / "ours"), epochs=1, batch_size=8, learning_rate=5e-5,

@@ -133,7 +133,7 @@ def test_selfplay_table_and_jsonl(tiny_checkpoint, tmp_path):
 
 def test_selfplay_unknown_action_index(tiny_checkpoint):
     result = run(["selfplay", "--model", tiny_checkpoint, "--actions", "11"])
-    assert result.exit_code == 2 and "unknown action index 11" in result.output
+    assert result.exit_code == 2 and "There is no action 11" in result.output
 
 
 def _read_until(proc, marker: bytes, count: int = 1, timeout: float = 60) -> bytes:

@@ -9,9 +9,11 @@ from typer.testing import CliRunner
 
 from personagpt.cli import app
 from personagpt.data import Dialogue, load_dialogues
-from personagpt.evaluation import (TurnScore, Targets, distinct_n, evaluate, examples_for, markdown_table,
-                                   normalize_answer, original_tf_f1, perplexities, persona_hits, score_examples,
+from personagpt.evaluation import (Targets, distinct_n, evaluate, examples_for, markdown_table,
+                                   normalize_answer, original_tf_f1, perplexities, persona_hits,
                                    segments, teacher_forced_f1, word_f1)
+
+from personagpt.scoring import TurnScore, score_examples
 
 from conftest import PERSONACHAT
 
@@ -58,10 +60,10 @@ def test_tf_f1_skips_first_token_after_the_opening_turn():
 
 
 def test_persona_hits():
-    true = [TurnScore(0, 1, [1.0], [], [], 1), TurnScore(0, 3, [5.0], [], [], 1), TurnScore(1, 0, [2.0], [], [], 1)]
-    distractor_a = [TurnScore(0, 1, [2.0], [], [], 1), TurnScore(0, 3, [4.0], [], [], 1), TurnScore(1, 0, [2.0], [], [], 1)]
-    distractor_b = [TurnScore(0, 1, [3.0], [], [], 1), TurnScore(0, 3, [9.0], [], [], 1), TurnScore(1, 0, [3.0], [], [], 1)]
-    hits = persona_hits(true, [distractor_a, distractor_b])
+    # log-likelihoods [candidates, scored turns], row 0 the true persona (higher is better)
+    conversation_0 = torch.tensor([[-1.0, -5.0], [-2.0, -4.0], [-3.0, -9.0]])
+    conversation_1 = torch.tensor([[-2.0], [-2.0], [-3.0]])
+    hits = persona_hits([conversation_0, conversation_1])
     # responses: (0,1) hit; (0,3) loses to a; (1,0) ties with a: miss
     assert hits["hits1_response"] == pytest.approx(1 / 3)
     # conversation 0: 6 vs 6 (a) -> tie, miss; conversation 1: tie, miss
@@ -72,7 +74,7 @@ def test_scores_match_a_direct_forward_pass(tiny_model, fmt):
     dialogue = Dialogue(turns=["hi there !", "hello , how are you ?", "good , thanks ."],
                         p1_facts=["i like cats."], p2_facts=["i am a nurse."])
     targets = Targets.of([dialogue])
-    scores = score_examples(tiny_model, fmt, examples_for(targets, fmt, 256), targets, batch_size=2)
+    scores = score_examples(tiny_model, fmt, examples_for(targets, fmt, 256), targets.words, batch_size=2)
     assert [(s.conversation, s.turn) for s in scores] == [(0, 0), (0, 2), (1, 1)]
     ids = fmt.persona_prefix(dialogue.p2_facts, 2) + fmt.history(dialogue.turns)
     with torch.no_grad():

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from personagpt.cli import app
 from personagpt.data import ControlRecord, load_control_records
 from personagpt.models import load_model
-from personagpt.training import record_loss
+from personagpt.scoring import record_loss
 
 from conftest import PERSONACHAT
 

@@ -14,7 +14,9 @@ import torch
 from personagpt.data import ControlRecord, Dialogue
 from personagpt.dataset import collate, control_example, persona_examples, plan_batches, prepare
 from personagpt.models import build_gpt2, load_model, save_checkpoint
-from personagpt.training import TrainConfig, latest_checkpoint, read_config_file, train, train_phases
+from personagpt.checkpoints import latest_checkpoint
+from personagpt.config import TrainConfig, read_config_file
+from personagpt.training import train, train_phases
 
 from conftest import PERSONACHAT
 
@@ -266,7 +268,7 @@ def test_two_processes_match_one(tmp_path, slices, base):
 
 
 def _peak_rss_mb(tmp_path, slices, base, steps: int) -> float:
-    code = ("import resource, sys; from personagpt.training import TrainConfig, train; "
+    code = ("import resource, sys; from personagpt.config import TrainConfig; from personagpt.training import train; "
             f"train(TrainConfig(model={str(base / 'drop')!r}, data=[{str(slices / 'train.txt')!r}], "
             f"output_dir={str(tmp_path / f'mem{steps}')!r}, max_steps={steps}, batch_size=4, save_steps=10000, "
             f"logging_steps=50, cache_dir={str(tmp_path / 'cache')!r}), progress=False); "

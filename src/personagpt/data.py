@@ -10,19 +10,21 @@ Two inputs are understood:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from personagpt.errors import PersonaGPTError
 
 SILENCE = "__SILENCE__"
 _YOUR = "your persona:"
 _PARTNER = "partner's persona:"
 
 
-class DataError(ValueError):
+class DataError(PersonaGPTError, ValueError):
     """Malformed input; the message names the file and line."""
 
 
@@ -181,15 +183,14 @@ def load_personas(path: str | os.PathLike) -> list[list[str]]:
 
 
 def read_facts_file(path: str | os.PathLike) -> list[str]:
-    """Persona facts for one bot: one fact per line, blank lines ignored."""
+    """Persona facts for one bot: one fact per line; blank lines and ``#`` comments are skipped."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    return [line.strip() for _, line in _lines(path)]
+    return [line.strip() for _, line in _lines(path) if not line.lstrip().startswith("#")]
 
 
-def random_persona(path: str | os.PathLike, rng: random.Random | None = None) -> list[str]:
-    return (rng or random).choice(load_personas(path))
+PACKAGED_PERSONAS = Path(__file__).parent / "resources" / "personas_train.jsonl.gz"
 
 
 def default_data_dir() -> Path:
@@ -203,8 +204,22 @@ def default_data_dir() -> Path:
     return Path("../shared/data")
 
 
-def default_personas_path() -> Path:
-    return default_data_dir() / "personachat" / "personas_train.jsonl"
+def resolve_personas_path(path: str | os.PathLike | None = None) -> Path:
+    """The persona list to draw from: ``path`` if given (it must exist), else the data directory's
+    ``personachat/personas_train.jsonl`` when present, else the list shipped with the package."""
+    if path is not None:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such file (--personas-path takes a JSONL file of persona fact lists; "
+                            "$PERSONAGPT_DATA names the data directory)")
+        return Path(path)
+    env = os.environ.get("PERSONAGPT_DATA")
+    candidate = default_data_dir() / "personachat" / "personas_train.jsonl"
+    if candidate.is_file():
+        return candidate
+    if env:
+        raise DataError(f"{candidate}: no such file ($PERSONAGPT_DATA={env} has no personachat/personas_train.jsonl; "
+                        "unset it to use the packaged personas, or pass --personas-path)")
+    return PACKAGED_PERSONAS
 
 
 def _json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
@@ -221,9 +236,10 @@ def _json_lines(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Non-blank, stripped lines with 1-based numbers; decoding errors become DataError."""
+    """Non-blank, stripped lines with 1-based numbers (``.gz`` files too); decoding errors become DataError."""
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with open(path, encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 line = line.strip("\r\n")
                 if line.strip():

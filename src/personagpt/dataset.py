@@ -15,12 +15,17 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from personagpt.errors import SettingsError
 from personagpt.data import ControlRecord, Dialogue, load_control_records, load_dialogues
 from personagpt.format import PromptFormat
+
+if TYPE_CHECKING:
+    from personagpt.config import TrainConfig
 
 CACHE_VERSION = 1  # bump when the example layout changes, so stale caches are rebuilt
 IGNORE_INDEX = -100
@@ -63,7 +68,7 @@ def control_example(record: ControlRecord, fmt: PromptFormat, max_length: int) -
 def _windows(prefix: list[int], turns: list[list[int]], is_target: list[bool], max_length: int) -> list[Example]:
     budget = max_length - len(prefix)
     if budget < 2:
-        raise ValueError(f"max_length {max_length} leaves no room after a {len(prefix)}-token persona prefix")
+        raise SettingsError(f"max_length {max_length} leaves no room after a {len(prefix)}-token persona prefix")
     examples = []
     start = 0  # first turn that is a target in the next window
     while start < len(turns):
@@ -138,7 +143,7 @@ def prepare(paths: Sequence[str | os.PathLike], fmt: PromptFormat, max_length: i
     from tqdm.auto import tqdm
 
     if kind not in ("persona", "control"):
-        raise ValueError(f"kind must be 'persona' or 'control', not {kind!r}")
+        raise SettingsError(f"kind must be 'persona' or 'control', not {kind!r}")
     files = [Path(p) for p in paths]
     cache_path = None
     if cache_dir is not None:
@@ -157,7 +162,7 @@ def prepare(paths: Sequence[str | os.PathLike], fmt: PromptFormat, max_length: i
                          disable=not progress, leave=False):
             examples += make(item)
     if not examples:
-        raise ValueError(f"no training examples in {', '.join(map(str, files))} (no speaker with persona facts?)")
+        raise SettingsError(f"no training examples in {', '.join(map(str, files))} (no speaker with persona facts?)")
     dataset = TokenizedDataset.from_examples(examples)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,3 +227,57 @@ def collate(dataset: TokenizedDataset, indices: Sequence[int], width: int, pad_i
         attention_mask[row, : len(ids)] = 1
         labels[row, : len(ids)] = torch.where(targets, ids, IGNORE_INDEX)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class Schedule:
+    """All micro-batches of the run, as a function of the step: nothing to store, nothing to skip."""
+
+    datasets: dict[str, TokenizedDataset]
+    config: TrainConfig
+    world_size: int
+
+    def __post_init__(self) -> None:
+        self._epochs: dict[int, list[Batch]] = {}
+        self.per_epoch = len(self._epoch(0))
+        if self.per_epoch < self.config.gradient_accumulation_steps:
+            need = self.config.batch_size * self.world_size * self.config.gradient_accumulation_steps
+            raise SettingsError(f"too little data: an optimizer step needs {need} examples per epoch")
+        self.steps_per_epoch = self.per_epoch // self.config.gradient_accumulation_steps
+
+    def total_steps(self) -> int:
+        if self.config.max_steps:
+            return self.config.max_steps
+        return max(1, int(self.config.epochs * self.steps_per_epoch))
+
+    def step(self, step: int) -> list[Batch]:
+        accum = self.config.gradient_accumulation_steps
+        epoch, offset = divmod(step, self.steps_per_epoch)
+        return self._epoch(epoch)[offset * accum:(offset + 1) * accum]
+
+    def _epoch(self, epoch: int) -> list[Batch]:
+        if epoch not in self._epochs:
+            self._epochs = {epoch: self._plan(epoch)}  # keep one epoch in memory
+        return self._epochs[epoch]
+
+    def _plan(self, epoch: int) -> list[Batch]:
+        c = self.config
+        global_batch = c.batch_size * self.world_size
+        plan = lambda source, salt: plan_batches(  # noqa: E731
+            self.datasets[source].lengths(), global_batch, c.seed + salt, epoch, source, c.pad_multiple, c.max_length)
+        persona = plan("persona", 0)
+        if "control" not in self.datasets or c.ctrl_ratio == 0:
+            return persona
+        n_ctrl = round(len(persona) * c.ctrl_ratio / (1 - c.ctrl_ratio))
+        control: list[Batch] = []
+        cycle = 0
+        while len(control) < n_ctrl:  # cycle through the (usually smaller) control data, reshuffled each pass
+            more = plan_batches(self.datasets["control"].lengths(), global_batch, c.seed + 7919 + cycle,
+                                epoch, "control", c.pad_multiple, c.max_length)
+            if not more:
+                raise SettingsError(f"too little action-code data for a batch of {global_batch}")
+            control += more
+            cycle += 1
+        mixed = persona + control[:n_ctrl]
+        random.Random(c.seed * 31 + epoch).shuffle(mixed)
+        return mixed

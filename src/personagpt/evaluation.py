@@ -35,10 +35,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from personagpt.errors import SettingsError
 from personagpt.data import Dialogue
 from personagpt.dataset import Example, persona_examples
 from personagpt.format import PromptFormat
-from personagpt.generation import Replay, SamplingConfig, context_limit, fit_context, generate_batch, generate_replays
+from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.replay import Replay, generate_replays
+from personagpt.scoring import TurnScore, rank_personas, score_examples
 
 # ---- metric definitions (pure functions, pinned by tests) ---------------------------------------------------------
 
@@ -102,18 +105,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
 # ---- scoring --------------------------------------------------------------------------------------------------------
 
 @dataclass
-class TurnScore:
-    """Teacher-forced results for one target response."""
-
-    conversation: int  # index of the (dialogue, speaker) pair
-    turn: int
-    nll: list[float]  # per token of the response, eos included
-    predicted: list[int]  # argmax prediction for each of those tokens
-    gold: list[int]
-    words: int
-
-
-@dataclass
 class Targets:
     """The (dialogue, speaker) pairs to evaluate, as examples in one model's format."""
 
@@ -129,56 +120,20 @@ class Targets:
         dialogue, speaker = self.pairs[pair]
         return self.dialogues[dialogue].facts(speaker)
 
+    def words(self, pair: int, turn: int) -> int:
+        """Whitespace words of a gold turn (per-word perplexity)."""
+        return len(self.dialogues[self.pairs[pair][0]].turns[turn].split())
 
-def examples_for(targets: Targets, fmt: PromptFormat, max_length: int,
-                 facts: Sequence[list[str]] | None = None) -> list[tuple[int, Example]]:
-    """(pair index, example) for every pair; ``facts`` swaps in other personas (persona identification)."""
+
+def examples_for(targets: Targets, fmt: PromptFormat, max_length: int) -> list[tuple[int, Example]]:
+    """(pair index, example) for every pair: the speaker's persona, the dialogue, loss on the speaker's turns."""
     out = []
     for n, (d, speaker) in enumerate(targets.pairs):
         dialogue = targets.dialogues[d]
-        persona = facts[n] if facts is not None else dialogue.facts(speaker)
+        persona = dialogue.facts(speaker)
         only = Dialogue(dialogue.turns, persona if speaker == 1 else [], persona if speaker == 2 else [])
         out += [(n, e) for e in persona_examples(only, fmt, max_length)]
     return out
-
-
-@torch.inference_mode()
-def score_examples(model, fmt: PromptFormat, examples: Sequence[tuple[int, Example]], texts: Targets,
-                   batch_size: int = 8, progress=None) -> list[TurnScore]:
-    """Per-token NLL and argmax for every target turn, batched (longest first, right padding)."""
-    from personagpt.training import TargetLoss
-
-    head = TargetLoss(model)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i][1].ids))
-    scores: list[TurnScore] = []
-    for start in range(0, len(order), batch_size):
-        batch = [examples[i] for i in order[start:start + batch_size]]
-        width = max(len(e.ids) for _, e in batch)
-        ids = torch.full((len(batch), width), fmt.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        positions = torch.zeros_like(ids, dtype=torch.bool)
-        for row, (_, e) in enumerate(batch):
-            ids[row, : len(e.ids)] = torch.tensor(e.ids)
-            mask[row, : len(e.ids)] = 1
-            for _, s, end in e.spans:
-                positions[row, s - 1:end - 1] = True  # position p predicts token p + 1
-        device = model.device
-        logits = head.logits_at(ids.to(device), mask.to(device), positions.to(device)).float()
-        gold = ids[:, 1:][positions[:, :-1]].to(device)
-        nll = (torch.logsumexp(logits, -1) - logits.gather(-1, gold.unsqueeze(-1)).squeeze(-1)).tolist()
-        argmax = logits.argmax(-1).tolist()
-        cursor = 0
-        for pair, example in batch:
-            dialogue = texts.dialogues[texts.pairs[pair][0]]
-            for turn, s, end in example.spans:
-                n = end - s
-                scores.append(TurnScore(pair, turn, nll[cursor:cursor + n], argmax[cursor:cursor + n],
-                                        example.ids[s:end], len(dialogue.turns[turn].split())))
-                cursor += n
-        if progress is not None:
-            progress(len(batch))
-    scores.sort(key=lambda t: (t.conversation, t.turn))
-    return scores
 
 
 def perplexities(scores: Sequence[TurnScore]) -> dict[str, float]:
@@ -200,35 +155,46 @@ def original_tf_f1(scores: Sequence[TurnScore], eos_id: int) -> float:
     return sum(values) / len(values)
 
 
-def persona_hits(true_scores: Sequence[TurnScore], distractor_scores: Sequence[Sequence[TurnScore]]) -> dict[str, float]:
-    """Hits@1 when the true persona must give the gold responses the highest likelihood (ties count as misses)."""
-    def totals(scores):
-        return {(t.conversation, t.turn): sum(t.nll) for t in scores}
-
-    true = totals(true_scores)
-    others = [totals(s) for s in distractor_scores]
-    per_response = [all(true[key] < o[key] for o in others) for key in true]
-    conversations = sorted({c for c, _ in true})
-    per_conversation = []
-    for c in conversations:
-        keys = [k for k in true if k[0] == c]
-        own = sum(true[k] for k in keys)
-        per_conversation.append(all(own < sum(o[k] for k in keys) for o in others))
+def persona_hits(rankings: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Hits@1 from per-conversation [candidates, scored turns] log-likelihoods whose row 0 is the true persona:
+    per response, and summed over the conversation. Ties count as misses."""
+    per_response, per_conversation = [], []
+    for scores in rankings:
+        if scores.numel() == 0:
+            continue
+        per_response += (scores[0:1] > scores[1:]).all(0).tolist()
+        totals = scores.sum(1)
+        per_conversation.append(bool((totals[0] > totals[1:]).all()))
     return {"hits1_response": sum(per_response) / len(per_response),
             "hits1_conversation": sum(per_conversation) / len(per_conversation)}
 
 
-def distractor_personas(targets: Targets, count: int, seed: int, split: Targets | None = None) -> list[list[list[str]]]:
-    """For each pair, ``count`` personas of *other* dialogues of ``split`` (default: ``targets``; a fixed draw
-    per seed)."""
-    split = split or targets
+def rank_true_personas(model, fmt: PromptFormat, targets: Targets, distractors: Sequence[Sequence[list[str]]],
+                       progress=None) -> list[torch.Tensor]:
+    """For each pair: [1 + distractors, scored turns] log-likelihoods of the speaker's gold turns, row 0 the true
+    persona, from :func:`~personagpt.scoring.rank_personas` (one batched pass per conversation)."""
+    out = []
+    for n, (d, speaker) in enumerate(targets.pairs):
+        candidates = [targets.facts(n)] + list(distractors[n])
+        ranker = rank_personas(model, fmt, candidates, targets.dialogues[d].turns, speaker)
+        out.append(torch.stack(ranker.turn_scores, 1) if ranker.turn_scores else torch.zeros(len(candidates), 0))
+        if progress is not None:
+            progress(1)
+    return out
+
+
+def distractor_personas(targets: Targets, count: int, seed: int, pool: Targets | None = None) -> list[list[list[str]]]:
+    """For each pair, up to ``count`` personas of ``pool`` (default: ``targets``) that belong to neither speaker
+    of the pair's dialogue; a fixed draw per seed. Fewer come back only when the pool has fewer."""
+    pool = pool or targets
+    profiles = list(dict.fromkeys(tuple(pool.facts(m)) for m in range(len(pool.pairs))))
     rng = random.Random(seed)
     draws = []
     for d, _ in targets.pairs:
-        pool = [m for m, (other, _) in enumerate(split.pairs) if other != d]
-        picks = rng.sample(pool, min(count, len(pool)))
-        draws.append([split.facts(m) for m in picks])
-    return [[draw[k] for draw in draws] for k in range(count)]  # per distractor slot, a persona for each pair
+        own = {tuple(targets.dialogues[d].p1_facts), tuple(targets.dialogues[d].p2_facts)}
+        others = [p for p in profiles if p not in own]
+        draws.append([list(p) for p in rng.sample(others, min(count, len(others)))])
+    return draws
 
 
 def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: SamplingConfig, batch_size: int = 16,
@@ -275,23 +241,25 @@ DECODING = {
 def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode: str = "greedy",
              distractors: int = 19, batch_size: int = 8, seed: int = 0,
              metrics: Sequence[str] = ("ppl", "f1", "hits", "control"), control_contexts: int = 50,
-             progress: bool = True, precision: str = "auto", hits_dialogues: int | None = None) -> dict:
+             progress: bool = True, precision: str = "auto", hits_dialogues: int | None = None,
+             distractor_pool: Sequence[Dialogue] | None = None) -> dict:
     """All metrics for one model on ``dialogues``; see the module docstring for definitions.
 
     ``precision`` (auto, no, bf16, fp16) sets the autocast of the model's matmuls; see ``inference_autocast``.
     ``hits_dialogues`` limits persona identification (1 + ``distractors`` teacher-forced passes) to the first N
-    dialogues; their distractors are still drawn from all of ``dialogues``.
+    dialogues; their distractors are drawn from ``distractor_pool`` (default: all of ``dialogues``), e.g. the whole
+    split when only its first dialogues are evaluated.
     """
     from tqdm.auto import tqdm
 
     from personagpt.models import generation_model, inference_autocast, resolve_mixed_precision
 
     if decode not in DECODING:
-        raise ValueError(f"decode must be one of {', '.join(DECODING)}")
+        raise SettingsError(f"decode must be one of {', '.join(DECODING)}")
     started = time.perf_counter()
     targets = Targets.of(dialogues)
     if not targets.pairs:
-        raise ValueError("no dialogue with a known persona to evaluate")
+        raise SettingsError("no dialogue with a known persona to evaluate")
     max_length = min(1024, context_limit(model))
     results: dict = {"conversations": len(targets.pairs), "precision": resolve_mixed_precision(precision)}
     model.eval()
@@ -300,21 +268,19 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         examples = examples_for(targets, fmt, max_length)
         # pairs are in dialogue order, so the ranked pairs are the first pairs of targets
         ranked = Targets.of(dialogues[:hits_dialogues]) if hits_dialogues else targets
-        ranked_examples = examples_for(ranked, fmt, max_length) if ranked is not targets else examples
-        runs = distractors * len(ranked_examples) if "hits" in metrics else 0
+        runs = len(ranked.pairs) if "hits" in metrics else 0
         bar = tqdm(total=len(examples) + runs, desc="teacher forcing", unit="seq", disable=not progress)
         with autocast:
-            true_scores = score_examples(model, fmt, examples, targets, batch_size, bar.update)
+            true_scores = score_examples(model, fmt, examples, targets.words, batch_size, bar.update)
         results["responses"] = len(true_scores)
         results |= perplexities(true_scores)
         results["tf_f1"] = 100 * original_tf_f1(true_scores, fmt.eos_id)
         if "hits" in metrics:
             with autocast:
-                others = [score_examples(model, fmt, examples_for(ranked, fmt, max_length, swap), ranked,
-                                         batch_size, bar.update)
-                          for swap in distractor_personas(ranked, distractors, seed, split=targets)]
-            own = [t for t in true_scores if t.conversation < len(ranked.pairs)]
-            results |= {k: 100 * v for k, v in persona_hits(own, others).items()}
+                drawn = distractor_personas(ranked, distractors, seed, pool=Targets.of(distractor_pool or dialogues))
+                rankings = rank_true_personas(model, fmt, ranked, drawn, bar.update)
+            results |= {k: 100 * v for k, v in persona_hits(rankings).items()}
+            results["distractors"] = min(len(d) for d in drawn)
             results["hits_conversations"] = len(ranked.pairs)
         bar.close()
     if "f1" in metrics or "control" in metrics:  # one generation copy (bf16 on a CPU) serves both
@@ -349,15 +315,21 @@ COLUMNS = [("ppl_token", "PPL/token", "{:.2f}"), ("ppl_word", "PPL/word", "{:.2f
            ("control_base_rate", "Control base", "{:.1f}"), ("seconds", "Time (s)", "{:.0f}")]
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    """One row per model; columns only for metrics some row has."""
+def table_rows(rows: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells, one row per model; columns only for metrics some row has. Every renderer
+    (Markdown, terminal) draws these."""
     shown = [c for c in COLUMNS if any(c[0] in r for r in rows)]
-    lines = ["| Model | " + " | ".join(h for _, h, _ in shown) + " |", "|---|" + "---:|" * len(shown)]
+    header = ["Model"] + [h for _, h, _ in shown]
+    cells = []
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | " + " | ".join("error" if i == 0 else "" for i in range(len(shown))) + " |")
-            continue
-        cells = [fmt.format(r[key]) if key in r else "" for key, _, fmt in shown]
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells.append([r["model"]] + ["error" if i == 0 else "" for i in range(len(shown))])
+        else:
+            cells.append([r["model"]] + [fmt.format(r[key]) if key in r else "" for key, _, fmt in shown])
+    return header, cells
 
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    header, cells = table_rows(rows)
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])

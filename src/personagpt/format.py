@@ -15,9 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from personagpt.errors import SettingsError
+
 # Appended in this order so the ids match the published af1tang/personaGPT checkpoint (50257-50262 on GPT-2).
 SPECIAL_TOKENS: tuple[str, ...] = ("<|sep|>", "<|cls|>", "<|start|>", "<|p1|>", "<|p2|>", "<|act|>")
 SEP, CLS, START, P1, P2, ACT = SPECIAL_TOKENS
+
+# Named defaults shared by training, teaching, control data and scoring.
+MAX_SEQUENCE_LENGTH = 512  # longest training / scoring sequence in tokens
+HISTORY_TURNS = 6  # turns of history kept before an action-code response
 
 # The 11 turn-level goals PersonaGPT was trained with, spelled exactly as in the original action space.
 DEFAULT_ACTIONS: tuple[str, ...] = (
@@ -82,9 +88,9 @@ class PromptFormat:
         vocab = tokenizer.get_vocab()
         absent = [t for t in SPECIAL_TOKENS if t not in vocab]
         if absent:
-            raise ValueError(f"tokenizer lacks the PersonaGPT tokens {absent}; call add_special_tokens first")
+            raise SettingsError(f"tokenizer lacks the PersonaGPT tokens {absent}; call add_special_tokens first")
         if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos token; PersonaGPT ends every utterance with it")
+            raise SettingsError("tokenizer has no eos token; PersonaGPT ends every utterance with it")
         self.tokenizer = tokenizer
         self.eos_id: int = tokenizer.eos_token_id
         self.sep_id, self.cls_id, self.start_id, self.p1_id, self.p2_id, self.act_id = (
@@ -116,7 +122,7 @@ class PromptFormat:
         """``<|act|> goal <|p1|> [facts] <|sep|> <|start|>``: the bot's next turn pursues ``goal``."""
         goal = goal.strip()
         if not goal:
-            raise ValueError("an action goal must not be empty")
+            raise SettingsError("an action goal must not be empty")
         return [self.act_id] + self.text(" " + goal) + [self.p1_id] + self.facts(facts) + [self.sep_id, self.start_id]
 
     def history(self, turns: Iterable[str]) -> list[int]:

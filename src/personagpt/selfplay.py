@@ -1,15 +1,20 @@
-"""Self-play: an interviewer (action mode, p1) talks with a persona agent (persona mode, p2), batched."""
+"""Self-play: an interviewer (action mode, p1) talks with a persona agent (persona mode, p2).
+
+Before each of its turns the interviewer asks a :class:`Policy` for a goal; the policy sees the transcript so
+far. Both sides are :class:`~personagpt.generation.Conversation` sessions, each with its own KV cache and its own
+random generator, so a conversation's turns depend on its seed alone.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from tqdm.auto import tqdm
-
+from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS, PromptFormat
-from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.generation import Conversation, SamplingConfig
 
 
 @dataclass
@@ -23,36 +28,76 @@ class Transcript:
     def to_json(self) -> dict:
         return {"turns": self.turns, "p1_facts": [], "p2_facts": self.p2_facts, "actions": self.actions}
 
-
-def pick_actions(num_convos: int, num_turns: int, actions: Sequence[str] | None = None,
-                 rng: random.Random | None = None) -> list[list[str]]:
-    """A goal per (conversation, turn): ``actions`` in order (cycled), else random default goals."""
-    if actions:
-        return [[actions[t % len(actions)] for t in range(num_turns)] for _ in range(num_convos)]
-    rng = rng or random.Random()
-    return [[rng.choice(DEFAULT_ACTIONS) for _ in range(num_turns)] for _ in range(num_convos)]
+    @property
+    def interviewer_turns(self) -> int:
+        return sum(a is not None for a in self.actions)
 
 
-def self_play(model, fmt: PromptFormat, personas: Sequence[Sequence[str]], goals: Sequence[Sequence[str]],
-              sampling: SamplingConfig | None = None, max_context: int | None = None,
-              progress: bool = False) -> list[Transcript]:
-    """Run ``len(personas)`` conversations side by side; turn t of conversation i pursues ``goals[i][t]``."""
-    if len(goals) != len(personas):
-        raise ValueError("need one goal list per persona")
-    cfg = sampling or SamplingConfig()
-    budget = (max_context or context_limit(model)) - cfg.max_new_tokens
-    transcripts = [Transcript(p2_facts=list(p)) for p in personas]
-    history = [[] for _ in personas]  # token ids per turn, per conversation
-    num_turns = min(len(g) for g in goals) if goals else 0
-    for t in tqdm(range(num_turns), desc="self-play", unit="turn", disable=not progress):
-        for role in ("interviewer", "persona"):
-            if role == "interviewer":
-                prefixes = [fmt.action_prefix(g[t]) for g in goals]
-            else:
-                prefixes = [fmt.persona_prefix(tr.p2_facts) for tr in transcripts]
-            contexts = [fit_context(p, h, budget) for p, h in zip(prefixes, history)]
-            for i, reply in enumerate(generate_batch(model, fmt, contexts, cfg)):
-                transcripts[i].turns.append(fmt.decode(reply))
-                transcripts[i].actions.append(goals[i][t] if role == "interviewer" else None)
-                history[i].append(reply + [fmt.eos_id])
+class Policy(Protocol):
+    """Chooses the interviewer's next goal from the conversation so far."""
+
+    def next_goal(self, transcript: Transcript) -> str: ...
+
+
+@dataclass
+class FixedPolicy:
+    """The goals in order, cycled."""
+
+    goals: Sequence[str]
+
+    def __post_init__(self) -> None:
+        if not self.goals:
+            raise SettingsError("a fixed policy needs at least one goal")
+
+    def next_goal(self, transcript: Transcript) -> str:
+        return self.goals[transcript.interviewer_turns % len(self.goals)]
+
+
+class RandomPolicy:
+    """A uniformly random goal of ``actions`` each turn (the default action space)."""
+
+    def __init__(self, actions: Sequence[str] = DEFAULT_ACTIONS, seed: int | None = None) -> None:
+        self.actions = list(actions)
+        self.rng = random.Random(seed)
+
+    def next_goal(self, transcript: Transcript) -> str:
+        return self.rng.choice(self.actions)
+
+
+TurnCallback = Callable[[int, Transcript], None]
+
+
+def self_play(model, fmt: PromptFormat, personas: Sequence[Sequence[str]], policy: Policy, num_turns: int = 8,
+              sampling: SamplingConfig | None = None, max_context: int | None = None, seed: int | None = None,
+              on_turn: TurnCallback | None = None) -> list[Transcript]:
+    """One conversation per persona, ``num_turns`` exchanges each (interviewer, then persona agent).
+
+    ``on_turn(i, transcript)`` is called after every turn of conversation ``i`` (progress, streaming output).
+    Conversation ``i`` samples with seed ``seed + i`` when ``seed`` is given.
+    """
+    transcripts = []
+    for i, facts in enumerate(personas):
+        transcript = Transcript(p2_facts=list(facts))
+        kwargs = dict(sampling=sampling, max_context=max_context)
+        first = policy.next_goal(transcript)
+        interviewer = Conversation.with_action(model, fmt, first, seed=None if seed is None else 2 * (seed + i),
+                                               **kwargs)
+        agent = Conversation.with_persona(model, fmt, facts, seed=None if seed is None else 2 * (seed + i) + 1,
+                                          **kwargs)
+        for t in range(num_turns):
+            goal = first if t == 0 else policy.next_goal(transcript)
+            interviewer.set_action(goal)
+            question = interviewer.respond()
+            agent.add_turn(question)
+            transcript.turns.append(question)
+            transcript.actions.append(goal)
+            if on_turn:
+                on_turn(i, transcript)
+            answer = agent.respond()
+            interviewer.add_turn(answer)
+            transcript.turns.append(answer)
+            transcript.actions.append(None)
+            if on_turn:
+                on_turn(i, transcript)
+        transcripts.append(transcript)
     return transcripts

@@ -1,0 +1,3 @@
+from personagpt.cli import main
+
+main()

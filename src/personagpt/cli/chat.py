@@ -1,0 +1,279 @@
+"""``personagpt interact``: chat with the bot in the terminal (mode 0: persona chat; mode 1: steer it).
+
+Replies stream in as they are decoded. Lines starting with ``/`` are commands (``/help`` lists them).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personagpt.cli.common import (MAX_FACTS, Prompter, UserError, friendly_errors, load, parse_action,
+                                   persona_from_flags)
+from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
+                                    RandomPersonaOpt, SeedOpt, TurnsOpt, sampling_options)
+from personagpt.errors import PersonaGPTError
+from personagpt.format import DEFAULT_ACTIONS
+from personagpt.sampling import SamplingConfig
+
+COMMANDS = """Commands:
+  /help              this list
+  /reset             start a new conversation (same persona)
+  /persona           show the bot's persona facts
+  /persona A | B     replace them with facts A, B, ... (separated by |) and start a new conversation
+  /save FILE         write the conversation so far as JSONL (the project's dialogue format)
+  /quit              end the chat (Ctrl-D does too)"""
+
+# measured in bench/README.md: a cold compilation of the bundled model's decoding step on the 2-core CPU
+COMPILE_NOTE = ("--compile: the first reply waits for a one-off compilation (about 40 s for the bundled model on "
+                "a 2-core CPU with a cold cache, more on slower CPUs; later runs reuse the cache).")
+
+
+class Quit(Exception):
+    """The person asked to end the chat."""
+
+
+class ChatSession:
+    """The terminal chat: the conversation, its persona, and the person's in-chat commands."""
+
+    def __init__(self, model, fmt, mode: int, facts: list[str] | None, prompter: Prompter, conversation=None,
+                 **kwargs) -> None:
+        """``conversation`` continues an existing session (e.g. teaching's); ``facts`` is then its list, which
+        ``/persona`` changes in place."""
+        from personagpt.generation import Conversation
+
+        self.mode, self.prompter = mode, prompter
+        self.facts = facts if facts is not None else []
+        self.goals: list[str | None] = []  # mode 1: the goal of each turn (None for the person's)
+        if conversation is None:
+            if mode == 0:
+                conversation = Conversation.with_persona(model, fmt, self.facts, **kwargs)
+            else:
+                conversation = Conversation.with_action(model, fmt, DEFAULT_ACTIONS[0], self.facts, **kwargs)
+        self.conversation = conversation
+
+    def new_conversation(self) -> None:
+        """Forget the turns; the persona prefix is rebuilt from the current facts."""
+        self.conversation.reset()
+        if self.mode == 0:
+            self.conversation.set_persona(self.facts)
+        self.goals = []
+
+    def transcript(self) -> dict:
+        """The conversation in the JSONL dialogue format: the person is p1 in mode 0, the bot in mode 1."""
+        record = {"turns": list(self.conversation.turns),
+                  "p1_facts": self.facts if self.mode == 1 else [],
+                  "p2_facts": self.facts if self.mode == 0 else []}
+        if self.mode == 1:
+            record["actions"] = self.goals
+        return record
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.transcript()) + "\n")
+        typer.echo(f"(saved {len(self.conversation.turns)} turns to {path})")
+
+    def command(self, line: str) -> None:
+        """Run an in-chat command (a line starting with /)."""
+        name, _, argument = line[1:].partition(" ")
+        argument = argument.strip()
+        if name in ("quit", "exit", "q"):
+            raise Quit
+        if name == "help":
+            typer.echo(COMMANDS)
+        elif name == "reset":
+            self.new_conversation()
+            typer.echo("(new conversation)")
+        elif name == "persona":
+            if argument:
+                facts = [f.strip() for f in argument.split("|") if f.strip()]
+                if len(facts) > MAX_FACTS:
+                    typer.echo(f"(at most {MAX_FACTS} facts; the persona is unchanged)")
+                    return
+                old = list(self.facts)
+                self.facts[:] = facts
+                try:
+                    self.new_conversation()
+                except PersonaGPTError as e:  # e.g. too long for the context window
+                    self.facts[:] = old
+                    self.new_conversation()
+                    typer.echo(f"({e}; the persona is unchanged)")
+                    return
+                typer.echo("(new persona, new conversation)")
+            typer.echo("Persona: " + (" ".join(self.facts) or "(none)"))
+        elif name == "save":
+            if not argument:
+                typer.echo("(usage: /save FILE)")
+            else:
+                self.save(Path(argument).expanduser())
+        else:
+            typer.echo(f"(unknown command /{name}; /help lists the commands)")
+
+    def read(self, prompt: str) -> str:
+        """The next non-command line; raises Quit at end of input or on /quit."""
+        while True:
+            line = self.prompter.ask(prompt)
+            if line is None:
+                raise Quit
+            if line.startswith("/"):
+                self.command(line)
+                continue
+            return line
+
+    def user_turn(self) -> None:
+        from personagpt.generation import ContextOverflowError
+
+        while True:
+            text = self.read(">> User: ")
+            if not text:
+                typer.echo("(type a message, /help for commands, or press Ctrl-D to end the chat)")
+                continue
+            try:
+                self.conversation.add_turn(text)
+            except ContextOverflowError:
+                typer.echo(f"That message is too long for the model's context ({len(text)} characters); "
+                           "please say it in fewer words.")
+                continue
+            self.goals.append(None)
+            return
+
+    def choose_goal(self) -> str:
+        typer.echo("Actions:")
+        for i, action in enumerate(DEFAULT_ACTIONS):
+            typer.echo(f"  {i:2d}  {action}")
+        while True:
+            choice = self.read(f">> Action [0-{len(DEFAULT_ACTIONS) - 1}] or type a new goal: ")
+            if not choice:
+                typer.echo("Pick an action number or type a goal.")
+                continue
+            try:
+                return parse_action(choice)
+            except UserError as e:
+                typer.echo(f"{e}.")
+
+    def bot_turn(self, label: str) -> None:
+        """Stream the bot's reply to the terminal as it is decoded."""
+        sys.stdout.write(f"{label}: ")
+        sys.stdout.flush()
+        for piece in self.conversation.stream():
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+    def run(self, num_turns: int, compiling: bool = False) -> None:
+        typer.echo(f"{num_turns} turns (--num-turns to change); /help for commands, Ctrl-D or /quit to end.")
+        turns = 0
+        try:
+            while turns < num_turns:
+                started = time.perf_counter()
+                if self.mode == 0:
+                    self.user_turn()
+                    started = time.perf_counter()
+                    self.bot_turn("Bot")
+                else:
+                    goal = self.choose_goal()
+                    self.conversation.set_action(goal, self.facts)
+                    started = time.perf_counter()
+                    self.bot_turn(f"Bot [{goal}]")
+                    self.goals.append(goal)
+                if compiling and turns == 0:
+                    typer.echo(f"(first reply, with the compilation: {time.perf_counter() - started:.0f} s)", err=True)
+                turns += 1
+                if self.mode == 1:
+                    self.user_turn()
+            typer.echo(f"That was the last of {num_turns} turns (--num-turns to change).")
+        except Quit:
+            pass
+
+
+@sampling_options
+def interact(
+    mode: Annotated[int, typer.Option("--mode", "-M", min=0, max=1, help=(
+        "0: chat with a persona bot (you give its facts). "
+        "1: steer the bot with an action code (turn-level goal) each turn, then answer it."))] = 0,
+    model: ModelOpt = None,
+    persona: PersonaOpt = None,
+    persona_file: PersonaFileOpt = None,
+    random_persona: RandomPersonaOpt = False,
+    personas_path: PersonasPathOpt = None,
+    num_turns: TurnsOpt = 8,
+    max_length: MaxLenOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help=(
+        "Write the conversation to this file at exit, as JSONL in the project's dialogue format."))] = None,
+    compile: Annotated[bool, typer.Option("--compile", help=(
+        "Run the bot's decoding steps through torch.compile: faster turns after a one-off compilation "
+        "before the first reply (about 40 s for the bundled model on a 2-core CPU, cold cache)."))] = False,
+    sampling: SamplingConfig = None,
+) -> None:
+    """Chat with the bot in the terminal; its replies stream in as they are decoded.
+
+    Mode 0 asks for the bot's persona facts (unless given with --persona, --persona-file or --random-persona)
+    and then alternates your messages with its replies. Mode 1 shows the 11 action codes each turn; the bot
+    generates a turn pursuing the one you pick (or a goal you type), and you answer it. At a terminal, arrow keys
+    edit the line and recall earlier ones. Type /help for the in-chat commands (/reset, /persona, /save, /quit);
+    Ctrl-D ends the chat.
+    """
+    with friendly_errors():
+        prompter = Prompter()
+        facts = persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
+        loaded, fmt = load(model, device)  # before asking for facts: a bad --model fails before any typing
+        check_context_budget(loaded, fmt, facts, max_length, sampling)
+        if mode == 0 and facts is None:
+            facts = ask_persona(prompter)
+            check_context_budget(loaded, fmt, facts, max_length, sampling)
+        if compile:
+            typer.echo(COMPILE_NOTE, err=True)
+        session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling, max_context=max_length,
+                              seed=seed, compile=compile)
+        if mode == 0:
+            typer.echo("Persona: " + " ".join(facts))
+        try:
+            session.run(num_turns, compiling=compile)
+        finally:
+            if save is not None:
+                session.save(save)
+        typer.echo("Goodbye.")
+
+
+def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | None, sampling: SamplingConfig) -> None:
+    """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
+    from personagpt.generation import context_limit
+
+    window = max_length or context_limit(model)
+    persona = len(fmt.persona_prefix(facts or []))
+    room = window - sampling.max_new_tokens - persona
+    if room < 8:  # not even a short message fits
+        what = f"the persona ({persona} tokens) and " if facts else ""
+        raise UserError(
+            f"a context window of {window} tokens is too small: {what}a reply of up to {sampling.max_new_tokens} "
+            f"tokens (--max-new-tokens) leave no room for your messages; use --max-length "
+            f"{persona + sampling.max_new_tokens + 64} or more"
+            + (", or fewer or shorter persona facts" if facts else ""))
+
+
+def ask_persona(prompter: Prompter) -> list[str]:
+    typer.echo(f"Give the bot up to {MAX_FACTS} persona facts (empty line to stop).")
+    facts: list[str] = []
+    while len(facts) < MAX_FACTS:
+        fact = prompter.ask(f">> Fact {len(facts) + 1}: ")
+        if fact is None:
+            break
+        if not fact:
+            if facts:
+                break
+            typer.echo("The bot needs at least one fact, e.g. 'i have two dogs.'")
+            continue
+        facts.append(fact)
+    if not facts:
+        raise UserError("no persona facts given")
+    return facts

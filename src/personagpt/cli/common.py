@@ -1,0 +1,139 @@
+"""What every command shares: user-facing errors, reading lines from a person, loading the model, personas."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from personagpt.errors import PersonaGPTError
+from personagpt.format import DEFAULT_ACTIONS
+
+MAX_FACTS = 5
+DEBUG = {"on": False}  # set by the global --debug flag
+
+
+class UserError(PersonaGPTError):
+    """A mistake in the command line or input: reported in one line, no traceback."""
+
+
+@contextmanager
+def friendly_errors() -> Iterator[None]:
+    """The project's own errors, Ctrl-C and closed pipes become a message and an exit code.
+
+    Anything else is a bug: one line saying so, or with ``--debug`` the full traceback.
+    """
+    try:
+        yield
+    except PersonaGPTError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("\nInterrupted.", err=True)
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as e:
+        if DEBUG["on"]:
+            raise
+        typer.echo(f"Internal error ({type(e).__name__}: {e}). This is a bug in PersonaGPT; run the command again "
+                   "with `personagpt --debug ...` to see the traceback, and please report it.", err=True)
+        raise typer.Exit(1) from None
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' progress bars and info logs (a command prints its own progress)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+class Prompter:
+    """Reads a person's lines. At a terminal through readline (arrow keys edit the line, up/down recall earlier
+    lines of the session); from a pipe as bytes, so bad encodings and EOF are handled, not raised."""
+
+    def __init__(self, stream=None, out: Callable[[str], None] | None = None, terminal: bool | None = None) -> None:
+        self.stream = stream or sys.stdin.buffer
+        self.out = out or (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        self.terminal = sys.stdin.isatty() and sys.stdout.isatty() if terminal is None else terminal
+        if self.terminal:
+            try:
+                import readline  # noqa: F401  (importing it gives input() line editing and history)
+            except ImportError:  # Python built without it (e.g. Windows): plain input() still works
+                pass
+
+    def ask(self, prompt: str) -> str | None:
+        """The stripped line typed, or None at end of input."""
+        while True:
+            if self.terminal:
+                try:
+                    return input(prompt).strip()
+                except EOFError:
+                    self.out("\n")
+                    return None
+                except UnicodeDecodeError:
+                    self.out("That line is not valid UTF-8 text; please type it again.\n")
+                    continue
+            self.out(prompt)
+            raw = self.stream.readline()
+            if not raw:
+                self.out("\n")
+                return None
+            try:
+                return raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                self.out("That line is not valid UTF-8 text; please type it again.\n")
+
+
+def load(model_name: str | None, device: str | None, trainable: bool = False, tokenizer: Path | None = None):
+    """``load_chat_model`` with a note on stderr of what is loading."""
+    from personagpt.models import load_chat_model, resolve_model_name
+
+    quiet_libraries()
+    shown = model_name if model_name and model_name.startswith("random:") else resolve_model_name(model_name)
+    typer.echo(f"Loading {shown} ...", err=True)
+    return load_chat_model(model_name, device=device, trainable=trainable, tokenizer=tokenizer)
+
+
+def persona_from_flags(persona: list[str] | None, persona_file: Path | None, random_persona: bool,
+                       personas_path: Path | None, rng: random.Random) -> list[str] | None:
+    from personagpt.data import load_personas, read_facts_file, resolve_personas_path
+
+    chosen = sum([bool(persona), persona_file is not None, random_persona])
+    if chosen > 1:
+        raise UserError("use only one of --persona, --persona-file and --random-persona")
+    if persona:
+        facts = [f.strip() for f in persona]
+        if not all(facts):
+            raise UserError("persona facts must not be empty")
+    elif persona_file is not None:
+        facts = read_facts_file(persona_file)
+        if not facts:
+            raise UserError(f"{persona_file}: no persona facts in the file")
+    elif random_persona:
+        facts = rng.choice(load_personas(resolve_personas_path(personas_path)))
+    else:
+        return None
+    if len(facts) > MAX_FACTS:
+        raise UserError(f"at most {MAX_FACTS} persona facts, got {len(facts)}")
+    return facts
+
+
+def parse_action(text: str) -> str:
+    """An action index (0-10) or a free-text goal."""
+    text = text.strip()
+    if text.lstrip("+-").isdigit():
+        index = int(text)
+        if not 0 <= index < len(DEFAULT_ACTIONS):
+            raise UserError(f"There is no action {text}; use 0-{len(DEFAULT_ACTIONS) - 1} or a free-text goal")
+        return DEFAULT_ACTIONS[index]
+    if not text:
+        raise UserError("an action must not be empty")
+    return text

@@ -1,0 +1,115 @@
+"""Training commands: ``prepare`` (tokenize and cache), ``build-control-data`` (action-code data), ``train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personagpt.cli.common import UserError, friendly_errors, parse_action, quiet_libraries
+from personagpt.cli.options import adds_options, config_options
+from personagpt.config import TrainConfig
+from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, MAX_SEQUENCE_LENGTH
+
+
+def prepare(
+    data: Annotated[list[Path], typer.Option("--data", help="ConvAI2 text or JSONL file (repeatable).")],
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Model or tokenizer whose tokenizer to use (hub id or directory).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer directory (instead of --model).")] = None,
+    kind: Annotated[str, typer.Option(help="persona: dialogues; control: action-code JSONL.")] = "persona",
+    max_length: Annotated[int, typer.Option("--max-length", min=16, help="Longest training sequence.")] = MAX_SEQUENCE_LENGTH,
+    cache_dir: Annotated[Path, typer.Option(help="Where the tokenized dataset is cached.")] = Path("runs/.data-cache"),
+) -> None:
+    """Tokenize training data into a cached dataset (re-used while inputs and tokenizer are unchanged).
+
+    One sequence per (dialogue, speaker with known facts), loss on that speaker's turns only. `personagpt train` prepares its data itself with the same cache, so this is optional: use it to check data and see its size.
+    """
+    with friendly_errors():
+        from personagpt.dataset import prepare as prepare_data
+        from personagpt.format import PromptFormat
+        from personagpt.models import load_tokenizer
+
+        if bool(model) == bool(tokenizer):
+            raise UserError("give exactly one of --model and --tokenizer")
+        quiet_libraries()
+        fmt = PromptFormat(load_tokenizer(model or tokenizer))
+        dataset = prepare_data(data, fmt, max_length, kind, cache_dir)
+        lengths = dataset.lengths()
+        typer.echo(f"{len(dataset)} sequences, {sum(lengths)} tokens, {dataset.num_targets()} target tokens, "
+                   f"longest {max(lengths)}; cached under {cache_dir}")
+
+
+def _settings(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+@adds_options(config_options(TrainConfig), _settings, "flags")
+def train(
+    phase: Annotated[str, typer.Option(help="pretrain (persona data), train_loop (persona + action-code data) or both.")] = "pretrain",
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Settings file: .json, .toml, or .env with the original's keys (save_path, data_path, epochs, learn_rate, gradient_accumulation_steps, batch_size, weight_decay, logging_steps, save_steps). Flags override it. Without it, ./.env is read when present.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+    flags: dict = None,
+) -> None:
+    """Fine-tune a causal LM into a PersonaGPT model.
+
+    pretrain trains on persona dialogues (logs pretrain_loss); train_loop mixes in action-code data (logs persona_loss and ctrl_loss); both runs them in turn. Checkpoints are written every --save-steps and on Ctrl-C; --resume continues exactly where a stopped or killed run left off. Runs on several GPUs or machines with `accelerate launch -m personagpt.cli train ...` or `torchrun`.
+    """
+    with friendly_errors():
+        from personagpt.config import expand_data_paths, read_config_file
+        from personagpt.training import train_phases
+
+        if phase not in ("pretrain", "train_loop", "both"):
+            raise UserError("--phase must be pretrain, train_loop or both")
+        settings = {}
+        config_path = config or (Path(".env") if Path(".env").is_file() else None)
+        if config_path is not None:
+            settings.update(read_config_file(config_path))
+            typer.echo(f"Settings from {config_path}", err=True)
+        settings.update(flags)
+        if "data" in settings:
+            settings["data"] = expand_data_paths(settings["data"])
+        quiet_libraries()
+        result = train_phases(TrainConfig(**settings), phase, resume=resume)
+        if result.interrupted:
+            raise typer.Exit(130)
+        if result.main_process:
+            typer.echo(f"Done: {result.step} steps. Model in {result.output_dir / 'model'}, "
+                       f"loss curves in {result.output_dir / 'samples' / 'loss.png'}")
+
+
+def build_control_data(
+    data: Annotated[list[Path], typer.Option("--data", help="Dialogues to mine (ConvAI2 text or JSONL; repeatable). Never the validation split.")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL of {goal, facts, history, response}.")],
+    goals: Annotated[Optional[list[str]], typer.Option("--goal", help="Goals to label (repeatable; default: the 11 default goals).")] = None,
+    per_goal: Annotated[int, typer.Option(min=1, help="Keep at most this many examples per goal (balance).")] = 500,
+    history_turns: Annotated[int, typer.Option(min=0, help="Turns of history kept before each response.")] = HISTORY_TURNS,
+    semantic: Annotated[bool, typer.Option("--semantic/--rules-only", help="Use the sentence-embedding model as well as the rules.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and for including facts.")] = 0,
+) -> None:
+    """Build action-code training data: label every turn of the dialogues with the goals it fulfils.
+
+    Prints the number of examples found and kept per goal. The output is what `train --phase train_loop --ctrl-data` mixes in.
+    """
+    with friendly_errors():
+        from personagpt.control import GoalLabeler, build_control_records
+        from personagpt.data import load_dialogues
+
+        quiet_libraries()
+        dialogues = [d for path in data for d in load_dialogues(path)]
+        goal_list = [parse_action(g) for g in goals] if goals else list(DEFAULT_ACTIONS)
+        records, counts = build_control_records(dialogues, GoalLabeler(semantic=semantic), goal_list, per_goal,
+                                                history_turns, seed=seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record.to_json()) + "\n")
+        tmp.replace(out)
+        typer.echo("| goal | found | kept |\n|---|---:|---:|")
+        for goal, c in counts.items():
+            typer.echo(f"| {goal} | {c['found']} | {c['kept']} |")
+        typer.echo(f"{len(records)} examples written to {out}")

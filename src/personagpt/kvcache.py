@@ -1,0 +1,101 @@
+"""KV caches and single-token forward steps for decoding.
+
+:class:`ReservedCache` appends in place into a preallocated buffer (grown by doubling) instead of concatenating
+the whole cache every token; :func:`compiled_step` runs the single-token forward under ``torch.compile`` over a
+fixed-shape ``StaticCache``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer, StaticCache
+
+
+class _ReservedLayer(DynamicLayer):
+    """A KV layer that writes into a preallocated buffer, grown by doubling, instead of re-concatenating."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        self._length = 0
+        self._keys = key_states.new_empty(*key_states.shape[:2], 0, key_states.shape[3])
+        self._values = value_states.new_empty(*value_states.shape[:2], 0, value_states.shape[3])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._length + key_states.shape[-2]
+        if end > self._keys.shape[-2]:
+            capacity = max(end, 2 * self._keys.shape[-2], 256)
+            self._keys = _grow(self._keys, self._length, capacity)
+            self._values = _grow(self._values, self._length, capacity)
+        self._keys[..., self._length:end, :] = key_states
+        self._values[..., self._length:end, :] = value_states
+        self._length = end
+        self.keys, self.values = self._keys[..., :end, :], self._values[..., :end, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._length if self.is_initialized else 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.is_initialized and tokens_to_remove:
+            self._length = max(0, self._length - abs(tokens_to_remove))
+            self.keys, self.values = self._keys[..., : self._length, :], self._values[..., : self._length, :]
+
+
+def _grow(buffer: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+    bigger = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    bigger[..., :length, :] = buffer[..., :length, :]
+    return bigger
+
+
+class ReservedCache(Cache):
+    """A dynamic KV cache whose layers append in place (see :class:`_ReservedLayer`)."""
+
+    def __init__(self) -> None:
+        super().__init__(layer_class_to_replicate=_ReservedLayer)
+
+
+def capacity(cache: Cache) -> float:
+    """Tokens a cache can hold: a static cache is fixed at creation, ours grows."""
+    return cache.get_max_length() if isinstance(cache, StaticCache) else float("inf")
+
+
+Step = Callable[[torch.Tensor, Cache], torch.Tensor]
+
+
+def eager_step(model) -> Step:
+    """The model's single-token forward: next-token logits of one row, extending ``cache``."""
+
+    def forward(token: torch.Tensor, cache: Cache) -> torch.Tensor:
+        return model(token, cache=cache, use_cache=True).logits[0, -1]
+
+    return forward
+
+
+def compiled_step(model) -> Step:
+    """:func:`eager_step` under ``torch.compile``, one per model (its sessions share the compiled graphs).
+
+    If compilation fails (e.g. no C++ compiler for inductor), warns once and falls back to the eager forward.
+    """
+    step = getattr(model, "_personagpt_compiled_step", None)
+    if step is not None:
+        return step
+    forward = eager_step(model)
+    compiled = torch.compile(forward, fullgraph=True, dynamic=False)
+
+    def step(token: torch.Tensor, cache: Cache) -> torch.Tensor:
+        try:
+            return compiled(token, cache)
+        except Exception as error:  # any compiler failure: keep chatting, eagerly
+            warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); decoding eagerly instead",
+                          RuntimeWarning, stacklevel=2)
+            model._personagpt_compiled_step = forward
+            return forward(token, cache)
+
+    model._personagpt_compiled_step = step
+    return step

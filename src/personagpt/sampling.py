@@ -1,0 +1,79 @@
+"""Decoding settings and the choice of one next token, by the rules of transformers' logits processors."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from personagpt.errors import SettingsError
+from personagpt.format import PromptFormat
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Decoding settings. Defaults are the original PersonaGPT's (top-k 10, nucleus 0.92)."""
+
+    do_sample: bool = True
+    top_k: int = 10
+    top_p: float = 0.92
+    temperature: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0  # eos is banned before this many tokens (benchmarks that need fixed-length turns)
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise SettingsError("top_k must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise SettingsError("top_p must be in (0, 1]")
+        if self.temperature <= 0:
+            raise SettingsError("temperature must be > 0")
+        if self.repetition_penalty <= 0:
+            raise SettingsError("repetition_penalty must be > 0")
+        if self.max_new_tokens < 1:
+            raise SettingsError("max_new_tokens must be >= 1")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise SettingsError("min_new_tokens must be between 0 and max_new_tokens")
+        if self.num_beams < 1:
+            raise SettingsError("num_beams must be >= 1")
+
+    def generate_kwargs(self, fmt: PromptFormat) -> dict:
+        kwargs = asdict(self)
+        if not self.do_sample:
+            del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
+        return kwargs | {
+            "eos_token_id": fmt.eos_id,
+            "pad_token_id": fmt.tokenizer.pad_token_id,
+            # the added tokens delimit prompts; they never belong inside an utterance
+            "suppress_tokens": list(fmt.special_ids),
+        }
+
+
+GREEDY = SamplingConfig(do_sample=False)
+
+def suppressed_ids(fmt: PromptFormat, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids never generated (the format's added tokens), and the same plus eos (before ``min_new_tokens``)."""
+    return (torch.tensor(fmt.special_ids, device=device),
+            torch.tensor([*fmt.special_ids, fmt.eos_id], device=device))
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, suppress: torch.Tensor,
+               generator: torch.Generator | None = None) -> int:
+    """One next token, by the rules of transformers' logits processors in their order."""
+    if cfg.repetition_penalty != 1.0:
+        prior = logits[seen]
+        logits = logits.index_put((seen,), torch.where(prior < 0, prior * cfg.repetition_penalty,
+                                                       prior / cfg.repetition_penalty))
+    logits = logits.index_fill(0, suppress, float("-inf"))
+    if not cfg.do_sample:
+        return int(logits.argmax())
+    logits = logits / cfg.temperature
+    k = cfg.top_k if 0 < cfg.top_k < logits.numel() else logits.numel()
+    values, indices = torch.topk(logits, k)  # sorted, descending
+    if cfg.top_p < 1.0:
+        probs = values.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of strictly likelier tokens
+        values = values.masked_fill(before >= cfg.top_p, float("-inf"))
+    return int(indices[torch.multinomial(values.softmax(-1), 1, generator=generator)])
