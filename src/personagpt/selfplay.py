@@ -87,17 +87,12 @@ def self_play(model, fmt: PromptFormat, personas: Sequence[Sequence[str]], polic
         for t in range(num_turns):
             goal = first if t == 0 else policy.next_goal(transcript)
             interviewer.set_action(goal)
-            question = interviewer.respond()
-            agent.add_turn(question)
-            transcript.turns.append(question)
-            transcript.actions.append(goal)
-            if on_turn:
-                on_turn(i, transcript)
-            answer = agent.respond()
-            interviewer.add_turn(answer)
-            transcript.turns.append(answer)
-            transcript.actions.append(None)
-            if on_turn:
-                on_turn(i, transcript)
+            for speaker, listener, action in ((interviewer, agent, goal), (agent, interviewer, None)):
+                text = speaker.respond()
+                listener.add_turn(text)
+                transcript.turns.append(text)
+                transcript.actions.append(action)
+                if on_turn:
+                    on_turn(i, transcript)
         transcripts.append(transcript)
     return transcripts
