@@ -74,13 +74,16 @@ class Conversation:
 
     def __init__(self, model, fmt: PromptFormat, prefix: Sequence[int], *, sampling: SamplingConfig | None = None,
                  max_context: int | None = None, use_cache: bool = True, compile: bool = False,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, engine=None) -> None:
+        """``engine`` (a :class:`~personagpt.engine.Engine`) generates this session's turns batched with other
+        sessions' and reuses cached prefixes; without it the session decodes on its own KV cache."""
         self.model = model
+        self.engine = engine
         self.compile = compile
         self.fmt = fmt
         self.prefix = list(prefix)
         self.sampling = sampling or SamplingConfig()
-        self.max_context = max_context or context_limit(model)
+        self.max_context = max_context or (engine.capacity if engine is not None else context_limit(model))
         self.use_cache = use_cache
         self.turns: list[str] = []
         self.turn_ids: list[list[int]] = []
@@ -160,6 +163,9 @@ class Conversation:
             self._record(reply)
             yield self.turns[-1]
             return
+        if self.engine is not None:
+            yield from self._stream_from_engine(ids, cfg, text)
+            return
         needed = len(ids) + cfg.max_new_tokens
         if not self.use_cache or self._cache is None or needed > capacity(self._cache):
             self._cache, self._cached_ids = self._new_cache(needed), []
@@ -177,6 +183,19 @@ class Conversation:
         finally:
             self._cached_ids = (ids + generated)[: int(self._cache.get_seq_length())]
             self._record(strip_reply(generated, self.fmt.eos_id))
+
+    def _stream_from_engine(self, ids: list[int], cfg: SamplingConfig, text: TextStream) -> Iterator[str]:
+        request = self.engine.submit(ids, cfg, self.generator)
+        try:
+            for token in request:
+                piece = text.push(token)
+                if piece:
+                    yield piece
+            if rest := text.flush():
+                yield rest
+        finally:
+            request.cancel()  # a no-op once finished; frees the slot when the consumer stopped early
+            self._record(strip_reply(list(request.tokens), self.fmt.eos_id))
 
     def _record(self, reply: list[int]) -> None:
         self.turns.append(self.fmt.decode(reply))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from personagpt.cli import chat, eval as eval_cmd, selfplay, teach, train
+from personagpt.cli import chat, eval as eval_cmd, selfplay, serve, teach, train
 from personagpt.cli.common import DEBUG
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command()(train.train)
 app.command("build-control-data")(train.build_control_data)
 app.command()(teach.teach)
 app.command("eval")(eval_cmd.evaluate_models)
+app.command()(serve.serve)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from personagpt.sampling import SamplingConfig
 def selfplay(
     model: ModelOpt = None,
     num_turns: TurnsOpt = 8,
-    num_convos: Annotated[int, typer.Option("--num-convos", min=1, help="Conversations to run.")] = 1,
+    num_convos: Annotated[int, typer.Option("--num-convos", min=1, help="Conversations to run side by side.")] = 1,
     actions: Annotated[Optional[list[str]], typer.Option(
         "--actions", help="Interviewer goal per turn, cycled: an action index 0-10 or free text (repeatable). "
                           "Default: a random default goal each turn.")] = None,
@@ -39,6 +39,9 @@ def selfplay(
     """
     with friendly_errors():
         from personagpt.data import load_personas, resolve_personas_path
+        from personagpt.engine import Engine
+        from personagpt.generation import context_limit
+        from personagpt.models import serving_model
         from personagpt.selfplay import FixedPolicy, RandomPolicy, self_play
 
         rng = random.Random(seed)
@@ -51,8 +54,15 @@ def selfplay(
             personas = [rng.choice(pool) for _ in range(num_convos)]
         loaded, fmt = load(model, device)
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
-        transcripts = self_play(loaded, fmt, personas, policy, num_turns, sampling, max_context=max_length,
-                                seed=seed, on_turn=show_turn(num_convos, num_turns))
+        # the conversations run side by side on one engine: their decoding steps are batched, and each turn
+        # reuses the keys/values of the conversation so far
+        engine = Engine(serving_model(loaded), fmt, max_batch=num_convos, max_queue=num_convos,
+                        capacity=max_length or min(1024, context_limit(loaded)))
+        try:
+            transcripts = self_play(loaded, fmt, personas, policy, num_turns, sampling, seed=seed,
+                                    on_turn=show_turn(num_convos, num_turns), engine=engine)
+        finally:
+            engine.close()
         print_transcripts(transcripts)
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)

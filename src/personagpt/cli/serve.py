@@ -1,0 +1,59 @@
+"""``personagpt serve``: the OpenAI-compatible HTTP server (and the chat page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personagpt.cli.common import UserError, friendly_errors, quiet_libraries
+from personagpt.cli.options import DeviceOpt, ModelOpt, PersonasPathOpt
+
+
+def serve(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only; 0.0.0.0: everyone who "
+                                           "can reach it, so set --api-key).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(
+        "--api-key", envvar="PERSONAGPT_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every endpoint but /health and the page.")] = None,
+    cors_origin: Annotated[Optional[list[str]], typer.Option(
+        "--cors-origin", help="Allow browsers on this origin to call the API (repeatable; none by default).")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Conversations decoded together (1: no batching).")] = 16,
+    max_queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for a slot; more get 503.")] = 64,
+    max_context: Annotated[int, typer.Option(min=64, help="Longest prompt + reply per conversation, in tokens; "
+                                                          "older turns are dropped to fit.")] = 1024,
+    prefix_cache_tokens: Annotated[int, typer.Option(min=0, help="Tokens of finished conversations kept for "
+                                                                 "reuse by their next turn.")] = 16384,
+    precision: Annotated[str, typer.Option(help="auto (bf16 weights where the CPU is fast at bf16) or no (fp32).")]
+    = "auto",
+    personas_path: PersonasPathOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Serve the bot over HTTP: OpenAI-compatible /v1/chat/completions (with persona and goal extensions,
+    streaming), /v1/goals, /v1/personas/random, /v1/selfplay, /health, /metrics, API docs at /docs.
+
+    Concurrent conversations are decoded together, and a conversation's next turn reuses its cached prefix.
+    Ctrl-C stops the server after cancelling what is running.
+    """
+    with friendly_errors():
+        import uvicorn
+
+        from personagpt.serve import ServerSettings, create_app
+
+        if precision not in ("auto", "no", "bf16"):
+            raise UserError("--precision must be auto, no or bf16")
+        if personas_path is not None and not Path(personas_path).is_file():
+            raise UserError(f"{personas_path}: no such file (--personas-path)")
+        quiet_libraries()
+        settings = ServerSettings(model=model, device=device, precision=precision, max_batch=max_batch,
+                                  max_queue=max_queue, max_context=max_context,
+                                  prefix_cache_tokens=prefix_cache_tokens, api_key=api_key,
+                                  cors_origins=list(cors_origin or []), personas_path=personas_path)
+        app = create_app(settings)
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        typer.echo(f"PersonaGPT server on http://{shown}:{port}/ (API docs: /docs). Loading the model; /health "
+                   "answers 200 once it is ready. Ctrl-C stops.", err=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,391 @@
+"""One model, many concurrent conversations: continuous batching of decoding steps and a prefix cache.
+
+A background thread owns the model. Requests (a prompt, sampling settings, a random generator) wait in a bounded
+queue; between two decoding steps the scheduler admits waiting requests into free *slots* and drops finished
+or cancelled ones, so requests join and leave the running batch at any step.
+
+* **Slots.** Each layer's keys and values live in one buffer ``[slots, kv_heads, capacity, head_dim]``; a request
+  owns one slot row and its own length. A decoding step feeds one token per active row with its own position and
+  writes its keys/values at that row's length (:class:`_SlotLayer`); a 4D mask hides each row's unused tail.
+  Active rows are kept contiguous (a finished row's slot takes the last row), so a step reads views, not copies.
+* **Prefix cache.** A finished request's keys/values are kept (LRU, bounded by tokens). A new prompt reuses the
+  longest cached prefix it starts with: clients resend the whole history each turn, so a late turn costs only its
+  new tokens.
+* **Sampling** is per request, with the rules and the generator of :class:`~personagpt.generation.Conversation`:
+  a request gives the same tokens whether it runs alone or in a full batch (up to float rounding).
+
+Transformers' own continuous batching (``generate_batch``) was measured first and is far slower on a CPU (see
+bench/README.md, "Serving").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from personagpt.errors import PersonaGPTError
+from personagpt.format import PromptFormat
+from personagpt.generation import context_limit
+from personagpt.kvcache import ReservedCache
+from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
+
+
+class QueueFullError(PersonaGPTError):
+    """Too many requests are waiting; try again shortly."""
+
+
+class RequestCancelled(PersonaGPTError):
+    """The request was cancelled before it finished."""
+
+
+_DONE = object()
+
+
+@dataclass
+class Request:
+    """A generation request and its results. Iterate it (threads) or ``async for`` it (asyncio) for token ids."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    generator: torch.Generator
+    loop: asyncio.AbstractEventLoop | None = None
+    id: int = 0
+    tokens: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    finish_reason: str | None = None  # "stop" (eos), "length", "cancelled", "error"
+    error: BaseException | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    prefill_seconds: float = 0.0
+    finished_at: float | None = None
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self._events: deque = deque()
+        self._ready = threading.Condition()
+        self._async_queue: asyncio.Queue | None = asyncio.Queue() if self.loop is not None else None
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step."""
+        self.cancelled = True
+
+    def _emit(self, item) -> None:
+        if self._async_queue is not None:
+            self.loop.call_soon_threadsafe(self._async_queue.put_nowait, item)
+        with self._ready:
+            self._events.append(item)
+            self._ready.notify_all()
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            with self._ready:
+                while not self._events:
+                    self._ready.wait()
+                item = self._events.popleft()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    async def stream(self):
+        """Token ids as they are produced (needs ``loop`` set at submission)."""
+        while True:
+            item = await self._async_queue.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    @property
+    def decode_seconds(self) -> float:
+        if self.first_token_at is None or self.finished_at is None:
+            return 0.0
+        return self.finished_at - self.first_token_at
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's keys/values for a decoding step: each active row writes at its own position."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, positions: torch.Tensor,
+                 width: int) -> None:
+        super().__init__()
+        self._k, self._v, self._rows, self._positions, self._width = keys, values, rows, positions, width
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        index = torch.arange(self._rows, device=key_states.device)
+        self._k[index, :, self._positions] = key_states[:, :, 0]
+        self._v[index, :, self._positions] = value_states[:, :, 0]
+        self.keys, self.values = self._k[: self._rows, :, : self._width], self._v[: self._rows, :, : self._width]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._width - 1
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._width, 0
+
+
+@dataclass
+class _Active:
+    request: Request
+    length: int  # tokens whose keys/values are in the slot
+    last: int  # the token to feed next
+    seen: torch.Tensor  # ids in the prompt and generated so far (repetition penalty)
+
+
+class PrefixCache:
+    """Keys/values of finished sequences, least recently used dropped first once over ``max_tokens``."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.tokens = 0
+
+    def longest(self, ids: Sequence[int], limit: int):
+        """``(shared, kv)`` of the entry sharing the longest prefix with ``ids`` (at most ``limit`` tokens)."""
+        best, best_key = 0, None
+        for key in self.entries:
+            n = 0
+            for a, b in zip(key, ids):
+                if a != b:
+                    break
+                n += 1
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        return min(best, limit), self.entries[best_key]
+
+    def add(self, ids: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        key = tuple(ids)
+        if not key or len(key) > self.max_tokens:
+            return
+        for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self.tokens -= len(old)  # a prefix of the new entry: superseded
+            del self.entries[old]
+        if key not in self.entries:
+            self.tokens += len(key)
+        self.entries[key] = kv
+        self.entries.move_to_end(key)
+        while self.tokens > self.max_tokens:
+            old, _ = self.entries.popitem(last=False)
+            self.tokens -= len(old)
+
+
+class Engine:
+    """Runs generation requests from many sessions on one model, batched step by step.
+
+    ``max_batch`` rows decode together (1 turns batching off); at most ``max_queue`` requests wait, beyond that
+    :meth:`submit` raises :class:`QueueFullError`. ``capacity`` is the longest sequence (prompt + reply) a slot
+    holds; ``prefix_cache_tokens`` bounds the prefix cache.
+    """
+
+    def __init__(self, model, fmt: PromptFormat, *, max_batch: int = 16, max_queue: int = 64,
+                 capacity: int | None = None, prefix_cache_tokens: int = 16384) -> None:
+        self.model, self.fmt = model, fmt
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.capacity = min(capacity or 1024, context_limit(model))
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.device = model.device
+        self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
+        self._waiting: deque[Request] = deque()
+        self._active: list[_Active] = []
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self.steps = 0  # decoding steps run (each over all active rows)
+        self.forward_tokens = 0  # tokens fed through the model (prefills and steps)
+        self._thread = threading.Thread(target=self._run, name="personagpt-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the public side ---------------------------------------------------------------------------------------
+
+    def submit(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
+               generator: torch.Generator | None = None, seed: int | None = None,
+               loop: asyncio.AbstractEventLoop | None = None) -> Request:
+        """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced)."""
+        cfg = sampling or SamplingConfig()
+        if cfg.num_beams > 1:
+            raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
+        if not prompt:
+            raise PersonaGPTError("an empty prompt")
+        if len(prompt) + cfg.max_new_tokens > self.capacity:
+            raise PersonaGPTError(f"prompt ({len(prompt)} tokens) + reply ({cfg.max_new_tokens}) exceed the "
+                                  f"engine's {self.capacity}-token capacity")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed) if seed is not None else generator.seed()
+        request = Request(list(prompt), cfg, generator, loop, next(self._ids))
+        with self._lock:
+            if self._stopping:
+                raise PersonaGPTError("the engine is shut down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return request
+
+    def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
+                 generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
+        """The reply's token ids, eos included when produced (blocks)."""
+        return list(self.submit(prompt, sampling, generator, seed))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def close(self) -> None:
+        """Finish the running requests' current step, cancel the rest, stop the thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    # ---- the scheduler thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._active and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    break
+                admitted = []
+                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                    admitted.append(self._waiting.popleft())
+            try:
+                with torch.inference_mode():
+                    for request in admitted:
+                        self._admit(request)
+                    self._drop_finished()
+                    if self._active:
+                        self._step()
+                        self._drop_finished()
+            except Exception as error:  # a bug or an out-of-memory: fail the requests, keep serving
+                for row in self._active:
+                    self._finish(row, "error", error)
+                self._active = []
+        for request in list(self._waiting) + [row.request for row in self._active]:
+            request.finish_reason = "cancelled"
+            request.error = RequestCancelled("the server is shutting down")
+            request._emit(_DONE)
+
+    def _ensure_buffers(self, cache: Cache) -> None:
+        if self._buffers is not None:
+            return
+        self._buffers = []
+        for layer in cache.layers:
+            _, heads, _, dim = layer.keys.shape
+            shape = (self.max_batch, heads, self.capacity, dim)
+            self._buffers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+
+    def _admit(self, request: Request) -> None:
+        """Prefill the request's prompt (after its cached prefix) into the next free slot; sample its first token."""
+        if request.cancelled:
+            request.finish_reason = "cancelled"
+            request._emit(_DONE)
+            return
+        started = time.perf_counter()
+        prompt = request.prompt
+        shared, kv = self.prefix_cache.longest(prompt, len(prompt) - 1)
+        cache = ReservedCache()
+        if shared:
+            for index, (k, v) in enumerate(kv):
+                cache.update(k[:, :, :shared], v[:, :, :shared], index)
+        rest = torch.tensor([prompt[shared:]], device=self.device)
+        positions = torch.arange(shared, len(prompt), device=self.device).unsqueeze(0)
+        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
+        logits = self.model(rest, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                            logits_to_keep=1).logits[0, -1]
+        self.forward_tokens += rest.shape[1]
+        self._ensure_buffers(cache)
+        slot = len(self._active)
+        for (kb, vb), layer in zip(self._buffers, cache.layers):
+            kb[slot, :, : len(prompt)] = layer.keys[0, :, : len(prompt)]
+            vb[slot, :, : len(prompt)] = layer.values[0, :, : len(prompt)]
+        request.cached_tokens = shared
+        row = _Active(request, len(prompt), -1, torch.tensor(sorted(set(prompt)), device=self.device))
+        self._active.append(row)
+        request.prefill_seconds = time.perf_counter() - started
+        self._accept(row, logits)
+
+    def _accept(self, row: _Active, logits: torch.Tensor) -> None:
+        """Sample the row's next token from ``logits`` and hand it to the request."""
+        request, cfg = row.request, row.request.sampling
+        n = len(request.tokens)
+        banned = self._suppress_eos if n < cfg.min_new_tokens else self._suppress
+        token = pick_token(logits.float(), cfg, row.seen, banned, request.generator)
+        if request.first_token_at is None:
+            request.first_token_at = time.perf_counter()
+        request.tokens.append(token)
+        request._emit(token)
+        row.last = token
+        row.seen = torch.cat([row.seen, torch.tensor([token], device=self.device)])
+        if token == self.fmt.eos_id:
+            request.finish_reason = "stop"
+        elif len(request.tokens) >= cfg.max_new_tokens:
+            request.finish_reason = "length"
+
+    def _step(self) -> None:
+        """One decoding step for every active row that is still generating."""
+        rows = len(self._active)
+        lengths = torch.tensor([r.length for r in self._active], device=self.device)
+        width = int(lengths.max()) + 1
+        tokens = torch.tensor([[r.last] for r in self._active], device=self.device)
+        dtype = self._buffers[0][0].dtype
+        visible = torch.arange(width, device=self.device).unsqueeze(0) <= lengths.unsqueeze(1)
+        mask = torch.zeros((rows, 1, 1, width), dtype=dtype, device=self.device)
+        mask.masked_fill_(~visible[:, None, None, :], torch.finfo(dtype).min)
+        cache = Cache(layers=[_SlotLayer(k, v, rows, lengths, width) for k, v in self._buffers])
+        logits = self.model(tokens, attention_mask=mask, position_ids=lengths.unsqueeze(1), cache=cache,
+                            use_cache=True).logits[:, -1]
+        self.steps += 1
+        self.forward_tokens += rows
+        for i, row in enumerate(self._active):
+            row.length += 1
+            self._accept(row, logits[i])
+
+    def _drop_finished(self) -> None:
+        """Retire finished and cancelled rows: keep their keys/values for the prefix cache, compact the slots."""
+        i = 0
+        while i < len(self._active):
+            row = self._active[i]
+            if row.request.finish_reason is None and not row.request.cancelled:
+                i += 1
+                continue
+            sequence = (row.request.prompt + row.request.tokens)[: row.length]
+            self.prefix_cache.add(sequence, [(k[i:i + 1, :, : row.length].clone(), v[i:i + 1, :, : row.length].clone())
+                                             for k, v in self._buffers])
+            self._finish(row, row.request.finish_reason or "cancelled")
+            last = len(self._active) - 1
+            if i != last:  # the last row moves into the freed slot, so active rows stay contiguous
+                moved = self._active[last]
+                for k, v in self._buffers:
+                    k[i, :, : moved.length] = k[last, :, : moved.length]
+                    v[i, :, : moved.length] = v[last, :, : moved.length]
+                self._active[i] = moved
+            self._active.pop()
+
+    def _finish(self, row: _Active, reason: str, error: BaseException | None = None) -> None:
+        request = row.request
+        request.finish_reason = reason
+        request.error = error
+        request.finished_at = time.perf_counter()
+        request._emit(_DONE)

@@ -1,0 +1,111 @@
+"""Request and response bodies of the HTTP API: the OpenAI chat schema plus PersonaGPT's extensions."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from personagpt.format import DEFAULT_ACTIONS
+
+MAX_FACTS = 5
+MAX_REPLY_TOKENS = 256
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """``POST /v1/chat/completions``. The assistant is the persona bot."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[Message] = Field(description="The conversation so far. A system message gives the bot's persona "
+                                                "facts (one per line or sentence); user and assistant messages "
+                                                "alternate and the last one is the user's.")
+    model: str | None = None
+    stream: bool = False
+    max_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS, description="Longest reply, in tokens (64).")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 decodes greedily (1).")
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the reply (not included).")
+    n: int = Field(1, ge=1, le=1, description="One reply per request.")
+    persona: list[str] | None = Field(None, max_length=MAX_FACTS,
+                                      description="Extension: the bot's persona facts (instead of a system message).")
+    goal: str | int | None = Field(None, description="Extension: an action code (its text or index 0-10) or any "
+                                                     "free-text goal; the reply pursues it (action mode).")
+    top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
+
+    @field_validator("persona")
+    @classmethod
+    def _facts_not_empty(cls, facts):
+        if facts is not None and any(not f.strip() for f in facts):
+            raise ValueError("persona facts must not be empty")
+        return facts
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop):
+        stops = [stop] if isinstance(stop, str) else stop
+        if stops is not None and (len(stops) > 4 or any(not s for s in stops)):
+            raise ValueError("stop takes up to 4 non-empty strings")
+        return stops
+
+    @field_validator("goal")
+    @classmethod
+    def _known_goal(cls, goal):
+        return resolve_goal(goal)
+
+
+def resolve_goal(goal: str | int | None) -> str | None:
+    """An action index (0-10, also as a string) becomes its action code; text stays as it is."""
+    if goal is None:
+        return None
+    if isinstance(goal, int) or goal.strip().lstrip("+-").isdigit():
+        index = int(goal)
+        if not 0 <= index < len(DEFAULT_ACTIONS):
+            raise ValueError(f"unknown goal index {index}; use 0-{len(DEFAULT_ACTIONS) - 1} or a free-text goal")
+        return DEFAULT_ACTIONS[index]
+    if not goal.strip():
+        raise ValueError("goal must not be empty")
+    return goal.strip()
+
+
+def split_facts(system: str) -> list[str]:
+    """Persona facts from a system message: one per line, or one per sentence when it is a single line."""
+    lines = [line.strip() for line in system.splitlines() if line.strip()]
+    if len(lines) == 1:
+        lines = [s.strip() for s in re.split(r"(?<=[.!?])\s+", lines[0]) if s.strip()]
+    return lines
+
+
+class SelfPlayRequest(BaseModel):
+    """``POST /v1/selfplay``: an interviewer driven by action codes talks with a persona bot."""
+
+    persona: list[str] | None = Field(None, max_length=MAX_FACTS, description="The persona bot's facts "
+                                                                               "(default: a random persona).")
+    turns: int = Field(4, ge=1, le=16, description="Exchanges (interviewer turn + persona turn).")
+    goals: list[str | int] | None = Field(None, description="Interviewer goals per turn, cycled (texts or 0-10).")
+    policy: Literal["random", "fixed"] | None = Field(None, description="random (default without goals) or fixed "
+                                                                        "(the goals in order).")
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    stream: bool = False
+
+    @field_validator("goals")
+    @classmethod
+    def _known_goals(cls, goals):
+        return None if goals is None else [resolve_goal(g) for g in goals]
+
+    @field_validator("persona")
+    @classmethod
+    def _facts_not_empty(cls, facts):
+        return ChatRequest._facts_not_empty(facts)
