@@ -36,6 +36,7 @@ from personagpt.format import PromptFormat
 from personagpt.generation import context_limit
 from personagpt.kvcache import ReservedCache
 from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.scoring import decoder_and_head
 
 
 class QueueFullError(PersonaGPTError):
@@ -114,19 +115,21 @@ class Request:
 
 
 class _SlotLayer(DynamicLayer):
-    """One layer's keys/values for a decoding step: each active row writes at its own position."""
+    """One layer's keys/values for a forward over slot rows ``first:first+n``: row b writes its q new keys/values
+    at its own positions ``positions[b]`` ([n, q]) and attends over the first ``width`` cells of its slot."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, positions: torch.Tensor,
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, first: int, positions: torch.Tensor,
                  width: int) -> None:
         super().__init__()
-        self._k, self._v, self._rows, self._positions, self._width = keys, values, rows, positions, width
+        self._k, self._v, self._first, self._positions, self._width = keys, values, first, positions, width
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        index = torch.arange(self._rows, device=key_states.device)
-        self._k[index, :, self._positions] = key_states[:, :, 0]
-        self._v[index, :, self._positions] = value_states[:, :, 0]
-        self.keys, self.values = self._k[: self._rows, :, : self._width], self._v[: self._rows, :, : self._width]
+        rows = slice(self._first, self._first + key_states.shape[0])
+        index = torch.arange(rows.start, rows.stop, device=key_states.device).unsqueeze(1)
+        self._k[index, :, self._positions] = key_states.transpose(1, 2)
+        self._v[index, :, self._positions] = value_states.transpose(1, 2)
+        self.keys, self.values = self._k[rows, :, : self._width], self._v[rows, :, : self._width]
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -200,6 +203,7 @@ class Engine:
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.device = model.device
         self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
+        self._decoder, self._head = decoder_and_head(model)
         self._waiting: deque[Request] = deque()
         self._active: list[_Active] = []
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -272,8 +276,7 @@ class Engine:
                     admitted.append(self._waiting.popleft())
             try:
                 with torch.inference_mode():
-                    for request in admitted:
-                        self._admit(request)
+                    self._admit(admitted)
                     self._drop_finished()
                     if self._active:
                         self._step()
@@ -287,44 +290,71 @@ class Engine:
             request.error = RequestCancelled("the server is shutting down")
             request._emit(_DONE)
 
-    def _ensure_buffers(self, cache: Cache) -> None:
+    def _ensure_buffers(self) -> None:
+        """Allocate the slot buffers once, shaped from one tiny forward (kv heads and head size per layer)."""
         if self._buffers is not None:
             return
+        probe = ReservedCache()
+        self.model(torch.tensor([[self.fmt.eos_id]], device=self.device), cache=probe, use_cache=True)
         self._buffers = []
-        for layer in cache.layers:
+        for layer in probe.layers:
             _, heads, _, dim = layer.keys.shape
             shape = (self.max_batch, heads, self.capacity, dim)
             self._buffers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
 
-    def _admit(self, request: Request) -> None:
-        """Prefill the request's prompt (after its cached prefix) into the next free slot; sample its first token."""
-        if request.cancelled:
-            request.finish_reason = "cancelled"
-            request._emit(_DONE)
+    def _admit(self, requests: list[Request]) -> None:
+        """Prefill the new requests' prompts (after their cached prefixes) into the next free slots, all in one
+        forward pass, and sample each one's first token."""
+        live = []
+        for request in requests:
+            if request.cancelled:
+                request.finish_reason = "cancelled"
+                request._emit(_DONE)
+            else:
+                live.append(request)
+        if not live:
             return
         started = time.perf_counter()
-        prompt = request.prompt
-        shared, kv = self.prefix_cache.longest(prompt, len(prompt) - 1)
-        cache = ReservedCache()
-        if shared:
-            for index, (k, v) in enumerate(kv):
-                cache.update(k[:, :, :shared], v[:, :, :shared], index)
-        rest = torch.tensor([prompt[shared:]], device=self.device)
-        positions = torch.arange(shared, len(prompt), device=self.device).unsqueeze(0)
-        mask = torch.ones((1, len(prompt)), dtype=torch.long, device=self.device)
-        logits = self.model(rest, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                            logits_to_keep=1).logits[0, -1]
-        self.forward_tokens += rest.shape[1]
-        self._ensure_buffers(cache)
-        slot = len(self._active)
-        for (kb, vb), layer in zip(self._buffers, cache.layers):
-            kb[slot, :, : len(prompt)] = layer.keys[0, :, : len(prompt)]
-            vb[slot, :, : len(prompt)] = layer.values[0, :, : len(prompt)]
-        request.cached_tokens = shared
-        row = _Active(request, len(prompt), -1, torch.tensor(sorted(set(prompt)), device=self.device))
-        self._active.append(row)
-        request.prefill_seconds = time.perf_counter() - started
-        self._accept(row, logits)
+        self._ensure_buffers()
+        first = len(self._active)
+        starts, chunks = [], []
+        for slot, request in enumerate(live, first):
+            shared, kv = self.prefix_cache.longest(request.prompt, len(request.prompt) - 1)
+            for (kb, vb), (k, v) in zip(self._buffers, kv or ()):
+                kb[slot, :, :shared] = k[0, :, :shared]
+                vb[slot, :, :shared] = v[0, :, :shared]
+            request.cached_tokens = shared
+            starts.append(shared)
+            chunks.append(request.prompt[shared:])
+        width = max(len(c) for c in chunks)
+        ids = torch.tensor([c + [self.fmt.eos_id] * (width - len(c)) for c in chunks], device=self.device)
+        begin = torch.tensor(starts, device=self.device).unsqueeze(1)
+        positions = (begin + torch.arange(width, device=self.device)).clamp(max=self.capacity - 1)
+        span = min(self.capacity, int(positions.max()) + 1)
+        # row b's query i sees its slot's cells up to its own position (padding queries too: finite, unused)
+        visible = torch.arange(span, device=self.device).view(1, 1, span) <= positions.unsqueeze(-1)
+        logits = self._forward(ids, positions, visible, first, span, last=[len(c) - 1 for c in chunks])
+        self.forward_tokens += sum(len(c) for c in chunks)
+        elapsed = time.perf_counter() - started
+        for i, request in enumerate(live):
+            request.prefill_seconds = elapsed
+            row = _Active(request, len(request.prompt), -1,
+                          torch.tensor(sorted(set(request.prompt)), device=self.device))
+            self._active.append(row)
+            self._accept(row, logits[i])
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
+                 last: list[int]) -> torch.Tensor:
+        """Run slot rows ``first:first+n`` on ``ids`` [n, q] at ``positions``; next-token logits at index
+        ``last[b]`` of each row. ``visible`` [n, q, span] says which cells each query attends to."""
+        dtype = self._buffers[0][0].dtype
+        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill_(~visible,
+                                                                                       torch.finfo(dtype).min)
+        cache = Cache(layers=[_SlotLayer(k, v, first, positions, span) for k, v in self._buffers])
+        hidden = self._decoder(input_ids=ids, attention_mask=mask.unsqueeze(1), position_ids=positions, cache=cache,
+                               use_cache=True).last_hidden_state
+        picked = hidden[torch.arange(len(last), device=self.device), torch.tensor(last, device=self.device)]
+        return self._head(picked.contiguous())
 
     def _accept(self, row: _Active, logits: torch.Tensor) -> None:
         """Sample the row's next token from ``logits`` and hand it to the request."""
@@ -344,20 +374,14 @@ class Engine:
             request.finish_reason = "length"
 
     def _step(self) -> None:
-        """One decoding step for every active row that is still generating."""
-        rows = len(self._active)
-        lengths = torch.tensor([r.length for r in self._active], device=self.device)
-        width = int(lengths.max()) + 1
+        """One decoding step for every active row."""
+        lengths = torch.tensor([r.length for r in self._active], device=self.device).unsqueeze(1)
+        span = int(lengths.max()) + 1
         tokens = torch.tensor([[r.last] for r in self._active], device=self.device)
-        dtype = self._buffers[0][0].dtype
-        visible = torch.arange(width, device=self.device).unsqueeze(0) <= lengths.unsqueeze(1)
-        mask = torch.zeros((rows, 1, 1, width), dtype=dtype, device=self.device)
-        mask.masked_fill_(~visible[:, None, None, :], torch.finfo(dtype).min)
-        cache = Cache(layers=[_SlotLayer(k, v, rows, lengths, width) for k, v in self._buffers])
-        logits = self.model(tokens, attention_mask=mask, position_ids=lengths.unsqueeze(1), cache=cache,
-                            use_cache=True).logits[:, -1]
+        visible = torch.arange(span, device=self.device).view(1, 1, span) <= lengths.unsqueeze(-1)
+        logits = self._forward(tokens, lengths, visible, 0, span, last=[0] * len(self._active))
         self.steps += 1
-        self.forward_tokens += rows
+        self.forward_tokens += len(self._active)
         for i, row in enumerate(self._active):
             row.length += 1
             self._accept(row, logits[i])

@@ -81,7 +81,8 @@ def show_turn(num_convos: int, num_turns: int):
         turn = (len(transcript.turns) + 1) // 2
         action = transcript.actions[-1]
         who = f"Interviewer [{action}]" if action else "PersonaGPT"
-        typer.echo(f"  {turn}/{num_turns} {who}: {transcript.turns[-1]}", err=True)
+        where = f"[{index + 1}] " if num_convos > 1 else ""
+        typer.echo(f"  {where}{turn}/{num_turns} {who}: {transcript.turns[-1]}", err=True)
 
     return show
 

@@ -40,6 +40,8 @@ class ChatRequest(BaseModel):
                                                      "free-text goal; the reply pursues it (action mode).")
     top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
+    min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "
+                                                                      "before this many tokens (benchmarks).")
 
     @field_validator("persona")
     @classmethod
