@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 
 from personagpt.format import PromptFormat
 from personagpt.models import build_gpt2, load_tokenizer, save_checkpoint
@@ -33,3 +38,48 @@ def tiny_model(tokenizer):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, tiny_model, tokenizer) -> Path:
     return save_checkpoint(tiny_model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """An app served by uvicorn on a free loopback port, in a thread, until the block ends."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.app = app
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not come up")
+
+    @property
+    def engine(self):
+        return self.app.state.personagpt.engine
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def no_eos(model, fmt):
+    """The model never ends a reply (deterministic long generations for queue, cancellation and page tests)."""
+    def hook(module, args, logits):
+        logits[..., fmt.eos_id] = float("-inf")
+    model.get_output_embeddings().register_forward_hook(hook)
+    return model

@@ -1,65 +1,21 @@
 """The HTTP server, live on a loopback port, driven by the official OpenAI client and raw HTTP."""
 
 import json
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from personagpt.models import build_gpt2
 from personagpt.sampling import SamplingConfig
 from personagpt.serve import ServerSettings, create_app
 
+from conftest import LiveServer, no_eos
+
 PERSONAS = [["i like dogs.", "i am a nurse."], ["i love jazz."], ["i have three kids.", "i live in ohio."],
             ["i hate snow."], ["i am a pilot."], ["i paint."], ["i grow tomatoes.", "i am retired."], ["i swim."]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    def __init__(self, app):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.app = app
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health").status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not come up")
-
-    @property
-    def engine(self):
-        return self.app.state.personagpt.engine
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-def no_eos(model, fmt):
-    """The model never ends a reply (deterministic long generations for queue and cancellation tests)."""
-    def hook(module, args, output):
-        output.logits[..., fmt.eos_id] = float("-inf")
-    model.register_forward_hook(hook)
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,25 @@ class _State:
         self.model_name = "personagpt"
         self.load_error: str | None = None
         self.personas: list[list[str]] = []
+        self._labeler = None
+        self._labeler_lock = threading.Lock()
+
+    def goal_accepted(self, goal: str, text: str) -> bool | None:
+        """Whether the goal labeler accepts ``text`` as pursuing ``goal`` (the semantic labeler when its encoder
+        is installed, else the rules); None when it cannot tell."""
+        from personagpt.control import GoalLabeler, minilm_path
+
+        with self._labeler_lock:
+            if self._labeler is None:
+                try:
+                    minilm_path()
+                    self._labeler = GoalLabeler(semantic=True)
+                except PersonaGPTError:
+                    self._labeler = GoalLabeler(semantic=False)
+            try:
+                return bool(self._labeler.accepts(text, goal)) if text.strip() else False
+            except PersonaGPTError:
+                return None
 
 
 def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
@@ -156,7 +175,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         except QueueFullError as e:
             metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
-        reply = _Reply(job, eng.fmt, body.stop or [], state.model_name, metrics)
+        reply = _Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
+                       goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None)
         if body.stream:
             return StreamingResponse(reply.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -244,8 +264,8 @@ class _StopScanner:
 class _Reply:
     """One chat completion being generated: as SSE chunks or as one response body."""
 
-    def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics) -> None:
-        self.job, self.fmt, self.model, self.metrics = job, fmt, model, metrics
+    def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics, goal_check=None) -> None:
+        self.job, self.fmt, self.model, self.metrics, self.goal_check = job, fmt, model, metrics, goal_check
         self.scanner = _StopScanner(stops)
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
@@ -292,12 +312,22 @@ class _Reply:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
+    async def extras(self, content: str) -> dict:
+        """Extension fields of the final chunk or response: usage, timings, and for a goal whether the goal
+        labeler accepts the reply as pursuing it."""
+        extra = {"usage": self.usage(), "timings": self.timings()}
+        if self.goal_check is not None:
+            extra["goal_accepted"] = await asyncio.to_thread(self.goal_check, content)
+        return extra
+
     async def events(self):
         yield self._chunk({"role": "assistant", "content": ""})
+        content = ""
         async for piece in self.pieces():
+            content += piece
             yield self._chunk({"content": piece})
         self.metrics.observe(self.job)
-        yield self._chunk({}, self.finish_reason(), usage=self.usage(), timings=self.timings())
+        yield self._chunk({}, self.finish_reason(), **await self.extras(content))
         yield "data: [DONE]\n\n"
 
     async def whole(self, http: Request) -> dict:
@@ -316,8 +346,7 @@ class _Reply:
         self.metrics.observe(self.job)
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": self.finish_reason()}],
-                "usage": self.usage(), "timings": self.timings()}
+                             "finish_reason": self.finish_reason()}], **await self.extras(content)}
 
 
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):
