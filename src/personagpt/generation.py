@@ -172,14 +172,14 @@ class Conversation:
         shared = self._reuse_cache(ids)
         step = compiled_step(self.model) if self.compile else None
         generated: list[int] = []
-        try:
+
+        def tokens():
             for token in decode_tokens(self.model, self._cache, ids, shared, cfg, self.fmt, step, self.generator):
                 generated.append(token)
-                piece = text.push(token)
-                if piece:
-                    yield piece
-            if rest := text.flush():
-                yield rest
+                yield token
+
+        try:
+            yield from text.pieces(tokens())
         finally:
             self._cached_ids = (ids + generated)[: int(self._cache.get_seq_length())]
             self._record(strip_reply(generated, self.fmt.eos_id))
@@ -187,12 +187,7 @@ class Conversation:
     def _stream_from_engine(self, ids: list[int], cfg: SamplingConfig, text: TextStream) -> Iterator[str]:
         request = self.engine.submit(ids, cfg, self.generator)
         try:
-            for token in request:
-                piece = text.push(token)
-                if piece:
-                    yield piece
-            if rest := text.flush():
-                yield rest
+            yield from text.pieces(request)
         finally:
             request.cancel()  # a no-op once finished; frees the slot when the consumer stopped early
             self._record(strip_reply(list(request.tokens), self.fmt.eos_id))
@@ -277,6 +272,14 @@ class TextStream:
             return ""  # an incomplete character (or a rewrite, which byte-level BPE never does): wait
         piece, self.emitted = text[len(self.emitted):], text
         return piece
+
+    def pieces(self, tokens) -> Iterator[str]:
+        """The text pieces of ``tokens`` as they come, then what is left."""
+        for token in tokens:
+            if piece := self.push(token):
+                yield piece
+        if rest := self.flush():
+            yield rest
 
     def flush(self) -> str:
         """What is left once the tokens end (e.g. a character the model never completed)."""

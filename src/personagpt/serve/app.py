@@ -7,12 +7,9 @@ serve any turn; the engine's prefix cache makes resending the history cheap.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import random
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +22,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from personagpt.engine import Engine, QueueFullError
 from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generation import Conversation, TextStream
+from personagpt.generation import Conversation
 from personagpt.sampling import SamplingConfig
+from personagpt.serve.completions import Reply
+from personagpt.serve.errors import ApiError, error_body
+from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
 from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, split_facts
 
@@ -46,19 +46,6 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 1 << 20
     personas_path: Path | None = None
-
-
-class ApiError(Exception):
-    """An error answered with an OpenAI-style body."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 headers: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind, self.headers = status, message, param, kind, headers
-
-
-def error_body(message: str, kind: str, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 class _State:
@@ -121,7 +108,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
                   description="Persona-conditioned, controllable chat. OpenAI-compatible `/v1/chat/completions` "
                               "with `persona` and `goal` extensions.")
     app.state.personagpt = state
-    app.add_middleware(_Guard, api_key=settings.api_key, max_body=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(Guard, api_key=settings.api_key, max_body=settings.max_body_bytes, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
@@ -175,7 +162,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         except QueueFullError as e:
             metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
-        reply = _Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
+        reply = Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
                        goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None)
         if body.stream:
             return StreamingResponse(reply.events(), media_type="text/event-stream",
@@ -237,116 +224,6 @@ def _sampling(body) -> SamplingConfig:
                           temperature=body.temperature if body.temperature else defaults.temperature,
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
                           max_new_tokens=body.max_tokens or defaults.max_new_tokens, min_new_tokens=min_tokens)
-
-
-class _StopScanner:
-    """Cuts the reply at the first stop string, holding back text that may be the start of one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops, self.held, self.stopped = stops, "", False
-
-    def feed(self, piece: str) -> str:
-        text = self.held + piece
-        hits = [text.find(s) for s in self.stops if s in text]
-        if hits:
-            self.stopped, self.held = True, ""
-            return text[: min(hits)]
-        keep = max((len(s) - 1 for s in self.stops), default=0)
-        keep = max((k for k in range(keep, 0, -1) if any(s.startswith(text[-k:]) for s in self.stops)), default=0)
-        self.held = text[len(text) - keep:] if keep else ""
-        return text[: len(text) - keep]
-
-    def flush(self) -> str:
-        held, self.held = self.held, ""
-        return held
-
-
-class _Reply:
-    """One chat completion being generated: as SSE chunks or as one response body."""
-
-    def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics, goal_check=None) -> None:
-        self.job, self.fmt, self.model, self.metrics, self.goal_check = job, fmt, model, metrics, goal_check
-        self.scanner = _StopScanner(stops)
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-
-    async def pieces(self):
-        """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
-        text = TextStream(self.fmt)
-        try:
-            async for token in self.job.stream():
-                piece = self.scanner.feed(text.push(token))
-                if piece:
-                    yield piece
-                if self.scanner.stopped:
-                    self.job.cancel()
-                    return
-            piece = self.scanner.feed(text.flush())
-            if not self.scanner.stopped:
-                piece += self.scanner.flush()
-            if piece:
-                yield piece
-        finally:
-            self.job.cancel()
-
-    def finish_reason(self) -> str:
-        return "length" if self.job.finish_reason == "length" and not self.scanner.stopped else "stop"
-
-    def usage(self) -> dict:
-        job = self.job
-        return {"prompt_tokens": len(job.prompt), "completion_tokens": len(job.tokens),
-                "total_tokens": len(job.prompt) + len(job.tokens)}
-
-    def timings(self) -> dict:
-        """As llama.cpp's server reports them: prompt tokens computed and reused, decoding speed."""
-        job = self.job
-        decoded = max(len(job.tokens) - 1, 0)
-        return {"prompt_n": len(job.prompt) - job.cached_tokens, "cache_n": job.cached_tokens,
-                "prompt_ms": round(1000 * job.prefill_seconds, 2), "predicted_n": len(job.tokens),
-                "predicted_ms": round(1000 * job.decode_seconds, 2),
-                "predicted_per_second": round(decoded / job.decode_seconds, 2) if job.decode_seconds else None,
-                "queue_ms": round(1000 * ((job.first_token_at or job.submitted) - job.submitted - job.prefill_seconds), 2)}
-
-    def _chunk(self, delta: dict, finish: str | None = None, **extra) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def extras(self, content: str) -> dict:
-        """Extension fields of the final chunk or response: usage, timings, and for a goal whether the goal
-        labeler accepts the reply as pursuing it."""
-        extra = {"usage": self.usage(), "timings": self.timings()}
-        if self.goal_check is not None:
-            extra["goal_accepted"] = await asyncio.to_thread(self.goal_check, content)
-        return extra
-
-    async def events(self):
-        yield self._chunk({"role": "assistant", "content": ""})
-        content = ""
-        async for piece in self.pieces():
-            content += piece
-            yield self._chunk({"content": piece})
-        self.metrics.observe(self.job)
-        yield self._chunk({}, self.finish_reason(), **await self.extras(content))
-        yield "data: [DONE]\n\n"
-
-    async def whole(self, http: Request) -> dict:
-        async def watch():  # a client that hangs up cancels its generation
-            while True:
-                await asyncio.sleep(0.2)
-                if await http.is_disconnected():
-                    self.job.cancel()
-                    return
-
-        watcher = asyncio.create_task(watch())
-        try:
-            content = "".join([piece async for piece in self.pieces()])
-        finally:
-            watcher.cancel()
-        self.metrics.observe(self.job)
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": self.finish_reason()}], **await self.extras(content)}
 
 
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):
@@ -432,63 +309,3 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def bug(_, error: Exception):
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
-
-
-class _Guard:
-    """ASGI middleware: the API key (every path but /health and the page), the body size limit, request counts."""
-
-    @staticmethod
-    def is_open(path: str) -> bool:
-        return path in ("/health", "/") or path.startswith("/static/")
-
-    def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics) -> None:
-        self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        status = {"code": 500}
-
-        async def send_counted(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            headers = dict(scope["headers"])
-            if self.api_key and not self.is_open(path):
-                given = headers.get(b"authorization", b"").decode("latin-1")
-                token = given[7:] if given.startswith("Bearer ") else ""
-                if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                    return await _reply(send_counted, 401, error_body(
-                        "a valid API key is required (Authorization: Bearer KEY)", "authentication_error"))
-            length = headers.get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body):
-                return await _reply(send_counted, 413, error_body(
-                    f"the request body is larger than {self.max_body} bytes", "invalid_request_error"))
-            await self.app(scope, _limited(receive, self.max_body), send_counted)
-        finally:
-            self.metrics.count(path, status["code"])
-
-
-def _limited(receive, limit: int):
-    """Refuse chunked bodies that grow past ``limit`` (no Content-Length to check up front)."""
-    seen = {"bytes": 0}
-
-    async def wrapped():
-        message = await receive()
-        if message["type"] == "http.request":
-            seen["bytes"] += len(message.get("body", b""))
-            if seen["bytes"] > limit:
-                raise ApiError(413, f"the request body is larger than {limit} bytes")
-        return message
-
-    return wrapped
-
-
-async def _reply(send, status: int, body: dict) -> None:
-    payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
