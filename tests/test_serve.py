@@ -63,6 +63,12 @@ def test_persona_by_extension_and_a_goal(client):
     by_text = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello !"}],
                                              temperature=0, max_tokens=8, extra_body={"goal": "ask about pets."})
     assert steered.choices[0].message.content == by_text.choices[0].message.content
+    by_line = client.chat.completions.create(model="m", temperature=0, max_tokens=8, messages=[
+        {"role": "system", "content": "i like dogs.\ngoal: ask about pets."}, {"role": "user", "content": "hello !"}])
+    by_fields = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hello !"}],
+                                              temperature=0, max_tokens=8,
+                                              extra_body={"goal": 1, "persona": ["i like dogs."]})
+    assert by_line.choices[0].message.content == by_fields.choices[0].message.content  # the template's convention
     opening = client.chat.completions.create(model="m", messages=[], max_tokens=5, extra_body={"goal": "talk about work."})
     assert opening.choices[0].message.role == "assistant"
 

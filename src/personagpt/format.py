@@ -41,11 +41,36 @@ DEFAULT_ACTIONS: tuple[str, ...] = (
 )
 
 
+# The chat template every tokenizer this project loads or saves carries, so engines that build prompts from OpenAI
+# messages (vLLM, TGI, llama.cpp, ``apply_chat_template``) build exactly PromptFormat's ids. The system message
+# gives the bot's persona facts, one per line; user and assistant messages are the history; the assistant is the
+# persona bot. A goal switches to action mode: the template variable ``goal``, or, for engines that cannot pass
+# variables, a system line ``goal: TEXT``. No generation prompt is needed: the bot speaks after the last eos.
+CHAT_TEMPLATE = (
+    "{#- PersonaGPT: system = persona facts (one per line; a line 'goal: TEXT' = action mode) -#}\n"
+    "{%- set ns = namespace(facts=[], goal=(goal if goal is defined and goal else none)) -%}\n"
+    "{%- for message in messages if message['role'] == 'system' -%}\n"
+    "{%- for raw in message['content'].split('\\n') -%}\n"
+    "{%- set line = raw.strip() -%}\n"
+    "{%- if line.lower().startswith('goal:') -%}\n"
+    "{%- if ns.goal is none -%}{%- set ns.goal = line[5:].strip() -%}{%- endif -%}\n"
+    "{%- elif line -%}{%- set ns.facts = ns.facts + [line] -%}{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if ns.goal -%}{{ '<|act|> ' + ns.goal.strip() + '<|p1|>' }}{%- else -%}{{ '<|p2|>' }}{%- endif -%}\n"
+    "{%- for fact in ns.facts -%}{{ fact + eos_token }}{%- endfor -%}\n"
+    "{{- '<|sep|><|start|>' -}}\n"
+    "{%- for message in messages if message['role'] != 'system' -%}{{ message['content'].strip() + eos_token }}"
+    "{%- endfor -%}\n"
+)
+
+
 def add_special_tokens(tokenizer, model=None) -> int:
     """Add the PersonaGPT tokens (same strings for every tokenizer family) and resize ``model``.
 
-    A tokenizer that already has them (a published or saved checkpoint) is left untouched.
-    Also gives the tokenizer a pad token (its eos) when it has none. Returns how many tokens were added.
+    A tokenizer that already has them (a published or saved checkpoint) keeps its ids. Also gives the tokenizer a
+    pad token (its eos) when it has none, and the PersonaGPT :data:`CHAT_TEMPLATE`. Returns how many tokens were
+    added.
     """
     vocab = tokenizer.get_vocab()
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
@@ -57,6 +82,7 @@ def add_special_tokens(tokenizer, model=None) -> int:
                                                   replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = CHAT_TEMPLATE
     if model is not None:
         resize_embeddings(model, len(tokenizer))
     return added

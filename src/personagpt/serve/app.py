@@ -28,7 +28,7 @@ from personagpt.serve.completions import Reply
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
-from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, split_facts
+from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system
 
 
 @dataclass
@@ -189,6 +189,13 @@ def _conversation(body: ChatRequest) -> tuple[list[str], list[str]]:
     """(persona facts, turns) from the messages; wrong shapes are 400s naming the problem."""
     system = [m for m in body.messages if m.role == "system"]
     dialogue = [m for m in body.messages if m.role != "system"]
+    parsed = [split_system(m.content) for m in system]
+    written_goal = next((goal for _, goal in parsed if goal), None)
+    if body.goal is None and written_goal:  # the chat template's "goal: TEXT" system line
+        try:
+            body.goal = resolve_goal(written_goal)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages") from None
     if not body.messages and body.goal is None:
         raise ApiError(400, "messages must not be empty (only a request with a goal may open the conversation)",
                        param="messages")
@@ -204,7 +211,7 @@ def _conversation(body: ChatRequest) -> tuple[list[str], list[str]]:
         raise ApiError(400, "no user message (without a goal the bot answers a user)", param="messages")
     if any(not m.content.strip() for m in dialogue):
         raise ApiError(400, "messages must not be empty", param="messages")
-    facts = body.persona if body.persona is not None else [f for m in system for f in split_facts(m.content)]
+    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines]
     if len(facts) > 5:
         raise ApiError(400, f"at most 5 persona facts, got {len(facts)}", param="persona")
     if not facts and body.goal is None:

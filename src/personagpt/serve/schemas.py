@@ -78,12 +78,15 @@ def resolve_goal(goal: str | int | None) -> str | None:
     return goal.strip()
 
 
-def split_facts(system: str) -> list[str]:
-    """Persona facts from a system message: one per line, or one per sentence when it is a single line."""
+def split_system(system: str) -> tuple[list[str], str | None]:
+    """Persona facts from a system message (one per line, or one per sentence when it is a single line) and the
+    goal of a ``goal: TEXT`` line, the convention of the chat template for engines that cannot pass variables."""
     lines = [line.strip() for line in system.splitlines() if line.strip()]
+    goals = [line[5:].strip() for line in lines if line.lower().startswith("goal:")]
+    lines = [line for line in lines if not line.lower().startswith("goal:")]
     if len(lines) == 1:
         lines = [s.strip() for s in re.split(r"(?<=[.!?])\s+", lines[0]) if s.strip()]
-    return lines
+    return lines, (goals[0] or None) if goals else None
 
 
 class SelfPlayRequest(BaseModel):
