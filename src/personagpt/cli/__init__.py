@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from personagpt.cli import chat, eval as eval_cmd, selfplay, serve, teach, train
+from personagpt.cli import chat, eval as eval_cmd, export, selfplay, serve, teach, train
 from personagpt.cli.common import DEBUG
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("build-control-data")(train.build_control_data)
 app.command()(teach.teach)
 app.command("eval")(eval_cmd.evaluate_models)
 app.command()(serve.serve)
+app.command()(export.export)
 
 
 def main() -> None:

@@ -1,0 +1,40 @@
+"""``personagpt export``: the model for other engines (vLLM and TGI read ``hf``; llama.cpp and Ollama ``gguf``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personagpt.cli.common import UserError, friendly_errors, load
+from personagpt.cli.options import DeviceOpt, ModelOpt
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Directory (hf) or .gguf file (gguf) to write.")],
+    model: ModelOpt = None,
+    format: Annotated[str, typer.Option("--format", help="hf: a merged safetensors checkpoint; gguf: one GGUF file.")]
+    = "hf",
+    dtype: Annotated[Optional[str], typer.Option(help="hf: float32 (default), float16, bfloat16; gguf: f16 (default), "
+                                                      "bf16, f32, q8_0.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Export the model with the PersonaGPT chat template, LoRA adapters merged in.
+
+    Engines that build prompts from OpenAI messages with the tokenizer's chat template (vLLM, TGI, llama.cpp,
+    Ollama) then prompt it in the format it was trained on: the system message gives the persona facts, one per
+    line, and a system line 'goal: TEXT' steers the next reply.
+    """
+    with friendly_errors():
+        from personagpt.export import export_gguf, export_hf
+
+        if format not in ("hf", "gguf"):
+            raise UserError("--format must be hf or gguf")
+        loaded, fmt = load(model, device)
+        if format == "hf":
+            path = export_hf(loaded, fmt, out, dtype or "float32")
+        else:
+            typer.echo("Writing GGUF (a few seconds per 100M parameters) ...", err=True)
+            path = export_gguf(loaded, fmt, out, dtype or "f16")
+        typer.echo(f"Wrote {path}")
