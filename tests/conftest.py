@@ -58,7 +58,7 @@ class LiveServer:
 
     def __enter__(self):
         self.thread.start()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health").status_code == 200:
@@ -66,6 +66,7 @@ class LiveServer:
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.__exit__()
         raise RuntimeError("server did not come up")
 
     @property

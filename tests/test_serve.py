@@ -1,6 +1,7 @@
 """The HTTP server, live on a loopback port, driven by the official OpenAI client and raw HTTP."""
 
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -217,3 +218,66 @@ def test_full_queue_is_503_and_a_disconnect_cancels(tokenizer, fmt):
         assert engine.active == 0
         cancelled = [k for k in engine.prefix_cache.entries if len(k) < len(fmt.persona_prefix(["a."])) + 150]
         assert cancelled  # its keys were kept after fewer than 150 of the 200 tokens
+
+
+def test_health_is_503_while_loading_and_a_failed_load_says_why(tokenizer, fmt):
+    release = threading.Event()
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=1, n_positions=128)
+
+    def slow_loader():
+        release.wait(30)
+        return model, fmt
+
+    app = create_app(ServerSettings(precision="no", max_context=128), loader=slow_loader)
+    live = LiveServer(app)
+    live.thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                loading = httpx.get(live.url + "/health")
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        early = httpx.post(live.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                                    "persona": ["a."]})
+        assert early.status_code == 503 and early.headers["retry-after"] and error_of(early)
+        release.set()
+        while httpx.get(live.url + "/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.get(live.url + "/health").json()["status"] == "ok"
+    finally:
+        release.set()
+        live.__exit__()
+
+    def broken():
+        raise OSError("no such checkpoint")
+
+    failed = LiveServer(create_app(ServerSettings(), loader=broken))
+    failed.thread.start()
+    try:
+        deadline, health = time.monotonic() + 30, None
+        while time.monotonic() < deadline:
+            try:
+                health = httpx.get(failed.url + "/health")
+                if health.json()["status"] == "error":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        assert health.status_code == 503 and "no such checkpoint" in health.json()["error"]
+    finally:
+        failed.__exit__()
+
+
+def test_cors_only_for_the_origins_given(tokenizer, fmt):
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=1, n_positions=128)
+    settings = ServerSettings(precision="no", max_context=128, cors_origins=["http://app.example"])
+    with LiveServer(create_app(settings, loader=lambda: (model, fmt))) as live:
+        ok = httpx.options(live.url + "/v1/chat/completions", headers={
+            "Origin": "http://app.example", "Access-Control-Request-Method": "POST"})
+        assert ok.headers.get("access-control-allow-origin") == "http://app.example"
+        other = httpx.options(live.url + "/v1/chat/completions", headers={
+            "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
