@@ -98,15 +98,22 @@ class Conversation:
             self.generator.seed()
         self._check_fits([])
 
+    goal: str | None = None  # action mode: the goal of the bot's next turn
+    facts: list[str] = []  # the bot's persona facts
+
     @classmethod
     def with_persona(cls, model, fmt: PromptFormat, facts: Sequence[str], **kwargs) -> Conversation:
         """The bot is p2 and speaks in character."""
-        return cls(model, fmt, fmt.persona_prefix(facts), **kwargs)
+        conversation = cls(model, fmt, fmt.persona_prefix(facts), **kwargs)
+        conversation.facts = list(facts)
+        return conversation
 
     @classmethod
     def with_action(cls, model, fmt: PromptFormat, goal: str, facts: Sequence[str] = (), **kwargs) -> Conversation:
         """The bot is p1 and its next turn pursues ``goal``; change it per turn with :meth:`set_action`."""
-        return cls(model, fmt, fmt.action_prefix(goal, facts), **kwargs)
+        conversation = cls(model, fmt, fmt.action_prefix(goal, facts), **kwargs)
+        conversation.goal, conversation.facts = goal.strip(), list(facts)
+        return conversation
 
     @classmethod
     def from_turns(cls, model, fmt: PromptFormat, turns: Sequence[str], *, persona: Sequence[str] = (),
@@ -126,10 +133,12 @@ class Conversation:
     def set_persona(self, facts: Sequence[str]) -> None:
         """The bot (p2) speaks in character with ``facts`` from its next turn on."""
         self.prefix = self.fmt.persona_prefix(facts)
+        self.facts, self.goal = list(facts), None
         self._check_fits(self.turn_ids)
 
     def set_action(self, goal: str, facts: Sequence[str] = ()) -> None:
         self.prefix = self.fmt.action_prefix(goal, facts)
+        self.goal, self.facts = goal.strip(), list(facts)
         self._check_fits(self.turn_ids)
 
     def add_turn(self, text: str) -> None:
@@ -163,6 +172,9 @@ class Conversation:
             self._record(reply)
             yield self.turns[-1]
             return
+        if cfg.num_candidates > 1:
+            yield self._best_of_n(ids, cfg)
+            return
         if self.engine is not None:
             yield from self._stream_from_engine(ids, cfg, text)
             return
@@ -191,6 +203,27 @@ class Conversation:
         finally:
             request.cancel()  # a no-op once finished; frees the slot when the consumer stopped early
             self._record(strip_reply(list(request.tokens), self.fmt.eos_id))
+
+    def _best_of_n(self, ids: list[int], cfg: SamplingConfig) -> str:
+        """Sample ``cfg.num_candidates`` replies, keep the one :mod:`personagpt.rerank` scores best."""
+        from personagpt.rerank import rank_candidates, sample_candidates
+
+        n = cfg.num_candidates
+        if self.engine is not None:  # the engine batches the N requests with everyone else's
+            jobs = [self.engine.submit(ids, cfg, self.generator) for _ in range(n)]
+            replies = [strip_reply(list(job), self.fmt.eos_id) for job in jobs]
+        else:
+            with torch.inference_mode():
+                replies = sample_candidates(self.model, self.fmt, ids, n, cfg, self.generator)
+        history = ids[len(self.prefix):]
+        if self.goal is None:
+            reference = self.fmt.persona_prefix([]) + history
+        else:
+            reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
+        bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
+        best = rank_candidates(self.model, self.fmt, ids, reference, replies, bot_turns, self.goal)[0]
+        self._record(best.ids)
+        return self.turns[-1]
 
     def _record(self, reply: list[int]) -> None:
         self.turns.append(self.fmt.decode(reply))

@@ -22,6 +22,7 @@ class SamplingConfig:
     max_new_tokens: int = 64
     min_new_tokens: int = 0  # eos is banned before this many tokens (benchmarks that need fixed-length turns)
     num_beams: int = 1
+    num_candidates: int = 1  # > 1: sample this many replies from one prefix and keep the best (rerank.py)
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -38,9 +39,14 @@ class SamplingConfig:
             raise SettingsError("min_new_tokens must be between 0 and max_new_tokens")
         if self.num_beams < 1:
             raise SettingsError("num_beams must be >= 1")
+        if self.num_candidates < 1:
+            raise SettingsError("num_candidates must be >= 1")
+        if self.num_candidates > 1 and self.num_beams > 1:
+            raise SettingsError("use either candidates (reranked sampling) or beams, not both")
 
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
+        del kwargs["num_candidates"]
         if not self.do_sample:
             del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
         return kwargs | {

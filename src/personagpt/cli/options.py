@@ -59,6 +59,9 @@ SAMPLING_OPTIONS = [
     _option("max_new_tokens", Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")],
             SAMPLING_DEFAULTS.max_new_tokens),
     _option("greedy", Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")], False),
+    _option("num_candidates", Annotated[int, typer.Option("--candidates", min=1, help=(
+        "Sample this many replies and keep the best by persona grounding, goal, repetition and fluency "
+        "(best-of-N; 1: plain sampling)."))], SAMPLING_DEFAULTS.num_candidates),
 ]
 
 

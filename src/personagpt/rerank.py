@@ -1,0 +1,160 @@
+"""Best-of-N decoding: sample N replies from one shared prefix computation, score each, keep the best.
+
+Inference compute instead of training compute: single samples of a small model repeat stock lines and drift from
+the persona, but among a few samples there is often a better one. Scores (higher is better):
+
+* **persona** (persona mode): how much the persona explains the reply, log p(reply | persona, history) −
+  log p(reply | history without persona), per token (pointwise mutual information);
+* **goal** (action mode): whether the goal labeler accepts the reply for the goal (a large bonus), then the same
+  PMI with the goal instead of the persona;
+* **repetition**: the share of the reply's word 4-grams already said in the bot's earlier turns or earlier in the
+  reply (a penalty);
+* **fluency**: mean token log-probability of the reply (its eos included) under the prompt.
+
+The weights are settings (:class:`RerankWeights`); their defaults are untuned starting points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from personagpt.format import PromptFormat
+from personagpt.kvcache import ReservedCache
+from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
+
+
+@dataclass(frozen=True)
+class RerankWeights:
+    persona: float = 1.0
+    goal_accepted: float = 10.0
+    goal: float = 1.0
+    repetition: float = 2.0
+    fluency: float = 0.5
+
+
+@dataclass
+class Candidate:
+    ids: list[int]  # the reply's tokens, without eos
+    text: str
+    scores: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+
+def _repeated(cache: ReservedCache, n: int) -> ReservedCache:
+    """A cache of n identical rows from a batch-1 cache (one prefix computation serves them all)."""
+    out = ReservedCache()
+    for index, layer in enumerate(cache.layers):
+        out.update(layer.keys.repeat(n, 1, 1, 1), layer.values.repeat(n, 1, 1, 1), index)
+    return out
+
+
+@torch.inference_mode()
+def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
+                      generator: torch.Generator | None = None) -> list[list[int]]:
+    """N replies (ids, without eos) to the prompt ``ids``: one prefill, then N rows decoded in lockstep."""
+    device = model.device
+    prefix = ReservedCache()
+    first = model(torch.tensor([list(ids)], device=device), cache=prefix, use_cache=True,
+                  logits_to_keep=1).logits[0, -1]
+    cache = _repeated(prefix, n)
+    logits = first.expand(n, -1)
+    suppress, suppress_eos = suppressed_ids(fmt, device)
+    seen = torch.tensor(sorted(set(ids)), device=device)
+    replies: list[list[int]] = [[] for _ in range(n)]
+    live = [True] * n
+    for step in range(cfg.max_new_tokens):
+        banned = suppress_eos if step < cfg.min_new_tokens else suppress
+        picks = []
+        for row in range(n):
+            token = pick_token(logits[row].float(), cfg, seen, banned, generator) if live[row] else fmt.eos_id
+            picks.append(token)
+            if live[row]:
+                if token == fmt.eos_id:
+                    live[row] = False
+                else:
+                    replies[row].append(token)
+        if not any(live) or step == cfg.max_new_tokens - 1:
+            break
+        positions = torch.full((n, 1), len(ids) + step, device=device)
+        logits = model(torch.tensor(picks, device=device).unsqueeze(1), position_ids=positions, cache=cache,
+                       use_cache=True).logits[:, -1]
+    return replies
+
+
+@torch.inference_mode()
+def reply_logprobs(model, prompt: Sequence[int], replies: Sequence[Sequence[int]], eos_id: int) -> torch.Tensor:
+    """[n] summed log p(reply + eos | prompt), the prompt computed once for all replies."""
+    device = model.device
+    prefix = ReservedCache()
+    first = torch.log_softmax(model(torch.tensor([list(prompt)], device=device), cache=prefix, use_cache=True,
+                                    logits_to_keep=1).logits[0, -1].float(), -1)
+    targets = [list(r) + [eos_id] for r in replies]
+    width = max(len(t) for t in targets)
+    rows = torch.tensor([t + [eos_id] * (width - len(t)) for t in targets], device=device)
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in targets], device=device)
+    positions = (len(prompt) + torch.arange(width - 1, device=device)).expand(len(targets), -1)
+    total = first[rows[:, 0]]
+    if width > 1:  # token j of a reply is predicted after its tokens 0..j-1
+        logits = model(rows[:, :-1], position_ids=positions, cache=_repeated(prefix, len(targets)),
+                       use_cache=True).logits.float()
+        gathered = torch.log_softmax(logits, -1).gather(-1, rows[:, 1:].unsqueeze(-1)).squeeze(-1)
+        total = total + (gathered * mask[:, 1:]).sum(1)
+    return total
+
+
+def repetition(reply: str, earlier: Sequence[str], n: int = 4) -> float:
+    """Share of the reply's word n-grams said before: in ``earlier`` turns, or earlier in the reply."""
+    words = reply.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    before = {tuple(w[i:i + n]) for t in earlier for w in [t.split()] for i in range(len(w) - n + 1)}
+    seen, repeated = set(), 0
+    for gram in grams:
+        repeated += gram in before or gram in seen
+        seen.add(gram)
+    return repeated / len(grams)
+
+
+_LABELER = {}
+
+
+def default_labeler():
+    """The goal labeler, semantic when its sentence encoder is installed (loaded once)."""
+    from personagpt.control import GoalLabeler, minilm_path
+    from personagpt.errors import PersonaGPTError
+
+    if "labeler" not in _LABELER:
+        try:
+            minilm_path()
+            _LABELER["labeler"] = GoalLabeler(semantic=True)
+        except PersonaGPTError:
+            _LABELER["labeler"] = GoalLabeler(semantic=False)
+    return _LABELER["labeler"]
+
+
+def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: Sequence[int],
+                    replies: Sequence[Sequence[int]], bot_turns: Sequence[str], goal: str | None = None,
+                    weights: RerankWeights = RerankWeights(), labeler=None) -> list[Candidate]:
+    """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal).
+    Returns the candidates, best first."""
+    conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id)
+    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id)
+    candidates = []
+    for i, reply in enumerate(replies):
+        text = fmt.decode(reply)
+        length = len(reply) + 1
+        scores = {"pmi": float(conditioned[i] - unconditioned[i]) / length,
+                  "fluency": float(conditioned[i]) / length,
+                  "repetition": repetition(text, bot_turns)}
+        total = weights.fluency * scores["fluency"] - weights.repetition * scores["repetition"]
+        if goal is None:
+            total += weights.persona * scores["pmi"]
+        else:
+            scores["goal_accepted"] = float(bool(text) and (labeler or default_labeler()).accepts(text, goal))
+            total += weights.goal_accepted * scores["goal_accepted"] + weights.goal * scores["pmi"]
+        candidates.append(Candidate(list(reply), text, scores, total))
+    return sorted(candidates, key=lambda c: -c.total)
