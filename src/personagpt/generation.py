@@ -206,22 +206,27 @@ class Conversation:
 
     def _best_of_n(self, ids: list[int], cfg: SamplingConfig) -> str:
         """Sample ``cfg.num_candidates`` replies, keep the one :mod:`personagpt.rerank` scores best."""
-        from personagpt.rerank import rank_candidates, sample_candidates
+        from personagpt.rerank import PrefixScorer, rank_candidates, sample_candidates
 
-        n = cfg.num_candidates
+        n, conditioned = cfg.num_candidates, []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
             jobs = [self.engine.submit(ids, cfg, self.generator) for _ in range(n)]
-            replies = [strip_reply(list(job), self.fmt.eos_id) for job in jobs]
+            replies, conditioned = [strip_reply(list(job), self.fmt.eos_id) for job in jobs], None
         else:
-            with torch.inference_mode():
-                replies = sample_candidates(self.model, self.fmt, ids, n, cfg, self.generator)
+            if getattr(self, "_prompt_scorer", None) is None:
+                self._prompt_scorer = PrefixScorer(self.model)
+            replies = sample_candidates(self.model, self.fmt, ids, n, cfg, self.generator, conditioned,
+                                        self._prompt_scorer)
+        if getattr(self, "_reference", None) is None:
+            self._reference = PrefixScorer(self.model)
         history = ids[len(self.prefix):]
         if self.goal is None:
             reference = self.fmt.persona_prefix([]) + history
         else:
             reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
         bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
-        best = rank_candidates(self.model, self.fmt, ids, reference, replies, bot_turns, self.goal)[0]
+        best = rank_candidates(self.model, self.fmt, ids, reference, replies, bot_turns, self.goal,
+                               conditioned=conditioned, scorer=self._reference)[0]
         self._record(best.ids)
         return self.turns[-1]
 

@@ -51,27 +51,57 @@ def _repeated(cache: ReservedCache, n: int) -> ReservedCache:
     return out
 
 
+class PrefixScorer:
+    """Scores replies after a prompt, keeping the prompt's keys/values between calls: the next turn's prompt
+    extends this one's, so only its new tokens are encoded (the reference context of a conversation)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.cache, self.ids, self.last = model, ReservedCache(), [], None
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Sequence[int], raw: bool = False) -> tuple[ReservedCache, torch.Tensor]:
+        """The cache holding ``prompt`` and the next-token log-probs (``raw``: logits) after it."""
+        shared = 0
+        for a, b in zip(self.ids, prompt):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(prompt) - 1)
+        surplus = self.cache.get_seq_length() - shared
+        if surplus > 0:
+            self.cache.crop(-surplus)
+        out = self.model(torch.tensor([list(prompt[shared:])], device=self.model.device), cache=self.cache,
+                         position_ids=torch.arange(shared, len(prompt), device=self.model.device).unsqueeze(0),
+                         use_cache=True, logits_to_keep=1).logits[0, -1]
+        self.ids = list(prompt)
+        return self.cache, out if raw else torch.log_softmax(out.float(), -1)
+
+
 @torch.inference_mode()
 def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
-                      generator: torch.Generator | None = None) -> list[list[int]]:
-    """N replies (ids, without eos) to the prompt ``ids``: one prefill, then N rows decoded in lockstep."""
+                      generator: torch.Generator | None = None, logprobs: list | None = None,
+                      scorer: PrefixScorer | None = None) -> list[list[int]]:
+    """N replies (ids, without eos) to the prompt ``ids``: one prefill, then N rows decoded in lockstep.
+    ``logprobs``, if given, receives each reply's summed log p(reply + eos | prompt) under the model itself;
+    ``scorer`` keeps the prompt's cache for the next turn, whose prompt extends this one."""
     device = model.device
-    prefix = ReservedCache()
-    first = model(torch.tensor([list(ids)], device=device), cache=prefix, use_cache=True,
-                  logits_to_keep=1).logits[0, -1]
+    prefix, first = (scorer or PrefixScorer(model)).prefill(ids, raw=True)
     cache = _repeated(prefix, n)
     logits = first.expand(n, -1)
     suppress, suppress_eos = suppressed_ids(fmt, device)
     seen = torch.tensor(sorted(set(ids)), device=device)
     replies: list[list[int]] = [[] for _ in range(n)]
+    totals = [0.0] * n
     live = [True] * n
     for step in range(cfg.max_new_tokens):
         banned = suppress_eos if step < cfg.min_new_tokens else suppress
+        model_logprobs = torch.log_softmax(logits.float(), -1)
         picks = []
         for row in range(n):
             token = pick_token(logits[row].float(), cfg, seen, banned, generator) if live[row] else fmt.eos_id
             picks.append(token)
             if live[row]:
+                totals[row] += float(model_logprobs[row, token])
                 if token == fmt.eos_id:
                     live[row] = False
                 else:
@@ -81,16 +111,22 @@ def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg:
         positions = torch.full((n, 1), len(ids) + step, device=device)
         logits = model(torch.tensor(picks, device=device).unsqueeze(1), position_ids=positions, cache=cache,
                        use_cache=True).logits[:, -1]
+    if logprobs is not None:
+        if any(live):  # replies cut at max_new_tokens: their eos was never sampled, score it too
+            final = torch.log_softmax(model(torch.tensor(picks, device=device).unsqueeze(1), position_ids=positions + 1,
+                                            cache=cache, use_cache=True).logits[:, -1].float(), -1)
+            totals = [t + float(final[r, fmt.eos_id]) if live[r] else t for r, t in enumerate(totals)]
+        logprobs[:] = totals
     return replies
 
 
 @torch.inference_mode()
-def reply_logprobs(model, prompt: Sequence[int], replies: Sequence[Sequence[int]], eos_id: int) -> torch.Tensor:
-    """[n] summed log p(reply + eos | prompt), the prompt computed once for all replies."""
+def reply_logprobs(model, prompt: Sequence[int], replies: Sequence[Sequence[int]], eos_id: int,
+                   scorer: PrefixScorer | None = None) -> torch.Tensor:
+    """[n] summed log p(reply + eos | prompt), the prompt computed once for all replies (with ``scorer``, only
+    what it adds to the scorer's previous prompt)."""
     device = model.device
-    prefix = ReservedCache()
-    first = torch.log_softmax(model(torch.tensor([list(prompt)], device=device), cache=prefix, use_cache=True,
-                                    logits_to_keep=1).logits[0, -1].float(), -1)
+    prefix, first = (scorer or PrefixScorer(model)).prefill(prompt)
     targets = [list(r) + [eos_id] for r in replies]
     width = max(len(t) for t in targets)
     rows = torch.tensor([t + [eos_id] * (width - len(t)) for t in targets], device=device)
@@ -138,11 +174,14 @@ def default_labeler():
 
 def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: Sequence[int],
                     replies: Sequence[Sequence[int]], bot_turns: Sequence[str], goal: str | None = None,
-                    weights: RerankWeights = RerankWeights(), labeler=None) -> list[Candidate]:
+                    weights: RerankWeights = RerankWeights(), labeler=None, conditioned: Sequence[float] | None = None,
+                    scorer: PrefixScorer | None = None) -> list[Candidate]:
     """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal).
-    Returns the candidates, best first."""
-    conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id)
-    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id)
+    ``conditioned`` are the replies' log-likelihoods under ``prompt`` when already known (from sampling);
+    ``scorer`` keeps the reference context's cache across turns. Returns the candidates, best first."""
+    if conditioned is None:
+        conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id).tolist()
+    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer)
     candidates = []
     for i, reply in enumerate(replies):
         text = fmt.decode(reply)
