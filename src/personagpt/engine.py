@@ -282,9 +282,14 @@ class Engine:
                         self._step()
                         self._drop_finished()
             except Exception as error:  # a bug or an out-of-memory: fail the requests, keep serving
+                failed = {id(row.request) for row in self._active}
                 for row in self._active:
                     self._finish(row, "error", error)
                 self._active = []
+                for request in admitted:  # admitted but not yet decoding
+                    if id(request) not in failed and request.finish_reason is None:
+                        request.finish_reason, request.error = "error", error
+                        request._emit(_DONE)
         for request in list(self._waiting) + [row.request for row in self._active]:
             request.finish_reason = "cancelled"
             request.error = RequestCancelled("the server is shutting down")
