@@ -64,3 +64,32 @@ def test_best_of_n_in_a_steered_conversation(tiny_model, fmt):
                                  sampling=SamplingConfig(max_new_tokens=6, num_candidates=3), seed=2)
     text = c.respond()
     assert c.turns == [text] and c.turn_ids[-1][-1] == fmt.eos_id
+
+
+def test_eval_and_server_take_candidates(tiny_checkpoint, tokenizer, fmt):
+    import httpx
+    from typer.testing import CliRunner
+
+    from personagpt.cli import app
+    from personagpt.models import build_gpt2
+    from personagpt.serve import ServerSettings, create_app
+
+    from conftest import LiveServer
+
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny_checkpoint), "--limit", "1", "--metrics", "f1",
+                                      "--decode", "sample", "--candidates", "3", "--markdown"])
+    assert result.exit_code == 0, result.output
+    assert "| F1 |" in result.output or "F1" in result.output.splitlines()[0]
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=1, n_positions=128)
+    with LiveServer(create_app(ServerSettings(precision="no", max_context=128), loader=lambda: (model, fmt))) as live:
+        body = {"messages": [{"role": "user", "content": "hi"}], "persona": ["i like dogs."], "max_tokens": 6,
+                "candidates": 3, "seed": 1}
+        whole = httpx.post(live.url + "/v1/chat/completions", json=body, timeout=60).json()
+        assert whole["candidates"] == 3 and whole["choices"][0]["message"]["role"] == "assistant"
+        with httpx.stream("POST", live.url + "/v1/chat/completions", json=body | {"stream": True}, timeout=60) as r:
+            lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        streamed = "".join(__import__("json").loads(x[6:])["choices"][0]["delta"].get("content", "") for x in lines[:-1])
+        assert streamed == whole["choices"][0]["message"]["content"]  # same seed, same best reply
+        too_many = httpx.post(live.url + "/v1/chat/completions", json=body | {"candidates": 9})
+        assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "candidates"

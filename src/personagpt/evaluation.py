@@ -31,7 +31,7 @@ import string
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -204,6 +204,8 @@ def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: Sampl
     Conversations are replayed with one KV cache each (``generate_replays``); beam search, and the rare
     conversation too long for the context window, re-encode each context instead (oldest turns dropped to fit).
     """
+    if sampling.num_candidates > 1:
+        return _best_of_n_replies(model, fmt, targets, sampling, progress)
     limit = context_limit(model)
     replays, gold = [], []
     for dialogue_index, speaker in targets.pairs:
@@ -231,6 +233,25 @@ def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: Sampl
     return [fmt.decode(reply) for replies in out for reply in replies], gold
 
 
+def _best_of_n_replies(model, fmt: PromptFormat, targets: Targets, sampling: SamplingConfig, progress=None):
+    """Best-of-N replies, one conversation rebuilt per target turn (each turn samples and scores N candidates)."""
+    from personagpt.generation import Conversation
+
+    replies, gold = [], []
+    for dialogue_index, speaker in targets.pairs:
+        dialogue = targets.dialogues[dialogue_index]
+        for t in range(len(dialogue.turns)):
+            if dialogue.speaker_of(t) != speaker:
+                continue
+            conversation = Conversation.from_turns(model, fmt, dialogue.turns[:t], persona=dialogue.facts(speaker),
+                                                   speaker=speaker, sampling=sampling, seed=t)
+            replies.append(conversation.respond())
+            gold.append(dialogue.turns[t])
+            if progress is not None:
+                progress(1)
+    return replies, gold
+
+
 DECODING = {
     "greedy": SamplingConfig(do_sample=False, max_new_tokens=32),
     "sample": SamplingConfig(do_sample=True, top_k=10, top_p=0.92, max_new_tokens=32),
@@ -242,13 +263,14 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
              distractors: int = 19, batch_size: int = 8, seed: int = 0,
              metrics: Sequence[str] = ("ppl", "f1", "hits", "control"), control_contexts: int = 50,
              progress: bool = True, precision: str = "auto", hits_dialogues: int | None = None,
-             distractor_pool: Sequence[Dialogue] | None = None) -> dict:
+             distractor_pool: Sequence[Dialogue] | None = None, candidates: int = 1) -> dict:
     """All metrics for one model on ``dialogues``; see the module docstring for definitions.
 
     ``precision`` (auto, no, bf16, fp16) sets the autocast of the model's matmuls; see ``inference_autocast``.
     ``hits_dialogues`` limits persona identification (1 + ``distractors`` teacher-forced passes) to the first N
     dialogues; their distractors are drawn from ``distractor_pool`` (default: all of ``dialogues``), e.g. the whole
-    split when only its first dialogues are evaluated.
+    split when only its first dialogues are evaluated. ``candidates`` > 1 generates F1's replies best-of-N
+    (:mod:`personagpt.rerank`; one conversation per reply, much slower than the batched replay).
     """
     from tqdm.auto import tqdm
 
@@ -290,9 +312,12 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
                     if targets.dialogues[d].speaker_of(t) == s)
         bar = tqdm(total=total, desc=f"generating ({decode})", unit="reply", disable=not progress)
         with generator_autocast:  # decoding steps are cheap per row: batch 8x wider than scoring
-            replies, gold = generate_replies(generator, fmt, targets, DECODING[decode], batch_size * 8, bar.update)
+            sampling = replace(DECODING[decode], num_candidates=candidates)
+            replies, gold = generate_replies(generator, fmt, targets, sampling, batch_size * 8, bar.update)
         bar.close()
         results["f1"] = 100 * sum(word_f1(r, g) for r, g in zip(replies, gold)) / len(gold)
+        if candidates > 1:
+            results["candidates"] = candidates
         results["distinct_1"] = distinct_n(replies, 1)
         results["distinct_2"] = distinct_n(replies, 2)
         results["samples"] = [{"gold": g, "generated": r} for r, g in list(zip(replies, gold))[:5]]

@@ -102,9 +102,10 @@ class Conversation:
     facts: list[str] = []  # the bot's persona facts
 
     @classmethod
-    def with_persona(cls, model, fmt: PromptFormat, facts: Sequence[str], **kwargs) -> Conversation:
-        """The bot is p2 and speaks in character."""
-        conversation = cls(model, fmt, fmt.persona_prefix(facts), **kwargs)
+    def with_persona(cls, model, fmt: PromptFormat, facts: Sequence[str], speaker: int = 2,
+                     **kwargs) -> Conversation:
+        """The bot speaks in character (as p2, or p1 when it opened the conversation)."""
+        conversation = cls(model, fmt, fmt.persona_prefix(facts, speaker), **kwargs)
         conversation.facts = list(facts)
         return conversation
 
@@ -117,14 +118,14 @@ class Conversation:
 
     @classmethod
     def from_turns(cls, model, fmt: PromptFormat, turns: Sequence[str], *, persona: Sequence[str] = (),
-                   goal: str | None = None, **kwargs) -> Conversation:
+                   goal: str | None = None, speaker: int = 2, **kwargs) -> Conversation:
         """A session rebuilt from its history (``turns[0]`` is p1's), e.g. for a stateless request: the bot
         speaks next in character with ``persona``, or, given a ``goal``, pursues it in action mode (``persona``
         are then the bot's own facts). The oldest turns are dropped to fit the context when it is generated."""
         if goal is not None:
             conversation = cls.with_action(model, fmt, goal, persona, **kwargs)
         else:
-            conversation = cls.with_persona(model, fmt, persona, **kwargs)
+            conversation = cls.with_persona(model, fmt, persona, speaker, **kwargs)
         conversation.turns = [t.strip() for t in turns]
         conversation.turn_ids = [fmt.utterance(t) for t in turns]
         conversation._check_fits(conversation.turn_ids)

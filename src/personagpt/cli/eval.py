@@ -24,6 +24,7 @@ def evaluate_models(
     distractors: Annotated[int, typer.Option(min=1, help="Distractor personas for Hits@1 (drawn from the whole split, even with --limit).")] = 19,
     hits_limit: Annotated[Optional[int], typer.Option(min=1, help="Rank personas for the first N dialogues only (one batched pass over 1 + --distractors candidates per conversation).")] = None,
     control_contexts: Annotated[int, typer.Option(min=1, help="Contexts (x 11 goals) for the control success rate.")] = 50,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Generate F1's replies best-of-N (sample N, keep the best scored; with --decode greedy or sample).")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer for random:... models (default: the shared GPT-2 BPE files).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write all results as JSON here.")] = None,
@@ -74,7 +75,7 @@ def evaluate_models(
             typer.echo(f"Evaluating {label} on {len(dialogues)} dialogues of {split} ...", err=True)
             row = evaluate(loaded, fmt, dialogues, decode=decode, distractors=distractors, batch_size=batch_size,
                            seed=seed, metrics=groups, control_contexts=control_contexts, precision=precision,
-                           hits_dialogues=hits_limit, distractor_pool=everything)
+                           hits_dialogues=hits_limit, distractor_pool=everything, candidates=candidates)
             if "distractors" in row and row["distractors"] < distractors:
                 typer.echo(f"Note: only {row['distractors']} distractor personas were available in {split}; "
                            "Hits@1 ranks against those.", err=True)

@@ -10,6 +10,8 @@ import asyncio
 import json
 import random
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +159,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         except PersonaGPTError as e:
             raise ApiError(400, f"the conversation does not fit the {eng.capacity}-token context: {e}",
                            param="messages") from None
+        if cfg.num_candidates > 1:
+            return await _best_of_n(conversation, body, prompt, state.model_name, metrics)
         try:
             job = eng.submit(prompt, cfg, conversation.generator, loop=asyncio.get_running_loop())
         except QueueFullError as e:
@@ -183,6 +187,38 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
 
     mount_page(app)  # the chat page at /, when the package ships it
     return app
+
+
+async def _best_of_n(conversation: Conversation, body: ChatRequest, prompt: list[int], model: str, metrics):
+    """A best-of-N reply (the N samples go through the engine; scoring runs in a worker thread), whole."""
+    if conversation.engine.queue_depth + body.candidates > conversation.engine.max_queue:
+        metrics.rejected.inc()
+        raise ApiError(503, "too many requests are waiting; try again shortly", kind="server_error",
+                       headers={"Retry-After": "1"})
+    text = await asyncio.to_thread(conversation.respond)
+    if body.stop:
+        cuts = [text.find(s) for s in body.stop if s in text]
+        text = text[: min(cuts)] if cuts else text
+    body_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    completion = len(conversation.turn_ids[-1]) - 1
+    usage = {"prompt_tokens": len(prompt), "completion_tokens": completion, "total_tokens": len(prompt) + completion}
+    if not body.stream:
+        return {"id": body_id, "object": "chat.completion", "created": created, "model": model, "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "candidates": body.candidates}
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        return "data: " + json.dumps({"id": body_id, "object": "chat.completion.chunk", "created": created,
+                                      "model": model, "choices": [{"index": 0, "delta": delta,
+                                                                   "finish_reason": finish}], **extra}) + "\n\n"
+
+    async def events():
+        yield chunk({"role": "assistant", "content": ""})
+        yield chunk({"content": text})
+        yield chunk({}, "stop", usage=usage)
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _conversation(body: ChatRequest) -> tuple[list[str], list[str]]:
@@ -230,7 +266,8 @@ def _sampling(body) -> SamplingConfig:
                           top_p=body.top_p or defaults.top_p,
                           temperature=body.temperature if body.temperature else defaults.temperature,
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
-                          max_new_tokens=body.max_tokens or defaults.max_new_tokens, min_new_tokens=min_tokens)
+                          max_new_tokens=body.max_tokens or defaults.max_new_tokens, min_new_tokens=min_tokens,
+                          num_candidates=getattr(body, "candidates", 1))
 
 
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):

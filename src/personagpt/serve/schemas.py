@@ -42,6 +42,9 @@ class ChatRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
     min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "
                                                                       "before this many tokens (benchmarks).")
+    candidates: int = Field(1, ge=1, le=8, description="Extension: sample this many replies and return the one "
+                                                       "scored best (persona, goal, repetition, fluency); the reply "
+                                                       "then arrives whole, not token by token.")
 
     @field_validator("persona")
     @classmethod
