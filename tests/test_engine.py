@@ -83,3 +83,20 @@ def test_bad_submissions(engine, fmt):
         engine.submit([], GREEDY)
     with pytest.raises(PersonaGPTError):
         engine.submit([1] * 300, GREEDY)
+
+
+def test_identical_prompts_admitted_together_are_encoded_once(engine, fmt):
+    prompt = fmt.persona_prefix(["i like dogs."]) + fmt.history(["hi , how are you ?"])
+    cfg = SamplingConfig(max_new_tokens=4, min_new_tokens=4)
+    before = engine.forward_tokens
+    with engine._lock:  # hold the scheduler back so that all four are admitted in one step
+        jobs = [engine.submit(prompt, cfg, seed=i) for i in range(4)]
+    replies = [list(job) for job in jobs]
+    assert engine.forward_tokens - before == len(prompt) + 3 * 4  # one prefill, then 3 steps of 4 rows
+    assert len({tuple(r) for r in replies}) > 1
+    alone = engine.submit(prompt, cfg, seed=2)
+    assert list(alone) == replies[2]  # a copy samples exactly what it would alone
+    before_many = engine.forward_tokens
+    many = engine.submit_many(prompt + [11], 3, cfg, torch.Generator().manual_seed(0))
+    assert [len(list(job)) for job in many] == [4] * 3
+    assert engine.forward_tokens - before_many == 1 + 3 * 3  # the new token once (the rest cached), 3 steps x 3

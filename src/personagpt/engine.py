@@ -242,6 +242,15 @@ class Engine:
             self._lock.notify_all()
         return request
 
+    def submit_many(self, prompt: Sequence[int], count: int, sampling: SamplingConfig | None = None,
+                    generator: torch.Generator | None = None) -> list[Request]:
+        """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
+        encoded once (best-of-N candidates). All or none are queued."""
+        with self._lock:  # reentrant: submit() takes it again
+            if len(self._waiting) + count > self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
+            return [self.submit(prompt, sampling, generator) for _ in range(count)]
+
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
         """The reply's token ids, eos included when produced (blocks)."""
@@ -322,8 +331,17 @@ class Engine:
         started = time.perf_counter()
         self._ensure_buffers()
         first = len(self._active)
+        # identical prompts (best-of-N candidates) are encoded once; their copies take the keys/values after
+        unique, copies, index = [], [], {}
+        for request in live:
+            key = tuple(request.prompt)
+            if key in index:
+                copies.append((request, index[key]))
+            else:
+                index[key] = len(unique)
+                unique.append(request)
         starts, chunks = [], []
-        for slot, request in enumerate(live, first):
+        for slot, request in enumerate(unique, first):
             shared, kv = self.prefix_cache.longest(request.prompt, len(request.prompt) - 1)
             for (kb, vb), (k, v) in zip(self._buffers, kv or ()):
                 kb[slot, :, :shared] = k[0, :, :shared]
@@ -340,13 +358,19 @@ class Engine:
         visible = torch.arange(span, device=self.device).view(1, 1, span) <= positions.unsqueeze(-1)
         logits = self._forward(ids, positions, visible, first, span, last=[len(c) - 1 for c in chunks])
         self.forward_tokens += sum(len(c) for c in chunks)
+        for slot, (request, source) in enumerate(copies, first + len(unique)):
+            length = len(request.prompt)
+            for kb, vb in self._buffers:
+                kb[slot, :, :length] = kb[first + source, :, :length]
+                vb[slot, :, :length] = vb[first + source, :, :length]
+            request.cached_tokens = unique[source].cached_tokens
         elapsed = time.perf_counter() - started
-        for i, request in enumerate(live):
+        for request, source in [(r, i) for i, r in enumerate(unique)] + copies:
             request.prefill_seconds = elapsed
             row = _Active(request, len(request.prompt), -1,
                           torch.tensor(sorted(set(request.prompt)), device=self.device))
             self._active.append(row)
-            self._accept(row, logits[i])
+            self._accept(row, logits[source])
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
                  last: list[int]) -> torch.Tensor:

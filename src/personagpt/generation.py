@@ -211,7 +211,7 @@ class Conversation:
 
         n, conditioned = cfg.num_candidates, []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
-            jobs = [self.engine.submit(ids, cfg, self.generator) for _ in range(n)]
+            jobs = self.engine.submit_many(ids, n, cfg, self.generator)
             replies, conditioned = [strip_reply(list(job), self.fmt.eos_id) for job in jobs], None
         else:
             if getattr(self, "_prompt_scorer", None) is None:
