@@ -131,9 +131,9 @@ class Conversation:
         conversation._check_fits(conversation.turn_ids)
         return conversation
 
-    def set_persona(self, facts: Sequence[str]) -> None:
-        """The bot (p2) speaks in character with ``facts`` from its next turn on."""
-        self.prefix = self.fmt.persona_prefix(facts)
+    def set_persona(self, facts: Sequence[str], speaker: int = 2) -> None:
+        """The bot (p2, or p1) speaks in character with ``facts`` (none: freely) from its next turn on."""
+        self.prefix = self.fmt.persona_prefix(facts, speaker)
         self.facts, self.goal = list(facts), None
         self._check_fits(self.turn_ids)
 

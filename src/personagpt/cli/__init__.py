@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from personagpt.cli import chat, eval as eval_cmd, export, selfplay, serve, teach, train
+from personagpt.cli import auth, chat, eval as eval_cmd, export, selfplay, serve, teach, train
 from personagpt.cli.common import DEBUG
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command()(teach.teach)
 app.command("eval")(eval_cmd.evaluate_models)
 app.command()(serve.serve)
 app.command()(export.export)
+app.add_typer(auth.app, name="auth")
 
 
 def main() -> None:
