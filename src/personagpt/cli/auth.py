@@ -27,6 +27,8 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest turn.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed for personas, distractors and sampling.")] = 0,
     out: Annotated[Path, typer.Option(help="Directory for results.json and hits_by_turn.png.")] = Path("runs/auth"),
+    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side (each holds K candidates' "
+                                                     "keys/values: about 0.25 GB with the bundled model).")] = 4,
     device: DeviceOpt = None,
 ) -> None:
     """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) and plot it.
@@ -66,7 +68,7 @@ def evaluate(
             for name in names:
                 bar = tqdm(total=conversations, desc=name, unit="interview")
                 episodes = run_interviews(loaded, fmt, sets, policies[name], turns, sampling, seed, engine,
-                                          workers=16, on_episode=lambda _: bar.update(1))
+                                          workers=workers, on_episode=lambda _: bar.update(1))
                 bar.close()
                 results[name] = {"by_turn": hits_by_turn(episodes), "episodes": [
                     {"truth": e.truth, "ranks": e.ranks, "transcript": e.transcript.to_json()} for e in episodes]}
