@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from personagpt.models import save_model
+from personagpt.plots import line_plot
 
 LATEST = "latest"
 
@@ -114,23 +115,13 @@ def write_stats(output_dir: Path, stats: list[dict]) -> None:
 
 
 def plot_losses(stats: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     series = [k for k in dict.fromkeys(k for r in stats for k in r) if k.endswith("loss")]
     if not series:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in series:
-        points = [(r["step"], r[name]) for r in stats if name in r]
-        ax.plot(*zip(*points), label=name, marker="o" if name == "eval_loss" else None, markersize=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss per target token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+    def draw(ax) -> None:
+        for name in series:
+            points = [(r["step"], r[name]) for r in stats if name in r]
+            ax.plot(*zip(*points), label=name, marker="o" if name == "eval_loss" else None, markersize=3)
+
+    line_plot(path, "optimizer step", "loss per target token", draw)

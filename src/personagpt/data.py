@@ -182,6 +182,11 @@ def load_personas(path: str | os.PathLike) -> list[list[str]]:
     return personas
 
 
+def distinct_personas(fact_lists) -> list[tuple[str, ...]]:
+    """The distinct non-empty persona profiles among ``fact_lists``, in order of first appearance."""
+    return list(dict.fromkeys(tuple(facts) for facts in fact_lists if facts))
+
+
 def read_facts_file(path: str | os.PathLike) -> list[str]:
     """Persona facts for one bot: one fact per line; blank lines and ``#`` comments are skipped."""
     path = Path(path)

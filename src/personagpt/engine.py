@@ -34,7 +34,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
 from personagpt.generation import context_limit
-from personagpt.kvcache import ReservedCache
+from personagpt.kvcache import ReservedCache, shared_prefix
 from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
 from personagpt.scoring import decoder_and_head
 
@@ -159,11 +159,7 @@ class PrefixCache:
         """``(shared, kv)`` of the entry sharing the longest prefix with ``ids`` (at most ``limit`` tokens)."""
         best, best_key = 0, None
         for key in self.entries:
-            n = 0
-            for a, b in zip(key, ids):
-                if a != b:
-                    break
-                n += 1
+            n = shared_prefix(key, ids)
             if n > best:
                 best, best_key = n, key
         if best_key is None:
@@ -396,7 +392,8 @@ class Engine:
         request.tokens.append(token)
         request._emit(token)
         row.last = token
-        row.seen = torch.cat([row.seen, torch.tensor([token], device=self.device)])
+        if cfg.repetition_penalty != 1.0:  # the only reader of the seen ids
+            row.seen = torch.cat([row.seen, torch.tensor([token], device=self.device)])
         if token == self.fmt.eos_id:
             request.finish_reason = "stop"
         elif len(request.tokens) >= cfg.max_new_tokens:

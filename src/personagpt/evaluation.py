@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from personagpt.errors import SettingsError
-from personagpt.data import Dialogue
+from personagpt.data import Dialogue, distinct_personas
 from personagpt.dataset import Example, persona_examples
 from personagpt.format import PromptFormat
 from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
@@ -187,7 +187,7 @@ def distractor_personas(targets: Targets, count: int, seed: int, pool: Targets |
     """For each pair, up to ``count`` personas of ``pool`` (default: ``targets``) that belong to neither speaker
     of the pair's dialogue; a fixed draw per seed. Fewer come back only when the pool has fewer."""
     pool = pool or targets
-    profiles = list(dict.fromkeys(tuple(pool.facts(m)) for m in range(len(pool.pairs))))
+    profiles = distinct_personas(pool.facts(m) for m in range(len(pool.pairs)))
     rng = random.Random(seed)
     draws = []
     for d, _ in targets.pairs:

@@ -26,7 +26,7 @@ from transformers.cache_utils import Cache, StaticCache
 
 from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
-from personagpt.kvcache import ReservedCache, Step, capacity, compiled_step, eager_step
+from personagpt.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
 from personagpt.sampling import GREEDY, SamplingConfig, pick_token, suppressed_ids
 
 __all__ = ["GREEDY", "ContextOverflowError", "Conversation", "SamplingConfig", "TextStream", "context_limit",
@@ -79,6 +79,8 @@ class Conversation:
         sessions' and reuses cached prefixes; without it the session decodes on its own KV cache."""
         self.model = model
         self.engine = engine
+        self.goal: str | None = None  # action mode: the goal of the bot's next turn
+        self.facts: list[str] = []  # the bot's persona facts
         self.compile = compile
         self.fmt = fmt
         self.prefix = list(prefix)
@@ -89,6 +91,7 @@ class Conversation:
         self.turn_ids: list[list[int]] = []
         self._cache: Cache | None = None
         self._cached_ids: list[int] = []
+        self._prompt_scorer = self._reference_scorer = None  # best-of-N: the two prompts' caches (rerank.py)
         # each conversation samples from its own generator: replies depend on its seed and its turns only,
         # however many conversations a process interleaves
         self.generator = torch.Generator(device=model.device)
@@ -97,9 +100,6 @@ class Conversation:
         else:
             self.generator.seed()
         self._check_fits([])
-
-    goal: str | None = None  # action mode: the goal of the bot's next turn
-    facts: list[str] = []  # the bot's persona facts
 
     @classmethod
     def with_persona(cls, model, fmt: PromptFormat, facts: Sequence[str], speaker: int = 2,
@@ -214,12 +214,12 @@ class Conversation:
             jobs = self.engine.submit_many(ids, n, cfg, self.generator)
             replies, conditioned = [strip_reply(list(job), self.fmt.eos_id) for job in jobs], None
         else:
-            if getattr(self, "_prompt_scorer", None) is None:
+            if self._prompt_scorer is None:
                 self._prompt_scorer = PrefixScorer(self.model)
             replies = sample_candidates(self.model, self.fmt, ids, n, cfg, self.generator, conditioned,
                                         self._prompt_scorer)
-        if getattr(self, "_reference", None) is None:
-            self._reference = PrefixScorer(self.model)
+        if self._reference_scorer is None:
+            self._reference_scorer = PrefixScorer(self.model)
         history = ids[len(self.prefix):]
         if self.goal is None:
             reference = self.fmt.persona_prefix([]) + history
@@ -227,7 +227,7 @@ class Conversation:
             reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
         bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
         best = rank_candidates(self.model, self.fmt, ids, reference, replies, bot_turns, self.goal,
-                               conditioned=conditioned, scorer=self._reference)[0]
+                               conditioned=conditioned, scorer=self._reference_scorer)[0]
         self._record(best.ids)
         return self.turns[-1]
 
@@ -247,6 +247,7 @@ class Conversation:
     def invalidate_cache(self) -> None:
         """Forget cached keys/values, e.g. after the model's weights changed."""
         self._cache, self._cached_ids = None, []
+        self._prompt_scorer = self._reference_scorer = None
 
     def _new_cache(self, needed: int) -> Cache:
         if not self.compile:
@@ -258,16 +259,7 @@ class Conversation:
 
     def _reuse_cache(self, ids: list[int]) -> int:
         """Crop the cache to the longest prefix it shares with ``ids``; returns that length."""
-        shared = 0
-        for a, b in zip(self._cached_ids, ids):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(ids) - 1)  # the last context token must be fed to get next-token logits
-        surplus = int(self._cache.get_seq_length()) - shared
-        if surplus > 0:
-            self._cache.crop(-surplus)
-        return shared
+        return crop_to_prefix(self._cache, self._cached_ids, ids)
 
     def _check_fits(self, turn_ids: Sequence[Sequence[int]]) -> None:
         fit_context(self.prefix, turn_ids, self.max_context - self.sampling.max_new_tokens)

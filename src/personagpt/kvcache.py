@@ -8,7 +8,7 @@ fixed-shape ``StaticCache``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer, StaticCache
@@ -99,3 +99,23 @@ def compiled_step(model) -> Step:
 
     model._personagpt_compiled_step = step
     return step
+
+
+def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two id sequences have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def crop_to_prefix(cache: Cache, cached_ids: Sequence[int], ids: Sequence[int]) -> int:
+    """Crop ``cache`` (holding ``cached_ids``) to the longest prefix it shares with ``ids``, keeping ``ids``' last
+    token out (it must be fed to get next-token logits); returns how many tokens of ``ids`` are cached."""
+    shared = min(shared_prefix(cached_ids, ids), len(ids) - 1)
+    surplus = int(cache.get_seq_length()) - shared
+    if surplus > 0:
+        cache.crop(-surplus)
+    return shared

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from personagpt.format import PromptFormat
-from personagpt.kvcache import ReservedCache
+from personagpt.kvcache import ReservedCache, crop_to_prefix
 from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
 
 
@@ -61,15 +61,7 @@ class PrefixScorer:
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], raw: bool = False) -> tuple[ReservedCache, torch.Tensor]:
         """The cache holding ``prompt`` and the next-token log-probs (``raw``: logits) after it."""
-        shared = 0
-        for a, b in zip(self.ids, prompt):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(prompt) - 1)
-        surplus = self.cache.get_seq_length() - shared
-        if surplus > 0:
-            self.cache.crop(-surplus)
+        shared = crop_to_prefix(self.cache, self.ids, prompt)
         out = self.model(torch.tensor([list(prompt[shared:])], device=self.model.device), cache=self.cache,
                          position_ids=torch.arange(shared, len(prompt), device=self.model.device).unsqueeze(0),
                          use_cache=True, logits_to_keep=1).logits[0, -1]

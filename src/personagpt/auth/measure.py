@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from personagpt.auth.env import Episode
+from personagpt.plots import line_plot
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -36,26 +37,25 @@ def turns_to(rows: Sequence[dict], level: float = 0.5) -> int | None:
     return next((r["turn"] for r in rows if r["hits1"] >= level), None)
 
 
+def markdown_table(results: dict[str, list[dict]]) -> str:
+    """One row per policy: Hits@1 (%) [95% interval] after each turn, and the turns needed to reach 50%."""
+    turns = max(len(rows) for rows in results.values())
+    lines = ["| policy | " + " | ".join(f"turn {t}" for t in range(1, turns + 1)) + " | turns to 50% |",
+             "|---|" + "---:|" * (turns + 1)]
+    for name, rows in results.items():
+        cells = [f"{100 * r['hits1']:.1f} [{100 * r['low']:.0f}-{100 * r['high']:.0f}]" for r in rows]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {turns_to(rows) or '-'} |")
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, list[dict]], path: str | Path, chance: float) -> Path:
     """Hits@1 against turn for every policy, with its 95% interval as a band."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax) -> None:
+        for name, rows in results.items():
+            turns = [r["turn"] for r in rows]
+            ax.plot(turns, [100 * r["hits1"] for r in rows], marker="o", label=name)
+            ax.fill_between(turns, [100 * r["low"] for r in rows], [100 * r["high"] for r in rows], alpha=0.2)
+        ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, rows in results.items():
-        turns = [r["turn"] for r in rows]
-        ax.plot(turns, [100 * r["hits1"] for r in rows], marker="o", label=name)
-        ax.fill_between(turns, [100 * r["low"] for r in rows], [100 * r["high"] for r in rows], alpha=0.2)
-    ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("turn")
-    ax.set_ylabel("Hits@1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return line_plot(path, "turn", "Hits@1 (%)", draw)

@@ -42,9 +42,9 @@ def evaluate(
         from tqdm.auto import tqdm
 
         from personagpt.auth.env import candidate_sets, run_interviews
-        from personagpt.auth.measure import hits_by_turn, plot, turns_to
+        from personagpt.auth.measure import hits_by_turn, markdown_table, plot
         from personagpt.auth.policies import baseline_policies
-        from personagpt.data import default_data_dir, load_dialogues
+        from personagpt.data import default_data_dir, distinct_personas, load_dialogues
         from personagpt.engine import Engine
         from personagpt.models import serving_model
         from personagpt.sampling import SamplingConfig
@@ -55,7 +55,7 @@ def evaluate(
         if unknown:
             raise UserError(f"unknown policy {', '.join(unknown)}; use {', '.join(policies)}")
         split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
-        pool = list(dict.fromkeys(tuple(f) for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts) if f))
+        pool = distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
         if conversations > len(pool):
             raise UserError(f"{split} has {len(pool)} personas; ask for at most that many --conversations")
         truths = random.Random(seed).sample(pool, conversations)
@@ -79,9 +79,5 @@ def evaluate(
                                                       "turns": turns, "results": results}, indent=1))
         png = plot({n: r["by_turn"] for n, r in results.items()}, out / "hits_by_turn.png", 1 / candidates)
         typer.echo(f"Hits@1 of {candidates} (%) after each turn, {conversations} interviews, 95% intervals:")
-        typer.echo("| policy | " + " | ".join(f"turn {t}" for t in range(1, turns + 1)) + " | turns to 50% |")
-        typer.echo("|---|" + "---:|" * (turns + 1))
-        for name, r in results.items():
-            cells = [f"{100 * x['hits1']:.1f} [{100 * x['low']:.0f}-{100 * x['high']:.0f}]" for x in r["by_turn"]]
-            typer.echo(f"| {name} | " + " | ".join(cells) + f" | {turns_to(r['by_turn']) or '-'} |")
+        typer.echo(markdown_table({name: r["by_turn"] for name, r in results.items()}))
         typer.echo(f"Wrote {out / 'results.json'} and {png}", err=True)

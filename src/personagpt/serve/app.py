@@ -10,8 +10,6 @@ import asyncio
 import json
 import random
 import threading
-import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import Conversation
 from personagpt.sampling import SamplingConfig
-from personagpt.serve.completions import Reply
+from personagpt.serve.completions import Envelope, Reply, cut_at_stops
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
@@ -195,27 +193,17 @@ async def _best_of_n(conversation: Conversation, body: ChatRequest, prompt: list
         metrics.rejected.inc()
         raise ApiError(503, "too many requests are waiting; try again shortly", kind="server_error",
                        headers={"Retry-After": "1"})
-    text = await asyncio.to_thread(conversation.respond)
-    if body.stop:
-        cuts = [text.find(s) for s in body.stop if s in text]
-        text = text[: min(cuts)] if cuts else text
-    body_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    text = cut_at_stops(await asyncio.to_thread(conversation.respond), body.stop or [])
+    envelope = Envelope(model)
     completion = len(conversation.turn_ids[-1]) - 1
     usage = {"prompt_tokens": len(prompt), "completion_tokens": completion, "total_tokens": len(prompt) + completion}
     if not body.stream:
-        return {"id": body_id, "object": "chat.completion", "created": created, "model": model, "usage": usage,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "candidates": body.candidates}
-
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        return "data: " + json.dumps({"id": body_id, "object": "chat.completion.chunk", "created": created,
-                                      "model": model, "choices": [{"index": 0, "delta": delta,
-                                                                   "finish_reason": finish}], **extra}) + "\n\n"
+        return envelope.whole(text, "stop", usage=usage, candidates=body.candidates)
 
     async def events():
-        yield chunk({"role": "assistant", "content": ""})
-        yield chunk({"content": text})
-        yield chunk({}, "stop", usage=usage)
+        yield envelope.chunk({"role": "assistant", "content": ""})
+        yield envelope.chunk({"content": text})
+        yield envelope.chunk({}, "stop", usage=usage)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")

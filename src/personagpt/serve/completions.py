@@ -13,6 +13,34 @@ from personagpt.generation import TextStream
 from personagpt.serve.metrics import Metrics
 
 
+class Envelope:
+    """The identity of one completion (id, creation time, model) and the two shapes it is sent in."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+
+    def chunk(self, delta: dict, finish: str | None = None, **extra) -> str:
+        """One server-sent ``chat.completion.chunk`` event."""
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def whole(self, content: str, finish: str, **extra) -> dict:
+        """A ``chat.completion`` response body."""
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": finish}], **extra}
+
+
+def cut_at_stops(text: str, stops: list[str]) -> str:
+    """A whole reply cut at its first stop string."""
+    scanner = StopScanner(stops)
+    kept = scanner.feed(text)
+    return kept if scanner.stopped else kept + scanner.flush()
+
+
 class StopScanner:
     """Cuts the reply at the first stop string, holding back text that may be the start of one."""
 
@@ -39,10 +67,9 @@ class Reply:
     """One chat completion being generated: as SSE chunks or as one response body."""
 
     def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics, goal_check=None) -> None:
-        self.job, self.fmt, self.model, self.metrics, self.goal_check = job, fmt, model, metrics, goal_check
+        self.job, self.fmt, self.metrics, self.goal_check = job, fmt, metrics, goal_check
         self.scanner = StopScanner(stops)
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
+        self.envelope = Envelope(model)
 
     async def pieces(self):
         """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
@@ -81,11 +108,6 @@ class Reply:
                 "predicted_per_second": round(decoded / job.decode_seconds, 2) if job.decode_seconds else None,
                 "queue_ms": round(1000 * ((job.first_token_at or job.submitted) - job.submitted - job.prefill_seconds), 2)}
 
-    def _chunk(self, delta: dict, finish: str | None = None, **extra) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
-
     async def extras(self, content: str) -> dict:
         """Extension fields of the final chunk or response: usage, timings, and for a goal whether the goal
         labeler accepts the reply as pursuing it."""
@@ -95,13 +117,13 @@ class Reply:
         return extra
 
     async def events(self):
-        yield self._chunk({"role": "assistant", "content": ""})
+        yield self.envelope.chunk({"role": "assistant", "content": ""})
         content = ""
         async for piece in self.pieces():
             content += piece
-            yield self._chunk({"content": piece})
+            yield self.envelope.chunk({"content": piece})
         self.metrics.observe(self.job)
-        yield self._chunk({}, self.finish_reason(), **await self.extras(content))
+        yield self.envelope.chunk({}, self.finish_reason(), **await self.extras(content))
         yield "data: [DONE]\n\n"
 
     async def whole(self, http: Request) -> dict:
@@ -118,6 +140,4 @@ class Reply:
         finally:
             watcher.cancel()
         self.metrics.observe(self.job)
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": self.finish_reason()}], **await self.extras(content)}
+        return self.envelope.whole(content, self.finish_reason(), **await self.extras(content))
