@@ -281,18 +281,22 @@ def build_control_records(dialogues, labeler: GoalLabeler, goals: Sequence[str] 
 
 def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence[str] = DEFAULT_ACTIONS,
                     contexts: int = 50, sampling=None, batch_size: int = 16, seed: int = 0,
-                    progress: bool = True, precision: str = "auto") -> dict[str, dict[str, float]]:
+                    progress: bool = True, precision: str = "auto", candidates: int = 1) -> dict[str, dict[str, float]]:
     """How often a steered turn fulfils its goal, against the rate without steering.
 
     For ``contexts`` validation contexts (a dialogue cut before a random turn), the model generates the next turn
     once per goal with the action prefix; the labeler judges each against its goal. The base rate of a goal is
     how often the model's unsteered next turn (the speaker's persona prefix, no action) fulfils it anyway.
+    ``candidates`` > 1 generates every turn best-of-N (:mod:`personagpt.rerank`: in action mode the labeler's
+    verdict is part of the score), one conversation at a time instead of batched.
     """
     import random
 
     from tqdm.auto import tqdm
 
-    from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+    from dataclasses import replace
+
+    from personagpt.generation import Conversation, SamplingConfig, context_limit, fit_context, generate_batch
     from personagpt.models import inference_autocast
 
     cfg = sampling or SamplingConfig(do_sample=False, max_new_tokens=40)
@@ -301,16 +305,27 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
     picked = [(d, rng.randrange(1, len(d.turns))) for d in rng.sample(eligible, min(contexts, len(eligible)))]
     budget = context_limit(model) - cfg.max_new_tokens
     jobs = []  # (goal or None, prompt ids)
+    sessions = []  # best-of-N: the same prompts as conversations
     for dialogue, cut in picked:
-        history = [fmt.utterance(t) for t in dialogue.turns[max(0, cut - HISTORY_TURNS):cut]]
-        facts = dialogue.facts(dialogue.speaker_of(cut))
-        jobs.append((None, fit_context(fmt.persona_prefix(facts, dialogue.speaker_of(cut)), history, budget)))
+        turns = dialogue.turns[max(0, cut - HISTORY_TURNS):cut]
+        history = [fmt.utterance(t) for t in turns]
+        speaker, facts = dialogue.speaker_of(cut), dialogue.facts(dialogue.speaker_of(cut))
+        jobs.append((None, fit_context(fmt.persona_prefix(facts, speaker), history, budget)))
+        sessions.append(dict(turns=turns, persona=facts, speaker=speaker))
         for goal in goals:
             jobs.append((goal, fit_context(fmt.action_prefix(goal), history, budget)))
+            sessions.append(dict(turns=turns, goal=goal))
     replies = []
     with inference_autocast(model, precision):
-        for start in tqdm(range(0, len(jobs), batch_size), desc="control success", unit="batch",
-                          disable=not progress):
+        if candidates > 1:
+            best_of_n = replace(cfg, num_candidates=candidates)
+            for i, job in enumerate(tqdm(sessions, desc=f"control success (best of {candidates})", unit="turn",
+                                         disable=not progress)):
+                turns = job.pop("turns")
+                replies.append(Conversation.from_turns(model, fmt, turns, sampling=best_of_n, seed=seed + i,
+                                                       **job).respond())
+        for start in tqdm(range(0, len(jobs) if candidates == 1 else 0, batch_size), desc="control success",
+                          unit="batch", disable=not progress or candidates > 1):
             batch = [ids for _, ids in jobs[start:start + batch_size]]
             replies += [fmt.decode(r) for r in generate_batch(model, fmt, batch, cfg)]
     found = labeler.label_many(replies, goals)

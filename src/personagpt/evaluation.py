@@ -269,7 +269,7 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     ``precision`` (auto, no, bf16, fp16) sets the autocast of the model's matmuls; see ``inference_autocast``.
     ``hits_dialogues`` limits persona identification (1 + ``distractors`` teacher-forced passes) to the first N
     dialogues; their distractors are drawn from ``distractor_pool`` (default: all of ``dialogues``), e.g. the whole
-    split when only its first dialogues are evaluated. ``candidates`` > 1 generates F1's replies best-of-N
+    split when only its first dialogues are evaluated. ``candidates`` > 1 generates F1's and control's replies best-of-N
     (:mod:`personagpt.rerank`; one conversation per reply, much slower than the batched replay).
     """
     from tqdm.auto import tqdm
@@ -325,7 +325,8 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         from personagpt.control import GoalLabeler, control_success
 
         control = control_success(generator, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
-                                  batch_size=batch_size * 8, seed=seed, progress=progress, precision=precision)
+                                  batch_size=batch_size * 8, seed=seed, progress=progress, precision=precision,
+                                  candidates=candidates)
         results["control_success"] = 100 * control["overall"]["success"]
         results["control_base_rate"] = 100 * control["overall"]["base_rate"]
         results["control"] = control

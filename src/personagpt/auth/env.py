@@ -1,37 +1,71 @@
 """The authentication environment: an interviewer (action mode, its goal from a policy) talks with a partner
-(persona mode); after each partner turn the likelihood identifier ranks K candidate personas.
+(persona mode); after each partner turn every identifier (:mod:`personagpt.auth.identify`) scores the K
+candidate personas.
 
-The identifier is :class:`~personagpt.scoring.PersonaRanker`: every candidate scores the partner's turns by their
-likelihood under that persona, incrementally (a turn costs its new tokens per candidate).
+A policy sees one identifier (the guide): its scores, the turn and the goals used so far (:class:`View`).
+Transcripts do not depend on the other identifiers, so those can also score them afterwards (:func:`rescore`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from personagpt.auth.identify import Identifier, LikelihoodIdentifier
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 from personagpt.generation import Conversation, SamplingConfig
-from personagpt.scoring import PersonaRanker
 from personagpt.selfplay import Transcript
+
+IdentifierFactory = Callable[[list[list[str]]], Identifier]
+
+
+def rank_of(scores: Sequence[float], truth: int) -> int:
+    """0 when the truth scores strictly highest; ties count against it."""
+    s = torch.as_tensor(scores)
+    return int((s > s[truth]).sum()) + int((s == s[truth]).sum()) - 1
 
 
 @dataclass
 class Episode:
-    """One interview: the candidates (the true persona at ``truth``), the transcript, and per partner turn the
-    true persona's rank (0 = identified) and posterior probability among the candidates."""
+    """One interview: the candidates (the true persona at ``truth``), the transcript, and per identifier the
+    candidates' scores after every exchange."""
 
     candidates: list[list[str]]
     truth: int
     transcript: Transcript
-    ranks: list[int] = field(default_factory=list)
-    probabilities: list[float] = field(default_factory=list)
-    log_likelihoods: list[list[float]] = field(default_factory=list)  # per turn, every candidate's total
+    scores: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def ranks(self, identifier: str) -> list[int]:
+        return [rank_of(s, self.truth) for s in self.scores[identifier]]
+
+    def probabilities(self, identifier: str, of: int | None = None) -> list[float]:
+        """Per turn, the softmax probability of candidate ``of`` (default: the truth) among all K."""
+        return [float(torch.softmax(torch.tensor(s), 0)[self.truth if of is None else of])
+                for s in self.scores[identifier]]
+
+    @property
+    def goals(self) -> list[str | None]:
+        return [None if a == "(no goal)" else a for a in self.transcript.actions[::2]]
+
+    def to_json(self) -> dict:
+        return {"candidates": self.candidates, "truth": self.truth, "scores": self.scores,
+                "transcript": self.transcript.to_json()}
+
+
+@dataclass
+class View:
+    """What a policy sees before the interviewer's turn ``turn`` (0-based)."""
+
+    turn: int
+    scores: torch.Tensor
+    used: list[str | None]
+    preview: Callable[[str], float] = lambda goal: 0.0
 
 
 def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[str]], k: int,
@@ -51,46 +85,90 @@ def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[st
     return sets
 
 
+def likelihood_identifiers(model, fmt: PromptFormat) -> dict[str, IdentifierFactory]:
+    return {"likelihood": lambda candidates: LikelihoodIdentifier(model, fmt, candidates)}
+
+
 def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int, policy, turns: int = 8,
               sampling: SamplingConfig | None = None, seed: int | None = None, engine=None,
+              identifiers: Mapping[str, IdentifierFactory] | None = None,
               on_turn: Callable[[Episode], None] | None = None) -> Episode:
-    """Run one interview. ``policy.next_goal(transcript)`` gives each interviewer turn's goal (None: no goal, the
-    interviewer chats freely)."""
-    episode = Episode(candidates, truth, Transcript(p2_facts=list(candidates[truth])))
+    """Run one interview. The policy's ``choose(view)`` (or a baseline's ``next_goal(transcript)``) gives each
+    interviewer turn's goal (None: no goal, the interviewer chats freely); ``view`` follows the first identifier."""
+    identifiers = identifiers or likelihood_identifiers(model, fmt)
+    episode = Episode(candidates, truth, Transcript(p2_facts=list(candidates[truth])),
+                      {name: [] for name in identifiers})
+    running = {name: make(candidates) for name, make in identifiers.items()}
+    guide = next(iter(running))
     kwargs = dict(sampling=sampling, engine=engine)
     interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=None if seed is None else 2 * seed,
                                             **kwargs)
     partner = Conversation.with_persona(model, fmt, candidates[truth], seed=None if seed is None else 2 * seed + 1,
                                         **kwargs)
-    ranker = PersonaRanker(model, fmt, candidates, speaker=2)
-    for _ in range(turns):
-        goal = policy.next_goal(episode.transcript)
-        if goal is None:
-            interviewer.set_persona([], speaker=1)
+    for turn in range(turns):
+        previews: dict[str, tuple] = {}
+
+        def preview(goal: str) -> float:
+            """The truth's log-probability under the guide after trying ``goal`` (an oracle's look ahead)."""
+            if not hasattr(running[guide], "preview"):
+                raise SettingsError("a look-ahead policy needs the embedding identifier as its guide")
+            turns_so_far = episode.transcript.turns
+            ask = Conversation.from_turns(model, fmt, turns_so_far, goal=goal, seed=zlib.crc32(f'{seed} {turn} {goal}'.encode()),
+                                          **kwargs)
+            question = ask.respond()
+            answer = Conversation.from_turns(model, fmt, turns_so_far + [question], persona=candidates[truth],
+                                             seed=zlib.crc32(f'{seed} {turn} {goal} answer'.encode()), **kwargs).respond()
+            after, encoded = running[guide].preview(answer)
+            previews[goal] = (question, answer, encoded)
+            return float(torch.log_softmax(after, 0)[truth])
+
+        scores = torch.tensor(episode.scores[guide][-1]) if turn else torch.zeros(len(candidates))
+        view = View(turn, scores, episode.goals, preview)
+        goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
+        if goal in previews:
+            question, answer, encoded = previews[goal]
+            interviewer.add_turn(question)
+            partner.add_turn(question)
+            partner.add_turn(answer)
         else:
-            interviewer.set_action(goal)
-        question = interviewer.respond()
-        partner.add_turn(question)
-        answer = partner.respond()
+            encoded = None
+            if goal is None:
+                interviewer.set_persona([], speaker=1)
+            else:
+                interviewer.set_action(goal)
+            question = interviewer.respond()
+            partner.add_turn(question)
+            answer = partner.respond()
         interviewer.add_turn(answer)
-        ranker.add_turns([question, answer])
         episode.transcript.turns += [question, answer]
         episode.transcript.actions += [goal or "(no goal)", None]
-        totals = ranker.totals()
-        episode.log_likelihoods.append(totals.tolist())
-        episode.ranks.append(int((totals > totals[truth]).sum()) + int((totals == totals[truth]).sum()) - 1)
-        episode.probabilities.append(float(torch.softmax(totals, 0)[truth]))
+        for name, identifier in running.items():
+            extra = {"encoded": encoded} if name == guide and encoded is not None else {}
+            episode.scores[name].append(identifier.add_exchange(question, answer, **extra).tolist())
         if on_turn:
             on_turn(episode)
     return episode
 
 
+def rescore(episodes: Sequence[Episode], name: str, make: IdentifierFactory,
+            progress: Callable[[int], None] | None = None) -> None:
+    """Score finished interviews with another identifier (their transcripts do not depend on it)."""
+    for episode in episodes:
+        identifier = make(episode.candidates)
+        turns = episode.transcript.turns
+        episode.scores[name] = [identifier.add_exchange(turns[i], turns[i + 1]).tolist()
+                                for i in range(0, len(turns) - 1, 2)]
+        if progress:
+            progress(1)
+
+
 def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]], int]], policy, turns: int = 8,
                    sampling: SamplingConfig | None = None, seed: int = 0, engine=None, workers: int = 8,
+                   identifiers: Mapping[str, IdentifierFactory] | None = None,
                    on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
     """Many interviews; with an ``engine`` they run side by side (their decoding steps batched)."""
     def one(i: int) -> Episode:
-        episode = interview(model, fmt, *sets[i], policy, turns, sampling, seed + i, engine)
+        episode = interview(model, fmt, *sets[i], policy, turns, sampling, seed + i, engine, identifiers)
         if on_episode:
             on_episode(episode)
         return episode

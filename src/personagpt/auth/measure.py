@@ -20,15 +20,16 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def hits_by_turn(episodes: Sequence[Episode]) -> list[dict]:
+def hits_by_turn(episodes: Sequence[Episode], identifier: str) -> list[dict]:
     """Per turn: Hits@1 (the true persona ranked first, ties counted as misses), its interval, mean rank."""
-    turns = min(len(e.ranks) for e in episodes) if episodes else 0
+    ranks = [e.ranks(identifier) for e in episodes]
+    turns = min(len(r) for r in ranks) if ranks else 0
     rows = []
     for t in range(turns):
-        hits = sum(e.ranks[t] == 0 for e in episodes)
-        low, high = wilson(hits, len(episodes))
-        rows.append({"turn": t + 1, "hits1": hits / len(episodes), "low": low, "high": high,
-                     "mean_rank": sum(e.ranks[t] for e in episodes) / len(episodes)})
+        hits = sum(r[t] == 0 for r in ranks)
+        low, high = wilson(hits, len(ranks))
+        rows.append({"turn": t + 1, "hits1": hits / len(ranks), "low": low, "high": high,
+                     "mean_rank": sum(r[t] for r in ranks) / len(ranks)})
     return rows
 
 
@@ -59,3 +60,47 @@ def plot(results: dict[str, list[dict]], path: str | Path, chance: float) -> Pat
         ax.axhline(100 * chance, color="grey", linestyle=":", label="chance")
 
     return line_plot(path, "turn", "Hits@1 (%)", draw)
+
+
+# ---- verification: is the partner who they claim to be? -------------------------------------------------------------
+
+def claims(episodes: Sequence[Episode], identifier: str, turn: int, seed: int = 0) -> tuple[list[float], list[bool]]:
+    """Half the episodes claim their true persona, half a wrong one (a random distractor of the same candidate
+    set); the score of a claim is its probability among the K candidates after ``turn`` exchanges."""
+    import random
+
+    rng = random.Random(seed)
+    scores, genuine = [], []
+    for i, e in enumerate(episodes):
+        true_claim = i % 2 == 0
+        claim = e.truth if true_claim else rng.choice([c for c in range(len(e.candidates)) if c != e.truth])
+        scores.append(e.probabilities(identifier, of=claim)[turn - 1])
+        genuine.append(true_claim)
+    return scores, genuine
+
+
+def roc_auc(scores: Sequence[float], genuine: Sequence[bool]) -> float:
+    """Probability that a genuine claim outscores a false one (ties: half), i.e. the area under the ROC curve."""
+    pos = [s for s, g in zip(scores, genuine) if g]
+    neg = [s for s, g in zip(scores, genuine) if not g]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def threshold_for(scores: Sequence[float], genuine: Sequence[bool], false_accept: float = 0.05) -> float:
+    """The lowest threshold (accept when score >= it) whose false-accept rate on these claims is at most
+    ``false_accept``."""
+    negatives = sorted((s for s, g in zip(scores, genuine) if not g), reverse=True)
+    allowed = int(false_accept * len(negatives))  # false claims that may score at or above the threshold
+    if allowed >= len(negatives):
+        return 0.0
+    return math.nextafter(negatives[allowed], math.inf)
+
+
+def error_rates(scores: Sequence[float], genuine: Sequence[bool], threshold: float) -> dict[str, float]:
+    pos = [s for s, g in zip(scores, genuine) if g]
+    neg = [s for s, g in zip(scores, genuine) if not g]
+    return {"false_accept": sum(s >= threshold for s in neg) / max(1, len(neg)),
+            "false_reject": sum(s < threshold for s in pos) / max(1, len(pos))}

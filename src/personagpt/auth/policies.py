@@ -1,9 +1,24 @@
-"""Interviewer policies for authentication: which goal to pursue next (None: chat freely)."""
+"""Interviewer policies for authentication: which goal to pursue next (None: chat freely).
+
+Baselines ask ``next_goal(transcript)``. Policies that look at the identifier implement ``choose(view)``
+instead, where the view (:class:`~personagpt.auth.env.View`) holds the turn, the identifier's current scores
+over the candidates, the goals used so far, and ``preview(goal)`` (what the next exchange would bring).
+"""
 
 from __future__ import annotations
 
+import math
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.selfplay import FixedPolicy, RandomPolicy, Transcript
+
+TOP = 5  # the state keeps the identifier's top probabilities, sorted
+MAX_TURNS = 8  # turn one-hot width (later turns share the last slot)
 
 
 class NoGoalPolicy:
@@ -16,3 +31,81 @@ class NoGoalPolicy:
 def baseline_policies(seed: int = 0) -> dict:
     """The reference policies every learned policy is compared with."""
     return {"random": RandomPolicy(seed=seed), "round-robin": FixedPolicy(DEFAULT_ACTIONS), "no-goal": NoGoalPolicy()}
+
+
+def state_features(scores: torch.Tensor, turn: int, used: list[str | None],
+                   actions: tuple[str, ...] = DEFAULT_ACTIONS) -> torch.Tensor:
+    """The policy's state: the identifier's top-5 probabilities (sorted) and normalised entropy, the turn
+    (one-hot), and which goals were already pursued (a topic asked twice tells less the second time)."""
+    probs = torch.softmax(scores.float(), 0)
+    top = torch.zeros(TOP)
+    k = min(TOP, len(probs))
+    top[:k] = probs.sort(descending=True).values[:k]
+    entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum() / math.log(max(2, len(probs))))
+    when = torch.zeros(MAX_TURNS)
+    when[min(turn, MAX_TURNS - 1)] = 1
+    done = torch.tensor([float(a in used) for a in actions])
+    return torch.cat([top, torch.tensor([entropy]), when, done])
+
+
+FEATURES = TOP + 1 + MAX_TURNS + len(DEFAULT_ACTIONS)
+
+
+class QNetwork(nn.Module):
+    """Q(state, goal) for every goal at once: a two-layer MLP (a few thousand parameters)."""
+
+    def __init__(self, features: int = FEATURES, actions: int = len(DEFAULT_ACTIONS), hidden: int = 64) -> None:
+        super().__init__()
+        self.config = {"features": features, "actions": actions, "hidden": hidden}
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, actions))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.net(state)
+
+    def save(self, path: str | Path, **extra) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"config": self.config, "state": self.state_dict(), **extra}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> QNetwork:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        network = cls(**saved["config"])
+        network.load_state_dict(saved["state"])
+        return network.eval()
+
+
+class LearnedPolicy:
+    """Greedy in the learned Q (epsilon-greedy while it is trained)."""
+
+    def __init__(self, network: QNetwork, actions: tuple[str, ...] = DEFAULT_ACTIONS, epsilon: float = 0.0,
+                 seed: int | None = None) -> None:
+        self.network, self.actions, self.epsilon = network, actions, epsilon
+        self.rng = random.Random(seed)
+
+    def choose(self, view) -> str:
+        if self.epsilon and self.rng.random() < self.epsilon:
+            return self.rng.choice(self.actions)
+        with torch.inference_mode():
+            q = self.network(state_features(view.scores, view.turn, view.used, self.actions))
+        return self.actions[int(q.argmax())]
+
+
+class LookaheadPolicy:
+    """Tries every goal for the next exchange and keeps the one that raises the true persona's probability most
+    (an oracle: it knows the truth and pays one exchange per goal; a reference for what steering can reach)."""
+
+    def __init__(self, actions: tuple[str, ...] = DEFAULT_ACTIONS) -> None:
+        self.actions = actions
+
+    def choose(self, view) -> str:
+        return max(self.actions, key=view.preview)
+
+
+def packaged_policy_path() -> Path:
+    """The interviewer policy shipped for the bundled model (``personagpt auth train``)."""
+    return Path(__file__).resolve().parents[1] / "resources" / "auth" / "policy.pt"

@@ -13,71 +13,425 @@ from personagpt.cli.options import DeviceOpt, ModelOpt
 
 app = typer.Typer(help="Persona authentication: interviews that identify who the partner is.", no_args_is_help=True)
 
+TurnsOpt = Annotated[int, typer.Option(min=1, help="Exchanges per interview.")]
+KOpt = Annotated[int, typer.Option("-k", "--candidates", min=2, help="Candidate personas (true + distractors).")]
+MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest turn.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for personas, distractors and sampling.")]
+IdentifierOpt = Annotated[Optional[Path], typer.Option(
+    "--identifier", help="Embedding identifier head (default: the one shipped for the bundled model; "
+                         "`auth train-identifier` makes one for another model).")]
+PolicyPathOpt = Annotated[Optional[Path], typer.Option(
+    "--policy-path", help="Learned policy (policy.pt from `auth train`; default: the one shipped, if any).")]
 
-@app.command("eval")
-def evaluate(
+
+def _head(path: Path | None, model_name: str | None):
+    from personagpt.auth.identify import IdentifierHead, packaged_head_path
+
+    chosen = path or packaged_head_path()
+    if path is None and model_name is not None:
+        raise UserError("the shipped identifier head fits the bundled model only; pass --identifier "
+                        "(made by `personagpt auth train-identifier --model ...`)")
+    if not chosen.is_file():
+        raise UserError(f"{chosen}: no identifier head there (make one with `personagpt auth train-identifier`)")
+    try:
+        return IdentifierHead.load(chosen)
+    except Exception as e:  # a corrupt or foreign file
+        raise UserError(f"{chosen}: not an identifier head ({type(e).__name__})") from None
+
+
+def _policy_network(path: Path | None):
+    from personagpt.auth.policies import QNetwork, packaged_policy_path
+
+    chosen = path or packaged_policy_path()
+    if not chosen.is_file():
+        if path is not None:
+            raise UserError(f"{path}: no such policy file")
+        return None
+    try:
+        return QNetwork.load(chosen)
+    except Exception as e:
+        raise UserError(f"{chosen}: not a policy file ({type(e).__name__})") from None
+
+
+def _pool(data: Path | None) -> tuple[Path, list[list[str]]]:
+    from personagpt.data import default_data_dir, distinct_personas, load_dialogues
+
+    split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
+    return split, distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
+
+
+@app.command("train-identifier")
+def train_identifier(
     model: ModelOpt = None,
-    policy: Annotated[Optional[list[str]], typer.Option("--policy", help="random, round-robin or no-goal "
-                                                                         "(repeatable; default: all three).")] = None,
-    conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (the issue's measure: >= 300).")] = 300,
-    turns: Annotated[int, typer.Option(min=1, help="Exchanges per interview.")] = 8,
-    candidates: Annotated[int, typer.Option("-k", "--candidates", min=2, help="Candidate personas (true + distractors).")] = 20,
-    data: Annotated[Optional[Path], typer.Option(help="Held-out dialogues whose personas are interviewed "
-                                                      "(default: the Persona-Chat validation split).")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest turn.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed for personas, distractors and sampling.")] = 0,
-    out: Annotated[Path, typer.Option(help="Directory for results.json and hits_by_turn.png.")] = Path("runs/auth"),
-    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side (each holds K candidates' "
-                                                     "keys/values: about 0.25 GB with the bundled model).")] = 4,
+    data: Annotated[Optional[Path], typer.Option(help="Training dialogues (default: the Persona-Chat training split).")] = None,
+    dialogues: Annotated[Optional[int], typer.Option(min=10, help="Use only the first N dialogues.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (batches of 256 dialogues).")] = 1500,
+    out: Annotated[Path, typer.Option(help="Where to write the head.")] = Path("runs/auth/identifier.pt"),
+    seed: SeedOpt = 0,
     device: DeviceOpt = None,
 ) -> None:
-    """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) and plot it.
-
-    The partner is the model with a validation persona; the identifier ranks the true persona and K - 1
-    distractors (other validation personas) by the likelihood of the partner's turns.
-    """
+    """Train the embedding identifier: a small head over the dialogue model's pooled hidden states, so that a
+    summary of someone's turns lands nearest their persona (InfoNCE; 10% of the personas held out to report
+    Hits@1 of 20 after 1, 4 and 7 turns of gold dialogues)."""
     with friendly_errors():
         import random
 
         from tqdm.auto import tqdm
 
-        from personagpt.auth.env import candidate_sets, run_interviews
-        from personagpt.auth.measure import hits_by_turn, markdown_table, plot
-        from personagpt.auth.policies import baseline_policies
-        from personagpt.data import default_data_dir, distinct_personas, load_dialogues
+        from personagpt.auth.identify import PooledEncoder
+        from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
+        from personagpt.data import default_data_dir, load_dialogues
+
+        split = data or default_data_dir() / "personachat" / "train_self_partial_no_cands.txt"
+        everything = load_dialogues(split)[:dialogues]
+        personas = list(dict.fromkeys(tuple(d.p2_facts) for d in everything if d.p2_facts))
+        if len(personas) < 40:
+            raise UserError(f"{split}: {len(personas)} personas with turns; training needs at least 40")
+        held = set(random.Random(seed).sample(personas, max(20, len(personas) // 10)))
+        loaded, fmt = load(model, device)
+        loaded.eval()
+        encoder = PooledEncoder(loaded, fmt)
+        bar = tqdm(total=len(everything), desc="encoding turns", unit="dialogue")
+        train = TurnEmbeddings.encode(encoder, [d for d in everything if tuple(d.p2_facts) not in held], bar.update)
+        valid = TurnEmbeddings.encode(encoder, [d for d in everything if tuple(d.p2_facts) in held], bar.update)
+        bar.close()
+        bar = tqdm(total=steps, desc="training head", unit="step")
+        head = train_identifier_head(train, steps, seed=seed,
+                                     progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
+        bar.close()
+        head.save(out)
+        report = {f"hits1_at_{t}": identification_hits(head, valid, k=20, turns=t) for t in (1, 4, 7)}
+        out.with_suffix(".json").write_text(json.dumps({"data": str(split), "train_personas": len(train.personas),
+                                                        "held_out_personas": len(valid.personas), "steps": steps,
+                                                        **report}, indent=1))
+        typer.echo("held-out gold dialogues, Hits@1 of 20: " + ", ".join(
+            f"after {k.rsplit('_', 1)[1]} turns {100 * v:.1f}%" for k, v in report.items()))
+        typer.echo(f"Wrote {out}", err=True)
+
+
+class _SelfPlay:
+    """Interviews over an engine with the embedding identifier as the policy's guide (what training and the
+    learned policy see); the likelihood identifier can rescore the transcripts afterwards."""
+
+    def __init__(self, model_name, device, head_path, turns, k, max_new_tokens, workers):
+        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
         from personagpt.engine import Engine
         from personagpt.models import serving_model
         from personagpt.sampling import SamplingConfig
 
-        policies = baseline_policies(seed)
-        names = policy or list(policies)
-        unknown = [n for n in names if n not in policies]
+        self.head = _head(head_path, model_name)
+        self.model, self.fmt = load(model_name, device)
+        self.model.eval()
+        self.engine = Engine(serving_model(self.model), self.fmt, max_batch=32, max_queue=4096)
+        encoder = PooledEncoder(self.model, self.fmt)
+        self.identifiers = {"embedding": lambda candidates: EmbeddingIdentifier(encoder, self.head, candidates)}
+        self.turns, self.k, self.workers = turns, k, workers
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+
+    def play(self, sets, policy, seed, progress=None):
+        from personagpt.auth.env import run_interviews
+
+        return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
+                              workers=self.workers, identifiers=self.identifiers, on_episode=progress)
+
+    def close(self):
+        self.engine.close()
+
+
+@app.command("train")
+def train(
+    model: ModelOpt = None,
+    identifier: IdentifierOpt = None,
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds of self-play + DQN updates.")] = 30,
+    episodes: Annotated[int, typer.Option("--episodes-per-round", min=1, help="Interviews per round.")] = 16,
+    updates: Annotated[int, typer.Option("--updates-per-round", min=1, help="Gradient steps per round.")] = 200,
+    turns: TurnsOpt = 8,
+    candidates: KOpt = 20,
+    max_new_tokens: MaxNewOpt = 32,
+    calibration: Annotated[int, typer.Option(min=0, help="Interviews (held-out training personas) to calibrate the "
+                                                         "accept threshold on, after training.")] = 200,
+    false_accept: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
+                                                                       "calibrated for.")] = 0.05,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when it exists.")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side.")] = 16,
+    out: Annotated[Path, typer.Option(help="Run directory: checkpoint, log, curves, policy.pt, thresholds.json.")] = Path("runs/auth/policy"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Learn which goals to pursue to find out who the partner is: DQN over the 11 goals in self-play on
+    training personas (state: the embedding identifier's view and the turn; reward: each turn's gain in the true
+    persona's log-probability among K candidates). Checkpointed every round; rerun to resume. Then calibrates the
+    accept threshold for `auth interact --claim` on held-out training personas."""
+    with friendly_errors():
+        import random
+
+        from tqdm.auto import tqdm
+
+        from personagpt.auth.env import candidate_sets
+        from personagpt.auth.learn import DQNConfig, plot_training, train_policy
+        from personagpt.auth.measure import claims, threshold_for
+        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.data import load_personas, resolve_personas_path
+
+        personas = load_personas(resolve_personas_path())
+        rng = random.Random(seed)
+        rng.shuffle(personas)
+        held, pool = personas[: max(calibration, 20)], personas[max(calibration, 20):]
+        if len(pool) < candidates:
+            raise UserError(f"only {len(pool)} training personas; -k must be at most that")
+        env = _SelfPlay(model, device, identifier, turns, candidates, max_new_tokens, workers)
+        try:
+            def collect(policy, count, round_index):
+                truths = random.Random(seed + round_index).sample(pool, count)
+                sets = candidate_sets(truths, pool, candidates, seed + round_index)
+                bar = tqdm(total=count, desc=f"round {round_index + 1}/{rounds}", unit="interview", leave=False)
+                episodes_ = env.play(sets, policy, seed + 1000 * round_index, lambda _: bar.update(1))
+                bar.close()
+                return episodes_
+
+            config = DQNConfig(rounds=rounds, episodes_per_round=episodes, updates_per_round=updates, seed=seed)
+            network = train_policy(collect, out, "embedding", config, resume=resume, progress=lambda e: typer.echo(
+                f"round {e['round']}: epsilon {e['epsilon']:.2f}, mean return {e['mean_return']:+.3f}, "
+                f"final Hits@1 {100 * e['final_hits1']:.0f}%, TD loss {e['td_loss']:.4f}", err=True))
+            network.save(out / "policy.pt")
+            log = json.loads((out / "log.json").read_text())
+            plot_training(log, out / "training.png")
+            if calibration:
+                sets = candidate_sets(held[:calibration], held + pool, candidates, seed + 7)
+                bar = tqdm(total=len(sets), desc="calibrating", unit="interview")
+                episodes_ = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1))
+                bar.close()
+                thresholds = {}
+                for t in range(1, turns + 1):
+                    scores, genuine = claims(episodes_, "embedding", t, seed)
+                    thresholds[str(t)] = threshold_for(scores, genuine, false_accept)
+                (out / "thresholds.json").write_text(json.dumps({
+                    "identifier": "embedding", "k": candidates, "false_accept": false_accept,
+                    "interviews": len(episodes_), "by_turn": thresholds}, indent=1))
+        finally:
+            env.close()
+        typer.echo(f"Wrote {out / 'policy.pt'}, {out / 'training.png'}"
+                   + (f", {out / 'thresholds.json'}" if calibration else ""), err=True)
+
+
+POLICIES = ("random", "round-robin", "no-goal", "learned", "lookahead")
+
+
+@app.command("eval")
+def evaluate(
+    model: ModelOpt = None,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", help=f"{', '.join(POLICIES)} (repeatable; "
+                      "default: all but lookahead, learned only when a policy is shipped or given). lookahead tries "
+                      "all 11 goals every turn and keeps the best for the truth: an 11x dearer oracle.")] = None,
+    conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (the issue's measure: >= 300).")] = 300,
+    likelihood: Annotated[int, typer.Option(min=0, help="Also rank with the likelihood identifier (the dialogue "
+                                                        "model; K rows per turn) on the first N interviews of "
+                                                        "each policy.")] = 0,
+    turns: TurnsOpt = 8,
+    candidates: KOpt = 20,
+    data: Annotated[Optional[Path], typer.Option(help="Held-out dialogues whose personas are interviewed "
+                                                      "(default: the Persona-Chat validation split).")] = None,
+    identifier: IdentifierOpt = None,
+    policy_path: PolicyPathOpt = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help="thresholds.json from `auth train` (default: the "
+                                                            "shipped one) for false-accept/-reject rates.")] = None,
+    max_new_tokens: MaxNewOpt = 32,
+    seed: SeedOpt = 0,
+    out: Annotated[Path, typer.Option(help="Directory for results.json and the plots.")] = Path("runs/auth"),
+    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side.")] = 16,
+    device: DeviceOpt = None,
+) -> None:
+    """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) per
+    identifier, plot it, and measure verification (half the interviews claim the true persona, half a wrong
+    one): ROC AUC and false-accept / false-reject rates at the calibrated threshold after 4 and 8 turns."""
+    with friendly_errors():
+        import random
+
+        from tqdm.auto import tqdm
+
+        from personagpt.auth.env import candidate_sets, likelihood_identifiers, rescore
+        from personagpt.auth.measure import claims, error_rates, hits_by_turn, markdown_table, plot, roc_auc
+        from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
+
+        network = _policy_network(policy_path)
+        available = dict(baseline_policies(seed))
+        if network is not None:
+            available["learned"] = LearnedPolicy(network)
+        available["lookahead"] = LookaheadPolicy()
+        names = policy or [n for n in POLICIES if n in available and n != "lookahead"]
+        unknown = [n for n in names if n not in POLICIES]
         if unknown:
-            raise UserError(f"unknown policy {', '.join(unknown)}; use {', '.join(policies)}")
-        split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
-        pool = distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
+            raise UserError(f"unknown policy {', '.join(unknown)}; use {', '.join(POLICIES)}")
+        if "learned" in names and network is None:
+            raise UserError("no learned policy is shipped; train one with `personagpt auth train` and pass "
+                            "--policy-path")
+        split, pool = _pool(data)
         if conversations > len(pool):
             raise UserError(f"{split} has {len(pool)} personas; ask for at most that many --conversations")
+        if candidates > len(pool):
+            raise UserError(f"{split} has {len(pool)} personas; -k must be at most that")
+        calibrated = _thresholds(thresholds, candidates)
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
-        loaded, fmt = load(model, device)
-        engine = Engine(serving_model(loaded), fmt, max_batch=16, max_queue=conversations * 4)
-        sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+        env = _SelfPlay(model, device, identifier, turns, candidates, max_new_tokens, workers)
         results = {}
         try:
             for name in names:
                 bar = tqdm(total=conversations, desc=name, unit="interview")
-                episodes = run_interviews(loaded, fmt, sets, policies[name], turns, sampling, seed, engine,
-                                          workers=workers, on_episode=lambda _: bar.update(1))
+                episodes = env.play(sets, available[name], seed, lambda _: bar.update(1))
                 bar.close()
-                results[name] = {"by_turn": hits_by_turn(episodes), "episodes": [
-                    {"truth": e.truth, "ranks": e.ranks, "transcript": e.transcript.to_json()} for e in episodes]}
+                if likelihood:
+                    bar = tqdm(total=min(likelihood, conversations), desc=f"{name}: likelihood ranking",
+                               unit="interview")
+                    rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
+                            bar.update)
+                    bar.close()
+                results[name] = {"episodes": [e.to_json() for e in episodes], "by_turn": {}, "verification": {}}
+                for ident in ("embedding", "likelihood"):
+                    scored = [e for e in episodes if ident in e.scores and e.scores[ident]]
+                    if not scored:
+                        continue
+                    results[name]["by_turn"][ident] = hits_by_turn(scored, ident)
+                    for t in sorted({min(4, turns), turns}):
+                        scores, genuine = claims(scored, ident, t, seed)
+                        row = {"interviews": len(scored), "auc": roc_auc(scores, genuine)}
+                        if ident in calibrated and str(t) in calibrated[ident]:
+                            row |= {"threshold": calibrated[ident][str(t)],
+                                    **error_rates(scores, genuine, calibrated[ident][str(t)])}
+                        results[name]["verification"][f"{ident}@{t}"] = row
         finally:
-            engine.close()
+            env.close()
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"conversations": conversations, "k": candidates,
-                                                      "turns": turns, "results": results}, indent=1))
-        png = plot({n: r["by_turn"] for n, r in results.items()}, out / "hits_by_turn.png", 1 / candidates)
-        typer.echo(f"Hits@1 of {candidates} (%) after each turn, {conversations} interviews, 95% intervals:")
-        typer.echo(markdown_table({name: r["by_turn"] for name, r in results.items()}))
-        typer.echo(f"Wrote {out / 'results.json'} and {png}", err=True)
+        (out / "results.json").write_text(json.dumps({"conversations": conversations, "k": candidates, "turns": turns,
+                                                      "data": str(split), "results": results}, indent=1))
+        for ident in ("embedding", "likelihood"):
+            table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
+            if not table:
+                continue
+            png = plot(table, out / f"hits_by_turn_{ident}.png", 1 / candidates)
+            shown = conversations if ident == "embedding" else min(likelihood, conversations)
+            typer.echo(f"\n{ident} identifier: Hits@1 of {candidates} (%) after each turn, {shown} interviews per "
+                       "policy, 95% intervals:")
+            typer.echo(markdown_table(table))
+            typer.echo(f"(plot: {png})", err=True)
+        typer.echo("\nverification (half true claims, half false): ROC AUC; FAR / FRR at the calibrated threshold")
+        typer.echo("| policy | identifier@turn | AUC | FAR | FRR |\n|---|---|---:|---:|---:|")
+        for name, r in results.items():
+            for key, v in r["verification"].items():
+                rates = (f"{100 * v['false_accept']:.1f}% | {100 * v['false_reject']:.1f}%" if "false_accept" in v
+                         else "- | -")
+                typer.echo(f"| {name} | {key} | {v['auc']:.3f} | {rates} |")
+        typer.echo(f"Wrote {out / 'results.json'}", err=True)
+
+
+def _thresholds(path: Path | None, k: int) -> dict:
+    """{identifier: {turn: threshold}} calibrated for this K, or {} (with a note) when there is none."""
+    from personagpt.auth.identify import packaged_head_path
+
+    chosen = path or packaged_head_path().with_name("thresholds.json")
+    if not chosen.is_file():
+        if path is not None:
+            raise UserError(f"{path}: no such thresholds file")
+        return {}
+    try:
+        saved = json.loads(chosen.read_text())
+        if saved["k"] != k:
+            typer.echo(f"Note: {chosen} was calibrated for K = {saved['k']}, not {k}; no error rates.", err=True)
+            return {}
+        return {saved["identifier"]: saved["by_turn"]}
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{chosen}: not a thresholds file from `personagpt auth train`") from None
+
+
+def _read_claim(path: Path) -> list[str]:
+    """A persona as JSON: a list of fact strings, or an object with such a list under "persona"."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such claim file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    facts = value.get("persona") if isinstance(value, dict) else value
+    if not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
+        raise UserError(f'{path}: a claim is a JSON list of persona facts (strings), or {{"persona": [...]}}')
+    return [f.strip() for f in facts]
+
+
+@app.command("interact")
+def interact(
+    model: ModelOpt = None,
+    claim: Annotated[Optional[Path], typer.Option(help="JSON persona the person claims to have; the interview ends "
+                                                       "with accept or reject.")] = None,
+    turns: TurnsOpt = 8,
+    candidates: KOpt = 20,
+    identifier: IdentifierOpt = None,
+    policy_path: PolicyPathOpt = None,
+    thresholds: Annotated[Optional[Path], typer.Option(help="thresholds.json from `auth train` (default: the "
+                                                            "shipped one).")] = None,
+    max_new_tokens: MaxNewOpt = 32,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Be interviewed: the interviewer asks (its goal from the learned policy), you answer, and after every answer
+    the three likeliest of K candidate personas are shown. Without --claim you are given a persona to play; with
+    --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
+    with friendly_errors():
+        import random
+
+        import torch
+
+        from personagpt.auth.env import View
+        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
+        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.cli.common import Prompter
+        from personagpt.data import load_personas, resolve_personas_path
+        from personagpt.generation import Conversation
+        from personagpt.sampling import SamplingConfig
+        from personagpt.selfplay import RandomPolicy
+
+        claimed = _read_claim(claim) if claim is not None else None
+        pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
+        if candidates - 1 > len(pool):
+            raise UserError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
+        rng = random.Random(seed)
+        head = _head(identifier, model)
+        network = _policy_network(policy_path)
+        calibrated = _thresholds(thresholds, candidates).get("embedding", {})
+        chosen = rng.sample(pool, candidates if claimed is None else candidates - 1)
+        truth = claimed or chosen[0]
+        people = [truth] + [p for p in chosen if p is not truth]
+        rng.shuffle(people)
+        if claimed is None:
+            typer.echo("You play this persona (answer as this person would):\n  " + "\n  ".join(truth))
+        elif not calibrated:
+            typer.echo("Note: no calibrated threshold for this K; the interview will not accept or reject.", err=True)
+        policy = LearnedPolicy(network) if network is not None else RandomPolicy(seed=seed)
+        if network is None:
+            typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
+        loaded, fmt = load(model, device)
+        loaded.eval()
+        judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
+        interviewer = Conversation.with_persona(loaded, fmt, [], speaker=1, seed=seed,
+                                                sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+        prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
+        for turn in range(turns):
+            goal = policy.choose(View(turn, scores, used)) if network is not None else policy.next_goal(None)
+            used.append(goal)
+            interviewer.set_action(goal)
+            question = interviewer.respond()
+            typer.echo(f"\ninterviewer ({goal}) > {question}")
+            answer = prompter.ask("you > ")
+            if not answer:
+                break
+            interviewer.add_turn(answer)
+            scores = judge.add_exchange(question, answer)
+            answered += 1
+            probabilities = torch.softmax(scores, 0)
+            for rank, index in enumerate(probabilities.argsort(descending=True)[:3].tolist(), 1):
+                mark = " (you)" if people[index] is truth else ""
+                typer.echo(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{mark}")
+        if claimed is not None and answered and str(answered) in calibrated:
+            p = float(torch.softmax(scores, 0)[people.index(truth)])
+            verdict = "ACCEPT" if p >= calibrated[str(answered)] else "REJECT"
+            typer.echo(f"\n{verdict}: the claimed persona has probability {100 * p:.1f}% after {answered} answers "
+                       f"(threshold {100 * calibrated[str(answered)]:.1f}%, calibrated on held-out self-play)")

@@ -24,7 +24,7 @@ def evaluate_models(
     distractors: Annotated[int, typer.Option(min=1, help="Distractor personas for Hits@1 (drawn from the whole split, even with --limit).")] = 19,
     hits_limit: Annotated[Optional[int], typer.Option(min=1, help="Rank personas for the first N dialogues only (one batched pass over 1 + --distractors candidates per conversation).")] = None,
     control_contexts: Annotated[int, typer.Option(min=1, help="Contexts (x 11 goals) for the control success rate.")] = 50,
-    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Generate F1's replies best-of-N (sample N, keep the best scored; with --decode greedy or sample).")] = 1,
+    candidates: Annotated[int, typer.Option("--candidates", min=1, help="Generate F1's and control's replies best-of-N (sample N, keep the best scored; with --decode greedy or sample).")] = 1,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer for random:... models (default: the shared GPT-2 BPE files).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write all results as JSON here.")] = None,

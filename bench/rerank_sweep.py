@@ -1,0 +1,100 @@
+"""Best-of-N sweep on a fixed validation subset (issue 17's measure): reply quality and control per N.
+
+Replies: for each of the first ``--dialogues`` validation dialogues, one p2 turn (drawn with seed 0, the same for
+every N) is generated from the gold history and p2's persona by the bundled model (sampling, top-k 10 / top-p 0.92,
+at most 32 tokens, conversation seed = dialogue index). Per N: ConvAI2 F1 against the gold turn, distinct-1/2 over
+all replies, the share of replies repeating a word 4-gram of an earlier p2 turn of the dialogue, and Hits@1 of the
+generated reply (its true persona against 19 other validation personas, ranked by the reply's likelihood after
+each persona and the gold history).
+
+Control: ``--control-contexts`` validation contexts x 11 goals (and the unsteered base), sampled as above with at
+most 40 tokens, best-of-N, judged by the goal labeler (the one that also scores candidates: a reranker that
+asks the labeler first makes success a question of whether any of N samples fulfils the goal).
+
+Results go to ``--out`` after every N; a rerun skips the N values already there.
+
+    python bench/rerank_sweep.py [--dialogues 300] [--ns 1 4 8] [--control-contexts 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from personagpt.control import GoalLabeler, control_success
+from personagpt.data import distinct_personas, load_dialogues
+from personagpt.evaluation import distinct_n, word_f1
+from personagpt.generation import Conversation, SamplingConfig
+from personagpt.models import load_chat_model
+from personagpt.rerank import repetition
+from personagpt.scoring import PersonaRanker
+
+DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def reply_hits(model, fmt, persona, others, history, reply) -> bool:
+    """Is the true persona the most likely author of ``reply`` (strictly, ties are misses)?"""
+    ranker = PersonaRanker(model, fmt, [persona] + others, speaker=2)
+    scores = ranker.add_turns(list(history) + [reply])[-1]
+    return bool((scores[0] > scores[1:]).all())
+
+
+def replies_at(model, fmt, dialogues, pool, n: int) -> dict:
+    rng = random.Random(0)
+    picks = [(d, rng.randrange(1, len(d.turns), 2)) for d in dialogues]
+    sampling = SamplingConfig(max_new_tokens=32, num_candidates=n)
+    replies, f1, repeats, hits, seconds = [], [], 0, 0, 0.0
+    for i, (d, t) in enumerate(tqdm(picks, desc=f"replies N={n}", unit="reply")):
+        started = time.perf_counter()
+        reply = Conversation.from_turns(model, fmt, d.turns[:t], persona=d.p2_facts, seed=i, sampling=sampling).respond()
+        seconds += time.perf_counter() - started
+        replies.append(reply)
+        f1.append(word_f1(reply, d.turns[t]))
+        repeats += repetition(reply, d.turns[1:t:2]) > 0
+        others = [list(p) for p in random.Random(i).sample([p for p in pool if list(p) != d.p2_facts], 19)]
+        hits += reply_hits(model, fmt, d.p2_facts, others, d.turns[:t], reply)
+    return {"replies": len(replies), "f1": 100 * sum(f1) / len(f1), "distinct_1": distinct_n(replies, 1),
+            "distinct_2": distinct_n(replies, 2), "repeat_share": 100 * repeats / len(replies),
+            "hits1_reply": 100 * hits / len(replies), "seconds_per_reply": seconds / len(replies),
+            "samples": [{"gold": d.turns[t], "generated": r} for (d, t), r in list(zip(picks, replies))[:5]]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dialogues", type=int, default=300)
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--control-contexts", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/rerank_sweep.json"))
+    args = parser.parse_args()
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    model, fmt = load_chat_model(None)
+    model.eval()
+    split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
+    pool = distinct_personas(f for d in split for f in (d.p1_facts, d.p2_facts))
+    dialogues = split[: args.dialogues]
+    labeler = GoalLabeler()
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    for n in args.ns:
+        if str(n) in results:
+            continue
+        row = replies_at(model, fmt, dialogues, pool, n)
+        control = control_success(model, fmt, split, labeler, contexts=args.control_contexts,
+                                  sampling=SamplingConfig(max_new_tokens=40), seed=0, candidates=n)
+        row["control"] = {g: round(100 * v["success"], 1) for g, v in control.items()}
+        row["control_base"] = round(100 * control["overall"]["base_rate"], 1)
+        results[str(n)] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+        print(f"N={n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
+        print("  control per goal: " + json.dumps(row["control"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

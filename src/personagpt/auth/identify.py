@@ -1,0 +1,150 @@
+"""Identifiers: rank K candidate personas from the partner's turns so far, updated after every exchange.
+
+* :class:`LikelihoodIdentifier`: the dialogue model itself; a candidate's score is the log-likelihood of the
+  partner's turns after that persona's prefix (:class:`~personagpt.scoring.PersonaRanker`, incremental). No
+  training, but every turn costs K rows of forward passes and K rows of keys/values stay in memory.
+* :class:`EmbeddingIdentifier` (as in the paper): each partner turn is encoded once, alone, as the mean of the
+  dialogue model's last hidden states; the running mean of those goes through a small trained head
+  (:class:`IdentifierHead`) and is compared (scaled cosine) with each candidate's persona embedding. A turn
+  costs one short forward pass whatever K is, and its state is a vector, so it forks for free (lookahead).
+
+Both return unnormalised scores; ``softmax`` over the candidates gives the probabilities the policies see.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from personagpt.format import PromptFormat
+from personagpt.scoring import PersonaRanker, decoder_and_head
+
+
+class Identifier(Protocol):
+    def add_exchange(self, question: str, answer: str) -> torch.Tensor:
+        """Feed one interviewer turn and the partner's answer; the [K] scores after them."""
+        ...
+
+
+class LikelihoodIdentifier:
+    def __init__(self, model, fmt: PromptFormat, candidates: Sequence[Sequence[str]]) -> None:
+        self.ranker = PersonaRanker(model, fmt, candidates, speaker=2)
+
+    def add_exchange(self, question: str, answer: str) -> torch.Tensor:
+        self.ranker.add_turns([question, answer])
+        return self.ranker.totals()
+
+
+class PooledEncoder:
+    """Mean of the dialogue model's last hidden states over a text's tokens (one text per row, no context).
+    Persona embeddings are kept: an evaluation pool repeats the same few hundred personas."""
+
+    def __init__(self, model, fmt: PromptFormat, batch_size: int = 64) -> None:
+        self.model, self.fmt, self.batch_size = model, fmt, batch_size
+        self.decoder, _ = decoder_and_head(model)
+        self.width = self.decoder.config.hidden_size
+        self._personas: dict[tuple[str, ...], torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def encode_ids(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        from personagpt.models import inference_autocast
+
+        out = []
+        pad = self.fmt.tokenizer.pad_token_id
+        for start in range(0, len(rows), self.batch_size):
+            batch = [list(r)[-256:] for r in rows[start:start + self.batch_size]]
+            width = max(len(r) for r in batch)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], device=self.model.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=self.model.device)
+            with inference_autocast(self.model):
+                hidden = self.decoder(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            out.append((hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True))
+        return torch.cat(out).cpu() if out else torch.zeros(0, self.width)
+
+    def turns(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.encode_ids([self.fmt.utterance(t) for t in texts])
+
+    def personas(self, personas: Sequence[Sequence[str]]) -> torch.Tensor:
+        keys = [tuple(p) for p in personas]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._personas))
+        if missing:
+            encoded = self.encode_ids([self.fmt.facts(k) for k in missing])
+            with self._lock:
+                self._personas.update(zip(missing, encoded))
+        with self._lock:
+            return torch.stack([self._personas[k] for k in keys])
+
+
+class IdentifierHead(nn.Module):
+    """Two small projections into one space, turns and personas, compared by a scaled cosine."""
+
+    def __init__(self, width: int, dim: int = 128, hidden: int = 256) -> None:
+        super().__init__()
+        self.config = {"width": width, "dim": dim, "hidden": hidden}
+
+        def tower() -> nn.Module:
+            return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+        self.turn_tower, self.persona_tower = tower(), tower()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def forward(self, turns: torch.Tensor, personas: torch.Tensor) -> torch.Tensor:
+        """[B, P] logits of every (turn summary, persona) pair."""
+        t = nn.functional.normalize(self.turn_tower(turns), dim=-1)
+        p = nn.functional.normalize(self.persona_tower(personas), dim=-1)
+        return self.log_scale.exp() * t @ p.T
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"config": self.config, "state": self.state_dict()}, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> IdentifierHead:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        head = cls(**saved["config"])
+        head.load_state_dict(saved["state"])
+        return head.eval()
+
+
+class EmbeddingIdentifier:
+    def __init__(self, encoder: PooledEncoder, head: IdentifierHead, candidates: Sequence[Sequence[str]]) -> None:
+        self.encoder, self.head = encoder, head
+        with torch.inference_mode():
+            self.personas = head.persona_tower(encoder.personas(candidates))
+            self.personas = nn.functional.normalize(self.personas, dim=-1)
+        self.total = torch.zeros(encoder.width)
+        self.count = 0
+
+    def scores_for(self, total: torch.Tensor, count: int) -> torch.Tensor:
+        if count == 0:
+            return torch.zeros(len(self.personas))
+        with torch.inference_mode():
+            t = nn.functional.normalize(self.head.turn_tower((total / count).unsqueeze(0)), dim=-1)
+            return (self.head.log_scale.exp() * t @ self.personas.T)[0]
+
+    def preview(self, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores after ``answer`` and its encoding, without committing it (lookahead)."""
+        encoded = self.encoder.turns([answer])[0]
+        return self.scores_for(self.total + encoded, self.count + 1), encoded
+
+    def add_exchange(self, question: str, answer: str, encoded: torch.Tensor | None = None) -> torch.Tensor:
+        self.total = self.total + (encoded if encoded is not None else self.encoder.turns([answer])[0])
+        self.count += 1
+        return self.scores_for(self.total, self.count)
+
+
+def packaged_head_path() -> Path:
+    """The identifier head trained for the bundled model (``personagpt auth train-identifier``)."""
+    return Path(__file__).resolve().parents[1] / "resources" / "auth" / "identifier.pt"
