@@ -5,7 +5,7 @@ every N) is generated from the gold history and p2's persona by the bundled mode
 at most 32 tokens, conversation seed = dialogue index). Per N: ConvAI2 F1 against the gold turn, distinct-1/2 over
 all replies, the share of replies repeating a word 4-gram of an earlier p2 turn of the dialogue, and Hits@1 of the
 generated reply (its true persona against 19 other validation personas, ranked by the reply's likelihood after
-each persona and the gold history).
+each persona and the gold history; for the first ``--hits-dialogues`` replies only).
 
 Control: ``--control-contexts`` validation contexts x 11 goals (and the unsteered base), sampled as above with at
 most 40 tokens, best-of-N, judged by the goal labeler (the one that also scores candidates: a reranker that
@@ -13,7 +13,7 @@ asks the labeler first makes success a question of whether any of N samples fulf
 
 Results go to ``--out`` after every N; a rerun skips the N values already there.
 
-    python bench/rerank_sweep.py [--dialogues 300] [--ns 1 4 8] [--control-contexts 30]
+    python bench/rerank_sweep.py [--dialogues 300] [--ns 1 4 8] [--control-contexts 20] [--hits-dialogues 100]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def reply_hits(model, fmt, persona, others, history, reply) -> bool:
     return bool((scores[0] > scores[1:]).all())
 
 
-def replies_at(model, fmt, dialogues, pool, n: int) -> dict:
+def replies_at(model, fmt, dialogues, pool, n: int, hits_dialogues: int) -> dict:
     rng = random.Random(0)
     picks = [(d, rng.randrange(1, len(d.turns), 2)) for d in dialogues]
     sampling = SamplingConfig(max_new_tokens=32, num_candidates=n)
@@ -58,11 +58,12 @@ def replies_at(model, fmt, dialogues, pool, n: int) -> dict:
         replies.append(reply)
         f1.append(word_f1(reply, d.turns[t]))
         repeats += repetition(reply, d.turns[1:t:2]) > 0
-        others = [list(p) for p in random.Random(i).sample([p for p in pool if list(p) != d.p2_facts], 19)]
-        hits += reply_hits(model, fmt, d.p2_facts, others, d.turns[:t], reply)
+        if i < hits_dialogues:
+            others = [list(p) for p in random.Random(i).sample([p for p in pool if list(p) != d.p2_facts], 19)]
+            hits += reply_hits(model, fmt, d.p2_facts, others, d.turns[:t], reply)
     return {"replies": len(replies), "f1": 100 * sum(f1) / len(f1), "distinct_1": distinct_n(replies, 1),
             "distinct_2": distinct_n(replies, 2), "repeat_share": 100 * repeats / len(replies),
-            "hits1_reply": 100 * hits / len(replies), "seconds_per_reply": seconds / len(replies),
+            "hits1_reply": 100 * hits / min(hits_dialogues, len(replies)), "seconds_per_reply": seconds / len(replies),
             "samples": [{"gold": d.turns[t], "generated": r} for (d, t), r in list(zip(picks, replies))[:5]]}
 
 
@@ -70,7 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogues", type=int, default=300)
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--control-contexts", type=int, default=30)
+    parser.add_argument("--control-contexts", type=int, default=20)
+    parser.add_argument("--hits-dialogues", type=int, default=100, help="Rank personas for the first N replies only "
+                        "(20 rows over the whole history per reply: the dearest part)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rerank_sweep.json"))
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -84,7 +87,7 @@ def main() -> None:
     for n in args.ns:
         if str(n) in results:
             continue
-        row = replies_at(model, fmt, dialogues, pool, n)
+        row = replies_at(model, fmt, dialogues, pool, n, args.hits_dialogues)
         control = control_success(model, fmt, split, labeler, contexts=args.control_contexts,
                                   sampling=SamplingConfig(max_new_tokens=40), seed=0, candidates=n)
         row["control"] = {g: round(100 * v["success"], 1) for g, v in control.items()}

@@ -159,15 +159,19 @@ def test_auth_commands(tmp_path):
     runner = CliRunner()
     head = tmp_path / "id.pt"
     trained = runner.invoke(app, ["auth", "train-identifier", "--model", "random:2x64", "--dialogues", "200",
-                                  "--steps", "3", "--out", str(head)])
+                                  "--steps", "3", "--selfplay", "4", "--turns", "2", "--max-new-tokens", "4",
+                                  "--out", str(head)])
     assert trained.exit_code == 0, trained.output
     assert "Hits@1 of 20" in trained.output and head.is_file()
+    assert len(json.loads((tmp_path / "selfplay.json").read_text())) == 4
     common = ["--model", "random:2x64", "--identifier", str(head), "--max-new-tokens", "4", "--turns", "2"]
     run = tmp_path / "policy"
     policy = runner.invoke(app, ["auth", "train", *common, "--rounds", "2", "--episodes-per-round", "2",
-                                 "--updates-per-round", "2", "-k", "4", "--calibration", "4", "--out", str(run)])
+                                 "--updates-per-round", "2", "-k", "4", "--calibration", "4", "--out", str(run),
+                                 "--warm-start", str(tmp_path / "selfplay.json")])
     assert policy.exit_code == 0, policy.output
     assert {"policy.pt", "training.png", "thresholds.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    assert json.loads((run / "log.json").read_text())[0]["buffer"] == 4 * 2 + 2 * 2  # warm start + round 1
     result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "-k", "4", "--likelihood", "2",
                                  "--policy-path", str(run / "policy.pt"), "--thresholds", str(run / "thresholds.json"),
                                  "--out", str(tmp_path / "eval")])

@@ -57,6 +57,12 @@ class Episode:
         return {"candidates": self.candidates, "truth": self.truth, "scores": self.scores,
                 "transcript": self.transcript.to_json()}
 
+    @classmethod
+    def from_json(cls, value: dict) -> Episode:
+        t = value["transcript"]
+        return cls(value["candidates"], value["truth"], Transcript(t["p2_facts"], t["turns"], t["actions"]),
+                   value.get("scores", {}))
+
 
 @dataclass
 class View:
@@ -95,11 +101,11 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
               on_turn: Callable[[Episode], None] | None = None) -> Episode:
     """Run one interview. The policy's ``choose(view)`` (or a baseline's ``next_goal(transcript)``) gives each
     interviewer turn's goal (None: no goal, the interviewer chats freely); ``view`` follows the first identifier."""
-    identifiers = identifiers or likelihood_identifiers(model, fmt)
+    identifiers = likelihood_identifiers(model, fmt) if identifiers is None else identifiers
     episode = Episode(candidates, truth, Transcript(p2_facts=list(candidates[truth])),
                       {name: [] for name in identifiers})
     running = {name: make(candidates) for name, make in identifiers.items()}
-    guide = next(iter(running))
+    guide = next(iter(running), None)
     kwargs = dict(sampling=sampling, engine=engine)
     interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=None if seed is None else 2 * seed,
                                             **kwargs)
@@ -110,7 +116,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
 
         def preview(goal: str) -> float:
             """The truth's log-probability under the guide after trying ``goal`` (an oracle's look ahead)."""
-            if not hasattr(running[guide], "preview"):
+            if not hasattr(running.get(guide), "preview"):
                 raise SettingsError("a look-ahead policy needs the embedding identifier as its guide")
             turns_so_far = episode.transcript.turns
             ask = Conversation.from_turns(model, fmt, turns_so_far, goal=goal, seed=zlib.crc32(f'{seed} {turn} {goal}'.encode()),
@@ -122,7 +128,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
             previews[goal] = (question, answer, encoded)
             return float(torch.log_softmax(after, 0)[truth])
 
-        scores = torch.tensor(episode.scores[guide][-1]) if turn else torch.zeros(len(candidates))
+        scores = torch.tensor(episode.scores[guide][-1]) if turn and guide else torch.zeros(len(candidates))
         view = View(turn, scores, episode.goals, preview)
         goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
         if goal in previews:

@@ -86,12 +86,13 @@ class PooledEncoder:
 class IdentifierHead(nn.Module):
     """Two small projections into one space, turns and personas, compared by a scaled cosine."""
 
-    def __init__(self, width: int, dim: int = 128, hidden: int = 256) -> None:
+    def __init__(self, width: int, dim: int = 128, hidden: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
-        self.config = {"width": width, "dim": dim, "hidden": hidden}
+        self.config = {"width": width, "dim": dim, "hidden": hidden, "dropout": dropout}
 
         def tower() -> nn.Module:
-            return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, dim))
+            return nn.Sequential(nn.LayerNorm(width), nn.Dropout(dropout), nn.Linear(width, hidden), nn.GELU(),
+                                 nn.Dropout(dropout), nn.Linear(hidden, dim))
 
         self.turn_tower, self.persona_tower = tower(), tower()
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))

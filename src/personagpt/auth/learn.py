@@ -36,6 +36,7 @@ class TurnEmbeddings:
     turns: list[torch.Tensor]  # [n turns, width] per dialogue
     persona_index: list[int]
     personas: torch.Tensor  # [distinct personas, width]
+    keys: list[tuple[str, ...]]  # the persona of each row of ``personas``
 
     @classmethod
     def encode(cls, encoder: PooledEncoder, dialogues: Sequence[Dialogue],
@@ -52,7 +53,24 @@ class TurnEmbeddings:
                 owners.append(index[tuple(d.p2_facts)])
             if progress:
                 progress(1)
-        return cls(turns, owners, personas)
+        return cls(turns, owners, personas, keys)
+
+    @classmethod
+    def from_episodes(cls, encoder: PooledEncoder, episodes: Sequence[Episode],
+                      progress: Callable[[int], None] | None = None) -> TurnEmbeddings:
+        """The same from self-play interviews: the partner's answers and its true persona."""
+        return cls.encode(encoder, [Dialogue(e.transcript.turns, [], e.candidates[e.truth]) for e in episodes],
+                          progress)
+
+    def __add__(self, other: TurnEmbeddings) -> TurnEmbeddings:
+        """Both sets, a persona found in both kept once."""
+        index = {k: i for i, k in enumerate(self.keys)}
+        new = [k for k in other.keys if k not in index]
+        index |= {k: len(self.keys) + i for i, k in enumerate(new)}
+        rows = [other.keys.index(k) for k in new]
+        return TurnEmbeddings(self.turns + other.turns,
+                              self.persona_index + [index[other.keys[i]] for i in other.persona_index],
+                              torch.cat([self.personas, other.personas[rows]]), self.keys + new)
 
 
 def summaries(turns: torch.Tensor) -> torch.Tensor:
@@ -76,19 +94,21 @@ def identification_hits(head: IdentifierHead, data: TurnEmbeddings, k: int = 20,
     return hits / max(1, total)
 
 
-def train_identifier_head(train: TurnEmbeddings, steps: int = 1500, batch_size: int = 256, lr: float = 1e-3,
-                          seed: int = 0, progress: Callable[[int, float], None] | None = None) -> IdentifierHead:
+def train_identifier_head(train: TurnEmbeddings, steps: int = 300, batch_size: int = 256, lr: float = 1e-3,
+                          seed: int = 0, progress: Callable[[int, float], None] | None = None,
+                          dropout: float = 0.0, weight_decay: float = 0.01) -> IdentifierHead:
     """InfoNCE: a summary of one dialogue's first t answers against the batch's personas (one per dialogue, all
     different), its own persona the positive."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    head = IdentifierHead(train.personas.shape[1])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    head = IdentifierHead(train.personas.shape[1], dropout=dropout)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
     by_persona: dict[int, list[int]] = {}
     for d, owner in enumerate(train.persona_index):
         by_persona.setdefault(owner, []).append(d)
     owners = list(by_persona)
     size = min(batch_size, len(owners))
+    head.train()
     for step in range(steps):
         chosen = rng.sample(owners, size)
         rows = []
@@ -145,11 +165,13 @@ def transitions(episode: Episode, identifier: str, actions: tuple[str, ...] = DE
 
 def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], out: Path, identifier: str,
                  config: DQNConfig = DQNConfig(), actions: tuple[str, ...] = DEFAULT_ACTIONS,
-                 resume: bool = True, progress: Callable[[dict], None] | None = None) -> QNetwork:
+                 resume: bool = True, progress: Callable[[dict], None] | None = None,
+                 warm_start: Sequence[Episode] = ()) -> QNetwork:
     """DQN in rounds: ``collect(policy, episodes, round)`` plays episodes with the epsilon-greedy policy; their
     transitions join the replay buffer; the network trains on it. ``out`` gets ``checkpoint.pt`` after every
     round (network, target, optimizer, buffer, log, random state) and ``log.json``; with ``resume`` a run
-    continues from there."""
+    continues from there. ``warm_start`` episodes (scored by ``identifier``, e.g. earlier random-goal self-play)
+    fill the buffer before the first round: off-policy data a DQN learns from as well as its own."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     network, target = QNetwork(actions=len(actions)), QNetwork(actions=len(actions))
@@ -169,6 +191,7 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
         torch.set_rng_state(saved["torch_rng"])
     else:
         target.load_state_dict(network.state_dict())
+        buffer = [t for e in warm_start for t in transitions(e, identifier, actions)]
     for round_index in range(len(log), config.rounds):
         epsilon = config.epsilon(round_index)
         network.eval()
