@@ -46,10 +46,10 @@ def reply_hits(model, fmt, persona, others, history, reply) -> bool:
     return bool((scores[0] > scores[1:]).all())
 
 
-def replies_at(model, fmt, dialogues, pool, n: int, hits_dialogues: int) -> dict:
+def replies_at(model, fmt, dialogues, pool, n: int, hits_dialogues: int, greedy: bool = False) -> dict:
     rng = random.Random(0)
     picks = [(d, rng.randrange(1, len(d.turns), 2)) for d in dialogues]
-    sampling = SamplingConfig(max_new_tokens=32, num_candidates=n)
+    sampling = SamplingConfig(max_new_tokens=32, num_candidates=n, do_sample=not greedy)
     replies, f1, repeats, hits, seconds = [], [], 0, 0, 0.0
     for i, (d, t) in enumerate(tqdm(picks, desc=f"replies N={n}", unit="reply")):
         started = time.perf_counter()
@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--control-contexts", type=int, default=20)
     parser.add_argument("--hits-dialogues", type=int, default=100, help="Rank personas for the first N replies only "
                         "(20 rows over the whole history per reply: the dearest part)")
+    parser.add_argument("--greedy", action="store_true", help="Also a greedy row (N = 1, no sampling: how the "
+                        "model card's evaluation decodes), on the same contexts")
     parser.add_argument("--out", type=Path, default=Path("bench/results/rerank_sweep.json"))
     args = parser.parse_args()
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -84,12 +86,14 @@ def main() -> None:
     dialogues = split[: args.dialogues]
     labeler = GoalLabeler()
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
-    for n in args.ns:
+    for n in args.ns + (["greedy"] if args.greedy else []):
         if str(n) in results:
             continue
-        row = replies_at(model, fmt, dialogues, pool, n, args.hits_dialogues)
+        greedy = n == "greedy"
+        row = replies_at(model, fmt, dialogues, pool, 1 if greedy else n, args.hits_dialogues, greedy)
         control = control_success(model, fmt, split, labeler, contexts=args.control_contexts,
-                                  sampling=SamplingConfig(max_new_tokens=40), seed=0, candidates=n)
+                                  sampling=SamplingConfig(max_new_tokens=40, do_sample=not greedy), seed=0,
+                                  candidates=1 if greedy else n)
         row["control"] = {g: round(100 * v["success"], 1) for g, v in control.items()}
         row["control_base"] = round(100 * control["overall"]["base_rate"], 1)
         results[str(n)] = row
