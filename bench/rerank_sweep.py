@@ -102,6 +102,27 @@ def main() -> None:
         print(f"N={n}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)), flush=True)
         print("  control per goal: " + json.dumps(row["control"]), flush=True)
 
+    print(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    """One row per N (and greedy): reply quality, then control success per goal."""
+    lines = ["| decoding | F1 | distinct-1 | distinct-2 | repeats an earlier 4-gram (%) | Hits@1 of reply (%) | "
+             "control (%) | weakest goal (%) | s / reply |", "|---|" + "---:|" * 8]
+    for n, r in results.items():
+        goals = {g: v for g, v in r["control"].items() if g != "overall"}
+        weakest = min(goals, key=goals.get)
+        lines.append(f"| {'greedy' if n == 'greedy' else f'N = {n}'} | {r['f1']:.2f} | {r['distinct_1']:.3f} | "
+                     f"{r['distinct_2']:.3f} | {r['repeat_share']:.1f} | {r['hits1_reply']:.1f} | "
+                     f"{r['control']['overall']:.1f} | {goals[weakest]:.0f} ({weakest.rstrip('.')}) | "
+                     f"{r['seconds_per_reply']:.2f} |")
+    goal_names = [g for g in next(iter(results.values()))["control"] if g != "overall"]
+    lines += ["", "| goal | " + " | ".join('greedy' if n == 'greedy' else f'N = {n}' for n in results) + " |",
+              "|---|" + "---:|" * len(results)]
+    for g in goal_names:
+        lines.append(f"| {g} | " + " | ".join(f"{r['control'][g]:.0f}" for r in results.values()) + " |")
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

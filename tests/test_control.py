@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from personagpt.cli import app
@@ -113,3 +114,23 @@ def test_build_control_data_cli(tmp_path):
     assert "| ask about pets. | 1 | 1 |" in result.output and "| ask about marital status. | 1 | 1 |" in result.output
     records = load_control_records(out)
     assert {r.goal for r in records} == {"ask about pets.", "ask about marital status."}
+
+
+def test_best_of_n_control_asks_the_labeler_first(tiny_model, fmt, monkeypatch):
+    class AcceptsLongReplies:  # a stand-in labeler: a reply of 3+ words fulfils any goal
+        def accepts(self, text, goal):
+            return len(text.split()) >= 3
+
+        def label_many(self, texts, goals):
+            return [set(goals) if self.accepts(t, None) else set() for t in texts]
+
+    import personagpt.rerank
+
+    monkeypatch.setattr(personagpt.rerank, "default_labeler", lambda: AcceptsLongReplies())
+    dialogues = load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:20]
+    goals = ["ask about pets.", "talk about music."]
+    torch.manual_seed(0)
+    rates = [control_success(tiny_model, fmt, dialogues, AcceptsLongReplies(), goals, contexts=6,
+                             sampling=SamplingConfig(max_new_tokens=6), progress=False, candidates=n)
+             for n in (1, 4)]
+    assert rates[1]["overall"]["success"] > rates[0]["overall"]["success"]
