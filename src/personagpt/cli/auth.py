@@ -497,7 +497,7 @@ def interact(
             answered += 1
             probabilities = torch.softmax(scores, 0)
             for rank, index in enumerate(probabilities.argsort(descending=True)[:3].tolist(), 1):
-                mark = " (you)" if people[index] is truth else ""
+                mark = (" (claimed)" if claimed else " (you)") if people[index] is truth else ""
                 typer.echo(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{mark}")
         if claimed is not None and answered and str(answered) in calibrated:
             p = float(torch.softmax(scores, 0)[people.index(truth)])
