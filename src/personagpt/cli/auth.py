@@ -294,8 +294,8 @@ def evaluate(
                       "all 11 goals every turn and keeps the best for the truth: an 11x dearer oracle.")] = None,
     conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (the issue's measure: >= 300).")] = 300,
     likelihood: Annotated[int, typer.Option(min=0, help="Also rank with the likelihood identifier (the dialogue "
-                                                        "model; K rows per turn) on the first N interviews of "
-                                                        "each policy.")] = 0,
+                                                        "model; K rows per turn: about a minute per interview on a "
+                                                        "2-core CPU) on the first N interviews of each policy.")] = 0,
     turns: TurnsOpt = 8,
     candidates: KOpt = 20,
     data: Annotated[Optional[Path], typer.Option(help="Held-out dialogues whose personas are interviewed "
@@ -368,11 +368,12 @@ def evaluate(
                             row |= {"threshold": calibrated[ident][str(t)],
                                     **error_rates(scores, genuine, calibrated[ident][str(t)])}
                         results[name]["verification"][f"{ident}@{t}"] = row
+                out.mkdir(parents=True, exist_ok=True)  # after every policy: a stopped run keeps the finished ones
+                (out / "results.json").write_text(json.dumps({
+                    "conversations": conversations, "k": candidates, "turns": turns, "data": str(split),
+                    "results": results}, indent=1))
         finally:
             env.close()
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({"conversations": conversations, "k": candidates, "turns": turns,
-                                                      "data": str(split), "results": results}, indent=1))
         for ident in ("embedding", "likelihood"):
             table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
             if not table:
