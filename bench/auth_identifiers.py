@@ -2,7 +2,8 @@
 
 Replays the first ``--interviews`` transcripts of each policy in an ``auth eval`` results file through a fresh
 likelihood identifier and a fresh embedding identifier (the shipped head), with the file's candidates, and reports
-per identifier and policy Hits@1 of K after each turn (95% Wilson intervals), and the median time of one
+per identifier and policy Hits@1 of K after each turn (95% Wilson intervals), verification ROC AUC after 4 and 8
+turns, and the median time of one
 exchange's update. The likelihood identifier needs K rows of the dialogue model per turn, so it is measured here on
 a subset rather than inside ``auth eval`` (``--likelihood`` there does the same, slowly).
 
@@ -21,7 +22,7 @@ import torch
 
 from personagpt.auth.env import Episode, rescore
 from personagpt.auth.identify import EmbeddingIdentifier, IdentifierHead, LikelihoodIdentifier, PooledEncoder, packaged_head_path
-from personagpt.auth.measure import hits_by_turn, markdown_table
+from personagpt.auth.measure import claims, hits_by_turn, markdown_table, roc_auc
 from personagpt.models import load_chat_model
 
 
@@ -55,13 +56,16 @@ def main() -> None:
             identifier.add_exchange = add_exchange
             return identifier
 
-        table = {}
+        table, aucs = {}, []
         for policy, episodes in policies.items():
             rescore(episodes, f"bench-{name}", timed)
             table[policy] = hits_by_turn(episodes, f"bench-{name}")
+            for turn in (4, 8):
+                aucs.append(f"{policy}@{turn} {roc_auc(*claims(episodes, f'bench-{name}', turn)):.3f}")
         print(f"\n{name} identifier: median {1000 * statistics.median(times):.0f} ms per exchange "
               f"({len(times)} exchanges); Hits@1 of {saved['k']} (%):")
         print(markdown_table(table))
+        print("verification ROC AUC (half true claims, half false, as auth eval): " + ", ".join(aucs))
 
 
 if __name__ == "__main__":
