@@ -457,7 +457,7 @@ def interact(
         from personagpt.data import load_personas, resolve_personas_path
         from personagpt.generation import Conversation
         from personagpt.sampling import SamplingConfig
-        from personagpt.selfplay import RandomPolicy
+        from personagpt.format import DEFAULT_ACTIONS
 
         claimed = _read_claim(claim) if claim is not None else None
         pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
@@ -475,7 +475,7 @@ def interact(
             typer.echo("You play this persona (answer as this person would):\n  " + "\n  ".join(truth))
         elif not calibrated:
             typer.echo("Note: no calibrated threshold for this K; the interview will not accept or reject.", err=True)
-        policy = LearnedPolicy(network) if network is not None else RandomPolicy(seed=seed)
+        policy = LearnedPolicy(network) if network is not None else None
         if network is None:
             typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
         loaded, fmt = load(model, device)
@@ -485,7 +485,7 @@ def interact(
                                                 sampling=SamplingConfig(max_new_tokens=max_new_tokens))
         prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
         for turn in range(turns):
-            goal = policy.choose(View(turn, scores, used)) if network is not None else policy.next_goal(None)
+            goal = policy.choose(View(turn, scores, used)) if policy is not None else rng.choice(DEFAULT_ACTIONS)
             used.append(goal)
             interviewer.set_action(goal)
             question = interviewer.respond()
