@@ -22,6 +22,30 @@ from personagpt.plots import line_plot
 LATEST = "latest"
 
 
+def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file: an interrupted write never leaves half a file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path
+
+
+class ConfigModule:
+    """``save``/``load`` for a small ``nn.Module`` that keeps its constructor arguments in ``self.config``."""
+
+    def save(self, path: str | os.PathLike, **extra) -> Path:
+        return atomic_torch_save({"config": self.config, "state": self.state_dict(), **extra}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        module = cls(**saved["config"])
+        module.load_state_dict(saved["state"])
+        return module.eval()
+
+
 def save_training_checkpoint(output_dir: Path, accelerator, loss_module, tokenizer, optimizer, scheduler,
                              state: dict, config) -> Path:
     """Write ``checkpoint-STEP`` atomically (temp dir + rename), then point ``latest`` at it.

@@ -22,6 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from personagpt.checkpoints import ConfigModule
 from personagpt.format import PromptFormat
 from personagpt.scoring import PersonaRanker, decoder_and_head
 
@@ -83,7 +84,7 @@ class PooledEncoder:
             return torch.stack([self._personas[k] for k in keys])
 
 
-class IdentifierHead(nn.Module):
+class IdentifierHead(ConfigModule, nn.Module):
     """Two small projections into one space, turns and personas, compared by a scaled cosine."""
 
     def __init__(self, width: int, dim: int = 128, hidden: int = 256, dropout: float = 0.0) -> None:
@@ -102,21 +103,6 @@ class IdentifierHead(nn.Module):
         t = nn.functional.normalize(self.turn_tower(turns), dim=-1)
         p = nn.functional.normalize(self.persona_tower(personas), dim=-1)
         return self.log_scale.exp() * t @ p.T
-
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"config": self.config, "state": self.state_dict()}, tmp)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> IdentifierHead:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        head = cls(**saved["config"])
-        head.load_state_dict(saved["state"])
-        return head.eval()
 
 
 class EmbeddingIdentifier:

@@ -23,6 +23,7 @@ from torch import nn
 from personagpt.auth.env import Episode
 from personagpt.auth.identify import IdentifierHead, PooledEncoder
 from personagpt.auth.policies import LearnedPolicy, QNetwork, state_features
+from personagpt.checkpoints import atomic_torch_save
 from personagpt.data import Dialogue
 from personagpt.format import DEFAULT_ACTIONS
 
@@ -197,8 +198,8 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
         network.eval()
         episodes = collect(LearnedPolicy(network, actions, epsilon, seed=rng.randrange(2**31)),
                            config.episodes_per_round, round_index)
-        new = [t for e in episodes for t in transitions(e, identifier, actions)]
-        buffer += new
+        played = [transitions(e, identifier, actions) for e in episodes]
+        buffer += [t for steps in played for t in steps]
         network.train()
         losses = []
         for _ in range(config.updates_per_round if buffer else 0):
@@ -216,18 +217,17 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
             updates += 1
             if updates % config.target_sync == 0:
                 target.load_state_dict(network.state_dict())
-        returns = [sum(t[2] for t in transitions(e, identifier, actions)) for e in episodes]
+        returns = [sum(t[2] for t in steps) for steps in played]
         final_hits = [e.ranks(identifier)[-1] == 0 for e in episodes if e.scores[identifier]]
         entry = {"round": round_index + 1, "epsilon": round(epsilon, 3), "episodes": len(episodes),
                  "mean_return": sum(returns) / max(1, len(returns)),
                  "final_hits1": sum(final_hits) / max(1, len(final_hits)),
                  "td_loss": sum(losses) / max(1, len(losses)), "buffer": len(buffer)}
         log.append(entry)
-        tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"network": network.state_dict(), "target": target.state_dict(),
-                    "optimizer": optimizer.state_dict(), "buffer": buffer, "log": log, "updates": updates,
-                    "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "config": asdict(config)}, tmp)
-        tmp.replace(checkpoint)
+        atomic_torch_save({"network": network.state_dict(), "target": target.state_dict(),
+                           "optimizer": optimizer.state_dict(), "buffer": buffer, "log": log, "updates": updates,
+                           "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "config": asdict(config)},
+                          checkpoint)
         (out / "log.json").write_text(json.dumps(log, indent=1))
         if progress:
             progress(entry)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from personagpt.checkpoints import ConfigModule
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.selfplay import FixedPolicy, RandomPolicy, Transcript
 
@@ -51,7 +52,7 @@ def state_features(scores: torch.Tensor, turn: int, used: list[str | None],
 FEATURES = TOP + 1 + MAX_TURNS + len(DEFAULT_ACTIONS)
 
 
-class QNetwork(nn.Module):
+class QNetwork(ConfigModule, nn.Module):
     """Q(state, goal) for every goal at once: a two-layer MLP (a few thousand parameters)."""
 
     def __init__(self, features: int = FEATURES, actions: int = len(DEFAULT_ACTIONS), hidden: int = 64) -> None:
@@ -62,21 +63,6 @@ class QNetwork(nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.net(state)
-
-    def save(self, path: str | Path, **extra) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"config": self.config, "state": self.state_dict(), **extra}, tmp)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> QNetwork:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        network = cls(**saved["config"])
-        network.load_state_dict(saved["state"])
-        return network.eval()
 
 
 class LearnedPolicy:

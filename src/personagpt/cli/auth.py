@@ -20,6 +20,8 @@ SeedOpt = Annotated[int, typer.Option(help="Seed for personas, distractors and s
 IdentifierOpt = Annotated[Optional[Path], typer.Option(
     "--identifier", help="Embedding identifier head (default: the one shipped for the bundled model; "
                          "`auth train-identifier` makes one for another model).")]
+ThresholdsOpt = Annotated[Optional[Path], typer.Option(
+    help="thresholds.json from `auth train` (default: the shipped one): the accept threshold per turn.")]
 PolicyPathOpt = Annotated[Optional[Path], typer.Option(
     "--policy-path", help="Learned policy (policy.pt from `auth train`; default: the one shipped, if any).")]
 
@@ -302,8 +304,7 @@ def evaluate(
                                                       "(default: the Persona-Chat validation split).")] = None,
     identifier: IdentifierOpt = None,
     policy_path: PolicyPathOpt = None,
-    thresholds: Annotated[Optional[Path], typer.Option(help="thresholds.json from `auth train` (default: the "
-                                                            "shipped one) for false-accept/-reject rates.")] = None,
+    thresholds: ThresholdsOpt = None,
     max_new_tokens: MaxNewOpt = 32,
     seed: SeedOpt = 0,
     out: Annotated[Path, typer.Option(help="Directory for results.json and the plots.")] = Path("runs/auth"),
@@ -436,8 +437,7 @@ def interact(
     candidates: KOpt = 20,
     identifier: IdentifierOpt = None,
     policy_path: PolicyPathOpt = None,
-    thresholds: Annotated[Optional[Path], typer.Option(help="thresholds.json from `auth train` (default: the "
-                                                            "shipped one).")] = None,
+    thresholds: ThresholdsOpt = None,
     max_new_tokens: MaxNewOpt = 32,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
