@@ -183,3 +183,30 @@ def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]
         return [one(i) for i in range(len(sets))]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, range(len(sets))))
+
+
+class SelfPlay:
+    """Interviews side by side over one engine (their decoding steps batched), the embedding identifier as the
+    policy's guide when a head is given (what training and the learned policy see; without one, no identifier
+    runs and the transcripts can be scored afterwards with :func:`rescore`)."""
+
+    def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
+                 workers: int = 32) -> None:
+        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
+        from personagpt.engine import Engine
+        from personagpt.models import serving_model
+
+        self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
+        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=4096)
+        self.identifiers: dict[str, IdentifierFactory] = {}
+        if head is not None:
+            encoder = PooledEncoder(model, fmt)
+            self.identifiers["embedding"] = lambda candidates: EmbeddingIdentifier(encoder, head, candidates)
+
+    def play(self, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int = 0,
+             on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+        return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
+                              self.workers, self.identifiers, on_episode)
+
+    def close(self) -> None:
+        self.engine.close()

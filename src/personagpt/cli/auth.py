@@ -99,7 +99,7 @@ def train_identifier(
 
         from tqdm.auto import tqdm
 
-        from personagpt.auth.env import Episode, candidate_sets, run_interviews
+        from personagpt.auth.env import Episode, SelfPlay, candidate_sets
         from personagpt.auth.identify import PooledEncoder
         from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
         from personagpt.data import default_data_dir, load_dialogues
@@ -119,21 +119,17 @@ def train_identifier(
             if store.is_file():
                 episodes = [Episode.from_json(e) for e in json.loads(store.read_text())][:selfplay]
             if len(episodes) < selfplay:
-                from personagpt.engine import Engine
-                from personagpt.models import serving_model
                 from personagpt.sampling import SamplingConfig
 
                 _, pool = _training_personas(seed, 200)
                 truths = random.Random(seed + 1).sample(pool, selfplay)
                 sets = candidate_sets(truths, pool, 2, seed + 1)[len(episodes):]
-                engine = Engine(serving_model(loaded), fmt, max_batch=32, max_queue=4096)
+                env = SelfPlay(loaded, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
                 bar = tqdm(total=len(sets), desc="self-play", unit="interview")
                 try:
-                    episodes += run_interviews(loaded, fmt, sets, RandomPolicy(seed=seed), turns,
-                                               SamplingConfig(max_new_tokens=max_new_tokens), seed, engine,
-                                               workers=workers, identifiers={}, on_episode=lambda _: bar.update(1))
+                    episodes += env.play(sets, RandomPolicy(seed=seed), seed, lambda _: bar.update(1))
                 finally:
-                    engine.close()
+                    env.close()
                     bar.close()
                 store.parent.mkdir(parents=True, exist_ok=True)
                 store.write_text(json.dumps([e.to_json() for e in episodes]))
@@ -163,33 +159,15 @@ def train_identifier(
         typer.echo(f"Wrote {out}", err=True)
 
 
-class _SelfPlay:
-    """Interviews over an engine with the embedding identifier as the policy's guide (what training and the
-    learned policy see); the likelihood identifier can rescore the transcripts afterwards."""
+def _self_play(model_name, device, head_path, turns, max_new_tokens, workers):
+    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, the embedding identifier as its guide."""
+    from personagpt.auth.env import SelfPlay
+    from personagpt.sampling import SamplingConfig
 
-    def __init__(self, model_name, device, head_path, turns, k, max_new_tokens, workers):
-        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
-        from personagpt.engine import Engine
-        from personagpt.models import serving_model
-        from personagpt.sampling import SamplingConfig
-
-        self.head = _head(head_path, model_name)
-        self.model, self.fmt = load(model_name, device)
-        self.model.eval()
-        self.engine = Engine(serving_model(self.model), self.fmt, max_batch=32, max_queue=4096)
-        encoder = PooledEncoder(self.model, self.fmt)
-        self.identifiers = {"embedding": lambda candidates: EmbeddingIdentifier(encoder, self.head, candidates)}
-        self.turns, self.k, self.workers = turns, k, workers
-        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens)
-
-    def play(self, sets, policy, seed, progress=None):
-        from personagpt.auth.env import run_interviews
-
-        return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
-                              workers=self.workers, identifiers=self.identifiers, on_episode=progress)
-
-    def close(self):
-        self.engine.close()
+    head = _head(head_path, model_name)
+    loaded, fmt = load(model_name, device)
+    loaded.eval()
+    return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
 
 
 @app.command("train")
@@ -232,7 +210,7 @@ def train(
         held, pool = _training_personas(seed, 200)
         if len(pool) < candidates:
             raise UserError(f"only {len(pool)} training personas; -k must be at most that")
-        env = _SelfPlay(model, device, identifier, turns, candidates, max_new_tokens, workers)
+        env = _self_play(model, device, identifier, turns, max_new_tokens, workers)
         try:
             def collect(policy, count, round_index):
                 truths = random.Random(seed + round_index).sample(pool, count)
@@ -343,7 +321,7 @@ def evaluate(
         calibrated = _thresholds(thresholds, candidates)
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
-        env = _SelfPlay(model, device, identifier, turns, candidates, max_new_tokens, workers)
+        env = _self_play(model, device, identifier, turns, max_new_tokens, workers)
         results = {}
         try:
             for name in names:
