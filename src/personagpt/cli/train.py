@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from personagpt.cli.common import UserError, friendly_errors, parse_action, quiet_libraries
-from personagpt.cli.options import adds_options, config_options
+from personagpt.cli.common import UserError, friendly_errors, load, parse_action, quiet_libraries
+from personagpt.cli.options import (SAMPLING_DEFAULTS, DeviceOpt, ModelOpt, SeedOpt, adds_options, config_options,
+                                    sampling_options)
 from personagpt.config import TrainConfig
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, MAX_SEQUENCE_LENGTH
+from personagpt.sampling import SamplingConfig
 
 
 def prepare(
@@ -103,13 +105,66 @@ def build_control_data(
         goal_list = [parse_action(g) for g in goals] if goals else list(DEFAULT_ACTIONS)
         records, counts = build_control_records(dialogues, GoalLabeler(semantic=semantic), goal_list, per_goal,
                                                 history_turns, seed=seed)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record.to_json()) + "\n")
-        tmp.replace(out)
+        write_records(records, out)
         typer.echo("| goal | found | kept |\n|---|---:|---:|")
         for goal, c in counts.items():
             typer.echo(f"| {goal} | {c['found']} | {c['kept']} |")
         typer.echo(f"{len(records)} examples written to {out}")
+
+
+@sampling_options
+def build_selftrain_data(
+    data: Annotated[list[Path], typer.Option("--data", help="Dialogues whose contexts are continued (ConvAI2 text or JSONL; repeatable). Never the validation split.")],
+    base: Annotated[Path, typer.Option("--base", help="The control data to extend (from build-control-data).")],
+    out: Annotated[Path, typer.Option("--out", help="Output JSONL: the base examples plus the kept generated turns.")],
+    goals: Annotated[list[str], typer.Option("--goal", help="A weak goal to generate turns for: an action index 0-10 or free text (repeatable).")],
+    log: Annotated[Path, typer.Option("--log", help="Every attempt is appended here as it is made; a rerun with the same log resumes.")] = Path("runs/selftrain-attempts.jsonl"),
+    model: ModelOpt = None,
+    per_goal: Annotated[int, typer.Option(min=1, help="Stop a goal once this many generated turns are kept.")] = 150,
+    max_attempts: Annotated[Optional[int], typer.Option(min=1, help="Give up on a goal after this many attempts (default 20x --per-goal).")] = None,
+    cap: Annotated[int, typer.Option(min=1, help="A goal's examples after merging: base ones are all kept, generated ones only fill up to this.")] = 500,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    sampling: SamplingConfig = None,
+) -> None:
+    """Self-training data for weak goals: the model's own best-of-N steered turns that the labeler accepts.
+
+    For each --goal, training contexts are continued in action mode with --candidates N (default 8 here); a
+    reply is kept when the labeler accepts it for that goal and for no other goal, and it is not a copy of one
+    already kept. The kept turns are added to --base, capped per goal (--cap), and written to --out for
+    `train --phase train_loop --ctrl-data`. Ctrl-C stops cleanly; rerunning with the same --log continues.
+    """
+    with friendly_errors():
+        from dataclasses import replace
+
+        from personagpt.data import load_control_records, load_dialogues
+        from personagpt.models import serving_model
+        from personagpt.selftrain import harvest, merge_control_records, read_attempts
+
+        goal_list = list(dict.fromkeys(parse_action(g) for g in goals))
+        base_records = load_control_records(base)
+        dialogues = [d for path in data for d in load_dialogues(path)]
+        if sampling.num_candidates == SAMPLING_DEFAULTS.num_candidates:
+            sampling = replace(sampling, num_candidates=8)
+        loaded, fmt = load(model, device)
+        counts = harvest(serving_model(loaded), fmt, dialogues, goal_list, log, per_goal=per_goal,
+                         max_attempts=max_attempts, candidates=sampling.num_candidates, sampling=sampling, seed=seed)
+        kept = [a.record() for a in read_attempts(log) if a.verdict == "kept" and a.goal in goal_list]
+        records, merged = merge_control_records(base_records, kept, cap, seed=seed)
+        write_records(records, out)
+        typer.echo("| goal | attempts | kept | rejected | duplicate | base | added |\n|---|---:|---:|---:|---:|---:|---:|")
+        for goal in goal_list:
+            c, m = counts[goal], merged.get(goal, {"base": 0, "added": 0})
+            typer.echo(f"| {goal} | {sum(c.values())} | {c['kept']} | {c['rejected']} | {c['duplicate']} | "
+                       f"{m['base']} | {m['added']} |")
+        typer.echo(f"{len(records)} examples written to {out}")
+
+
+def write_records(records, out: Path) -> None:
+    """Control records as JSONL, written to a temporary file and renamed (never a half-written file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record.to_json()) + "\n")
+    tmp.replace(out)
