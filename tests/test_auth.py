@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from personagpt.auth.env import Episode, View, candidate_sets, interview, rank_of, rescore
-from personagpt.auth.identify import EmbeddingIdentifier, IdentifierHead, PooledEncoder
+from personagpt.auth.identify import (EmbeddingIdentifier, FactEmbeddings, IdentifierHead, PooledEncoder,
+                                      SentenceIdentifier)
 from personagpt.auth.learn import DQNConfig, TurnEmbeddings, identification_hits, train_identifier_head, train_policy
 from personagpt.auth.measure import claims, error_rates, hits_by_turn, roc_auc, threshold_for, turns_to, wilson
 from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, NoGoalPolicy, baseline_policies
@@ -75,6 +76,36 @@ def test_embedding_identifier_learns_and_scores_incrementally(tiny_model, fmt, t
     assert direct.tolist() == pytest.approx(after_two.tolist(), abs=1e-4)
     restored = IdentifierHead.load(head.save(tmp_path / "head.pt"))
     assert torch.allclose(restored(both, encoder.personas(POOL)), direct.unsqueeze(0), atol=1e-5)
+
+
+def test_sentence_identifier_finds_who_states_a_fact_and_accumulates():
+    identifier = SentenceIdentifier(FactEmbeddings(), POOL)
+    first = identifier.add_exchange("hi !", "hello ! i fly planes for a living .")
+    pilot, kids = POOL.index(["i am a pilot."]), POOL.index(["i have three kids."])
+    assert int(first.argmax()) == pilot
+    preview, gain = identifier.preview("my three children keep me busy .")
+    assert identifier.total.tolist() == pytest.approx((first / identifier.scale).tolist())  # preview commits nothing
+    committed = identifier.add_exchange("any kids ?", "my three children keep me busy .")
+    assert preview.tolist() == pytest.approx(committed.tolist(), abs=1e-5)
+    assert committed.tolist() == pytest.approx((first + identifier.scale * gain).tolist(), abs=1e-4)
+    assert set(torch.topk(committed, 2).indices.tolist()) == {pilot, kids}
+
+
+def test_sentence_identifier_beats_chance_on_gold_dialogues():
+    """Validation dialogues, 20 candidates: after 4 of the persona owner's turns the truth ranks first far more
+    often than chance (1 in 20). On 300 dialogues it is 79% (README); 40 keep the test quick."""
+    from personagpt.data import distinct_personas
+
+    split = default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
+    dialogues = [d for d in load_dialogues(split) if d.p2_facts][:40]
+    pool = distinct_personas(d.p2_facts for d in load_dialogues(split))
+    facts, hits = FactEmbeddings(), 0
+    for d, (candidates, truth) in zip(dialogues, candidate_sets([d.p2_facts for d in dialogues], pool, 20)):
+        identifier = SentenceIdentifier(facts, candidates)
+        for answer in d.turns[1::2][:4]:
+            scores = identifier.add_exchange("", answer)
+        hits += rank_of(scores, truth) == 0
+    assert hits / len(dialogues) > 0.5
 
 
 def test_lookahead_keeps_the_previewed_exchange(tiny_model, fmt):
@@ -177,7 +208,10 @@ def test_auth_commands(tmp_path):
                                  "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
     assert "| learned |" in result.output and "likelihood identifier" in result.output
+    assert "sentence identifier" in result.output and "| learned | sentence@2 |" in result.output
+    assert {"sentence", "embedding"} <= set(json.loads((run / "thresholds.json").read_text())["by_identifier"])
     assert (tmp_path / "eval" / "hits_by_turn_embedding.png").is_file()
+    assert (tmp_path / "eval" / "hits_by_turn_sentence.png").is_file()
     claim = tmp_path / "claim.json"
     claim.write_text(json.dumps({"persona": ["i like dogs.", "i am a pilot."]}))
     talk = runner.invoke(app, ["auth", "interact", *common, "-k", "4", "--policy-path", str(run / "policy.pt"),

@@ -117,7 +117,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
         def preview(goal: str) -> float:
             """The truth's log-probability under the guide after trying ``goal`` (an oracle's look ahead)."""
             if not hasattr(running.get(guide), "preview"):
-                raise SettingsError("a look-ahead policy needs the embedding identifier as its guide")
+                raise SettingsError("a look-ahead policy needs a forkable identifier (sentence or embedding) as its guide")
             turns_so_far = episode.transcript.turns
             ask = Conversation.from_turns(model, fmt, turns_so_far, goal=goal, seed=zlib.crc32(f'{seed} {turn} {goal}'.encode()),
                                           **kwargs)
@@ -186,27 +186,34 @@ def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]
 
 
 class SelfPlay:
-    """Interviews side by side over one engine (their decoding steps batched), the embedding identifier as the
-    policy's guide when a head is given (what training and the learned policy see; without one, no identifier
-    runs and the transcripts can be scored afterwards with :func:`rescore`)."""
+    """Interviews side by side over one engine (their decoding steps batched), scored after every exchange by the
+    sentence identifier (unless ``sentence=False``) and, when a head is given, the embedding identifier. A policy
+    sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored afterwards with
+    :func:`rescore`."""
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
-                 workers: int = 32) -> None:
-        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
+                 workers: int = 32, sentence: bool = True) -> None:
+        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, SentenceIdentifier
         from personagpt.engine import Engine
         from personagpt.models import serving_model
 
         self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
         self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=4096)
         self.identifiers: dict[str, IdentifierFactory] = {}
+        if sentence:
+            facts = FactEmbeddings()
+            self.identifiers["sentence"] = lambda candidates: SentenceIdentifier(facts, candidates)
         if head is not None:
             encoder = PooledEncoder(model, fmt)
             self.identifiers["embedding"] = lambda candidates: EmbeddingIdentifier(encoder, head, candidates)
 
     def play(self, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int = 0,
-             on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
+             on_episode: Callable[[Episode], None] | None = None, guide: str | None = None) -> list[Episode]:
+        if guide is not None and guide not in self.identifiers:
+            raise SettingsError(f"the {guide} identifier is not available here")
+        ordered = {name: self.identifiers[name] for name in sorted(self.identifiers, key=lambda n: n != guide)}
         return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
-                              self.workers, self.identifiers, on_episode)
+                              self.workers, ordered, on_episode)
 
     def close(self) -> None:
         self.engine.close()

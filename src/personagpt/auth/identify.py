@@ -8,7 +8,12 @@
   (:class:`IdentifierHead`) and is compared (scaled cosine) with each candidate's persona embedding. A turn
   costs one short forward pass whatever K is, and its state is a vector, so it forks for free (lookahead).
 
-Both return unnormalised scores; ``softmax`` over the candidates gives the probabilities the policies see.
+* :class:`SentenceIdentifier`: what the partner says against what each persona states, under the sentence
+  encoder the goal labeler already uses (all-MiniLM-L6-v2): after each answer, every candidate gains the best
+  cosine between a sentence of the answer and one of its facts. No training, one small encoder pass per turn
+  whatever K is, and forkable like the embedding identifier; it ignores how the dialogue model would phrase things.
+
+All return unnormalised scores; ``softmax`` over the candidates gives the probabilities the policies see.
 """
 
 from __future__ import annotations
@@ -135,3 +140,53 @@ class EmbeddingIdentifier:
 def packaged_head_path() -> Path:
     """The identifier head trained for the bundled model (``personagpt auth train-identifier``)."""
     return Path(__file__).resolve().parents[1] / "resources" / "auth" / "identifier.pt"
+
+
+class FactEmbeddings:
+    """A sentence encoder with its persona facts' embeddings kept (an evaluation pool repeats the same facts)."""
+
+    def __init__(self, embedder=None) -> None:
+        from personagpt.control import SentenceEmbedder
+
+        self.embedder = embedder or SentenceEmbedder()
+        self._facts: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    def facts(self, facts: Sequence[str]) -> torch.Tensor:
+        with self._lock:
+            missing = list(dict.fromkeys(f for f in facts if f not in self._facts))
+        if missing:
+            encoded = self.embedder.encode(missing)
+            with self._lock:
+                self._facts.update(zip(missing, encoded))
+        with self._lock:
+            return torch.stack([self._facts[f] for f in facts])
+
+    def sentences(self, text: str) -> torch.Tensor:
+        from personagpt.control import sentences
+
+        return self.embedder.encode(sentences(text.lower()) or [text or " "])
+
+
+class SentenceIdentifier:
+    def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 10.0) -> None:
+        self.encoder, self.scale = encoder, scale
+        facts = [f for c in candidates for f in c]
+        self.facts = encoder.facts(facts)
+        self.owner = torch.tensor([i for i, c in enumerate(candidates) for _ in c])
+        self.k = len(candidates)
+        self.total = torch.zeros(self.k)
+
+    def gain(self, answer: str) -> torch.Tensor:
+        """[K]: each candidate's best (answer sentence, fact) cosine."""
+        best_per_fact = (self.encoder.sentences(answer) @ self.facts.T).max(dim=0).values
+        return torch.full((self.k,), -1.0).scatter_reduce(0, self.owner, best_per_fact, "amax")
+
+    def preview(self, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores after ``answer`` and its gain, without committing it (lookahead)."""
+        gain = self.gain(answer)
+        return self.scale * (self.total + gain), gain
+
+    def add_exchange(self, question: str, answer: str, encoded: torch.Tensor | None = None) -> torch.Tensor:
+        self.total = self.total + (encoded if encoded is not None else self.gain(answer))
+        return self.scale * self.total

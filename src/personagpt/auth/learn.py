@@ -175,7 +175,7 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
     fill the buffer before the first round: off-policy data a DQN learns from as well as its own."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    network, target = QNetwork(actions=len(actions)), QNetwork(actions=len(actions))
+    network, target = (QNetwork(actions=len(actions), guide=identifier) for _ in range(2))
     optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
     buffer: list[tuple] = []
     log: list[dict] = []

@@ -53,11 +53,14 @@ FEATURES = TOP + 1 + MAX_TURNS + len(DEFAULT_ACTIONS)
 
 
 class QNetwork(ConfigModule, nn.Module):
-    """Q(state, goal) for every goal at once: a two-layer MLP (a few thousand parameters)."""
+    """Q(state, goal) for every goal at once: a two-layer MLP (a few thousand parameters). ``guide`` names the
+    identifier whose view the state is built from (a policy must be run with the identifier it learned on)."""
 
-    def __init__(self, features: int = FEATURES, actions: int = len(DEFAULT_ACTIONS), hidden: int = 64) -> None:
+    def __init__(self, features: int = FEATURES, actions: int = len(DEFAULT_ACTIONS), hidden: int = 64,
+                 guide: str = "embedding") -> None:
         super().__init__()
-        self.config = {"features": features, "actions": actions, "hidden": hidden}
+        self.guide = guide
+        self.config = {"features": features, "actions": actions, "hidden": hidden, "guide": guide}
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, actions))
 

@@ -22,15 +22,22 @@ IdentifierOpt = Annotated[Optional[Path], typer.Option(
                          "`auth train-identifier` makes one for another model).")]
 ThresholdsOpt = Annotated[Optional[Path], typer.Option(
     help="thresholds.json from `auth train` (default: the shipped one): the accept threshold per turn.")]
+GuideOpt = Annotated[str, typer.Option(
+    help="The identifier the policy sees and is rewarded by: sentence (persona facts against the answers under a "
+         "sentence encoder; no training) or embedding (the trained head over the dialogue model's hidden states).")]
+IDENTIFIERS = ("sentence", "embedding", "likelihood")
 PolicyPathOpt = Annotated[Optional[Path], typer.Option(
     "--policy-path", help="Learned policy (policy.pt from `auth train`; default: the one shipped, if any).")]
 
 
-def _head(path: Path | None, model_name: str | None):
+def _head(path: Path | None, model_name: str | None, required: bool = True):
+    """The embedding identifier's head; without ``required``, None where there is none for this model."""
     from personagpt.auth.identify import IdentifierHead, packaged_head_path
 
     chosen = path or packaged_head_path()
     if path is None and model_name is not None:
+        if not required:
+            return None
         raise UserError("the shipped identifier head fits the bundled model only; pass --identifier "
                         "(made by `personagpt auth train-identifier --model ...`)")
     if not chosen.is_file():
@@ -159,12 +166,19 @@ def train_identifier(
         typer.echo(f"Wrote {out}", err=True)
 
 
-def _self_play(model_name, device, head_path, turns, max_new_tokens, workers):
-    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, the embedding identifier as its guide."""
+def _guide(name: str) -> str:
+    if name not in IDENTIFIERS[:2]:
+        raise UserError(f"--guide must be one of {', '.join(IDENTIFIERS[:2])}")
+    return name
+
+
+def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False):
+    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence identifier and, where a
+    head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
     from personagpt.sampling import SamplingConfig
 
-    head = _head(head_path, model_name)
+    head = _head(head_path, model_name, required=need_head)
     loaded, fmt = load(model_name, device)
     loaded.eval()
     return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
@@ -173,6 +187,7 @@ def _self_play(model_name, device, head_path, turns, max_new_tokens, workers):
 @app.command("train")
 def train(
     model: ModelOpt = None,
+    guide: GuideOpt = "sentence",
     identifier: IdentifierOpt = None,
     rounds: Annotated[int, typer.Option(min=1, help="Rounds of self-play + DQN updates.")] = 30,
     episodes: Annotated[int, typer.Option("--episodes-per-round", min=1, help="Interviews per round.")] = 16,
@@ -194,9 +209,9 @@ def train(
     device: DeviceOpt = None,
 ) -> None:
     """Learn which goals to pursue to find out who the partner is: DQN over the 11 goals in self-play on
-    training personas (state: the embedding identifier's view and the turn; reward: each turn's gain in the true
+    training personas (state: the --guide identifier's view and the turn; reward: each turn's gain in the true
     persona's log-probability among K candidates). Checkpointed every round; rerun to resume. Then calibrates the
-    accept threshold for `auth interact --claim` on held-out training personas."""
+    accept threshold of every identifier for `auth interact --claim` on held-out training personas."""
     with friendly_errors():
         import random
 
@@ -207,16 +222,17 @@ def train(
         from personagpt.auth.measure import claims, threshold_for
         from personagpt.auth.policies import LearnedPolicy
 
+        guide = _guide(guide)
         held, pool = _training_personas(seed, 200)
         if len(pool) < candidates:
             raise UserError(f"only {len(pool)} training personas; -k must be at most that")
-        env = _self_play(model, device, identifier, turns, max_new_tokens, workers)
+        env = _self_play(model, device, identifier, turns, max_new_tokens, workers, need_head=guide == "embedding")
         try:
             def collect(policy, count, round_index):
                 truths = random.Random(seed + round_index).sample(pool, count)
                 sets = candidate_sets(truths, pool, candidates, seed + round_index)
                 bar = tqdm(total=count, desc=f"round {round_index + 1}/{rounds}", unit="interview", leave=False)
-                episodes_ = env.play(sets, policy, seed + 1000 * round_index, lambda _: bar.update(1))
+                episodes_ = env.play(sets, policy, seed + 1000 * round_index, lambda _: bar.update(1), guide)
                 bar.close()
                 return episodes_
 
@@ -235,10 +251,10 @@ def train(
                 for e, (c, t) in zip(warm, warm_sets):  # the answers do not depend on the candidates: draw K of them
                     e.candidates, e.truth = c, t
                 bar = tqdm(total=len(warm), desc="scoring warm-start interviews", unit="interview")
-                rescore(warm, "embedding", env.identifiers["embedding"], bar.update)
+                rescore(warm, guide, env.identifiers[guide], bar.update)
                 bar.close()
             config = DQNConfig(rounds=rounds, episodes_per_round=episodes, updates_per_round=updates, seed=seed)
-            network = train_policy(collect, out, "embedding", config, resume=resume, warm_start=warm,
+            network = train_policy(collect, out, guide, config, resume=resume, warm_start=warm,
                                    progress=lambda e: typer.echo(
                 f"round {e['round']}: epsilon {e['epsilon']:.2f}, mean return {e['mean_return']:+.3f}, "
                 f"final Hits@1 {100 * e['final_hits1']:.0f}%, TD loss {e['td_loss']:.4f}", err=True))
@@ -248,15 +264,14 @@ def train(
             if calibration:
                 sets = candidate_sets(held[:calibration], held + pool, candidates, seed + 7)
                 bar = tqdm(total=len(sets), desc="calibrating", unit="interview")
-                episodes_ = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1))
+                episodes_ = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1), guide)
                 bar.close()
-                thresholds = {}
-                for t in range(1, turns + 1):
-                    scores, genuine = claims(episodes_, "embedding", t, seed)
-                    thresholds[str(t)] = threshold_for(scores, genuine, false_accept)
+                thresholds = {name: {str(t): threshold_for(*claims(episodes_, name, t, seed), false_accept)
+                                     for t in range(1, turns + 1)} for name in env.identifiers}
                 (out / "thresholds.json").write_text(json.dumps({
-                    "identifier": "embedding", "k": candidates, "false_accept": false_accept,
-                    "interviews": len(episodes_), "by_turn": thresholds}, indent=1))
+                    "identifier": guide, "k": candidates, "false_accept": false_accept,
+                    "interviews": len(episodes_), "by_turn": thresholds[guide], "by_identifier": thresholds},
+                    indent=1))
         finally:
             env.close()
         typer.echo(f"Wrote {out / 'policy.pt'}, {out / 'training.png'}"
@@ -321,12 +336,14 @@ def evaluate(
         calibrated = _thresholds(thresholds, candidates)
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
-        env = _self_play(model, device, identifier, turns, max_new_tokens, workers)
+        guides = {"learned": network.guide} if network is not None else {}
+        env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
+                         need_head="embedding" in guides.values() and "learned" in names)
         results = {}
         try:
             for name in names:
                 bar = tqdm(total=conversations, desc=name, unit="interview")
-                episodes = env.play(sets, available[name], seed, lambda _: bar.update(1))
+                episodes = env.play(sets, available[name], seed, lambda _: bar.update(1), guides.get(name))
                 bar.close()
                 if likelihood:
                     bar = tqdm(total=min(likelihood, conversations), desc=f"{name}: likelihood ranking",
@@ -335,7 +352,7 @@ def evaluate(
                             bar.update)
                     bar.close()
                 results[name] = {"episodes": [e.to_json() for e in episodes], "by_turn": {}, "verification": {}}
-                for ident in ("embedding", "likelihood"):
+                for ident in IDENTIFIERS:
                     scored = [e for e in episodes if ident in e.scores and e.scores[ident]]
                     if not scored:
                         continue
@@ -353,12 +370,12 @@ def evaluate(
                     "results": results}, indent=1))
         finally:
             env.close()
-        for ident in ("embedding", "likelihood"):
+        for ident in IDENTIFIERS:
             table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
             if not table:
                 continue
             png = plot(table, out / f"hits_by_turn_{ident}.png", 1 / candidates)
-            shown = conversations if ident == "embedding" else min(likelihood, conversations)
+            shown = min(likelihood, conversations) if ident == "likelihood" else conversations
             typer.echo(f"\n{ident} identifier: Hits@1 of {candidates} (%) after each turn, {shown} interviews per "
                        "policy, 95% intervals:")
             typer.echo(markdown_table(table))
@@ -387,7 +404,7 @@ def _thresholds(path: Path | None, k: int) -> dict:
         if saved["k"] != k:
             typer.echo(f"Note: {chosen} was calibrated for K = {saved['k']}, not {k}; no error rates.", err=True)
             return {}
-        return {saved["identifier"]: saved["by_turn"]}
+        return saved.get("by_identifier") or {saved["identifier"]: saved["by_turn"]}
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{chosen}: not a thresholds file from `personagpt auth train`") from None
 
@@ -429,7 +446,7 @@ def interact(
         import torch
 
         from personagpt.auth.env import View
-        from personagpt.auth.identify import EmbeddingIdentifier, PooledEncoder
+        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, SentenceIdentifier
         from personagpt.auth.policies import LearnedPolicy
         from personagpt.cli.common import Prompter
         from personagpt.data import load_personas, resolve_personas_path
@@ -442,9 +459,10 @@ def interact(
         if candidates - 1 > len(pool):
             raise UserError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
         rng = random.Random(seed)
-        head = _head(identifier, model)
         network = _policy_network(policy_path)
-        calibrated = _thresholds(thresholds, candidates).get("embedding", {})
+        judge_name = network.guide if network is not None else "sentence"
+        head = _head(identifier, model) if judge_name == "embedding" else None
+        calibrated = _thresholds(thresholds, candidates).get(judge_name, {})
         chosen = rng.sample(pool, candidates if claimed is None else candidates - 1)
         truth = claimed or chosen[0]
         people = [truth] + [p for p in chosen if p is not truth]
@@ -458,7 +476,10 @@ def interact(
             typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
         loaded, fmt = load(model, device)
         loaded.eval()
-        judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
+        if head is not None:
+            judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
+        else:
+            judge = SentenceIdentifier(FactEmbeddings(), people)
         interviewer = Conversation.with_persona(loaded, fmt, [], speaker=1, seed=seed,
                                                 sampling=SamplingConfig(max_new_tokens=max_new_tokens))
         prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
