@@ -161,6 +161,20 @@ def test_dqn_learns_the_revealing_question_and_resumes(tmp_path):
     assert seen == [12]
 
 
+def test_policy_state_sees_which_topics_split_the_likely_candidates():
+    from personagpt.auth.policies import FEATURES, state_features, topic_coverage
+
+    candidates = [["i have two dogs.", "i work as a nurse."], ["i love jazz."], ["i hate snow."]]
+    coverage = topic_coverage(torch.tensor([0.5, 0.25, 0.25]), candidates)
+    assert coverage[DEFAULT_ACTIONS.index("ask about pets.")] == 0.5
+    assert coverage[DEFAULT_ACTIONS.index("talk about music.")] == 0.25
+    assert coverage[DEFAULT_ACTIONS.index("talk about work.")] == 0.5
+    assert coverage[DEFAULT_ACTIONS.index("talk about politics.")] == 0.0
+    state = state_features(torch.zeros(3), 1, ["ask about pets."], candidates=candidates)
+    assert state.shape == (FEATURES,) and state[-len(DEFAULT_ACTIONS):].tolist() == pytest.approx(
+        topic_coverage(torch.full((3,), 1 / 3), candidates).tolist())
+
+
 def test_hits_by_turn_and_intervals():
     def episode(ranks):
         scores = [[1.0 if r == 0 else 0.0, 0.5] for r in ranks]  # truth 0 first iff rank 0

@@ -191,13 +191,7 @@ class GoalLabeler:
 
     @staticmethod
     def _lexical(sentence: str, goal: Goal) -> bool:
-        pattern = _LEXICON.get(goal.topic)
-        if pattern is None:  # a new goal: its own content words
-            words = [w for w in re.findall(r"[a-z']+", goal.topic) if w not in _STOPWORDS and len(w) > 2]
-            if not words:
-                return False
-            pattern = "|".join(re.escape(w) + r"s?" for w in words)
-        return re.search(rf"\b(?:{pattern})\b", sentence) is not None
+        return on_topic(sentence, goal)
 
     def _similarities(self, flat: list[str], goals: list[Goal]) -> torch.Tensor:
         """Cosine similarity of each sentence to each goal's example sentences: [sentences, goals].
@@ -217,6 +211,17 @@ class GoalLabeler:
         similarity = every[:, columns]
         is_closest = torch.stack([closest == c for c in columns], dim=1)
         return torch.where(is_closest, similarity, torch.zeros_like(similarity))
+
+
+def on_topic(sentence: str, goal: Goal) -> bool:
+    """The goal's topic lexicon (a new goal: its own content words) matches the lower-cased sentence."""
+    pattern = _LEXICON.get(goal.topic)
+    if pattern is None:  # a new goal: its own content words
+        words = [w for w in re.findall(r"[a-z']+", goal.topic) if w not in _STOPWORDS and len(w) > 2]
+        if not words:
+            return False
+        pattern = "|".join(re.escape(w) + r"s?" for w in words)
+    return re.search(rf"\b(?:{pattern})\b", sentence) is not None
 
 
 _STOPWORDS = {"the", "and", "for", "you", "your", "with", "what", "about", "their", "them", "they", "this", "that",

@@ -72,6 +72,7 @@ class View:
     scores: torch.Tensor
     used: list[str | None]
     preview: Callable[[str], float] = lambda goal: 0.0
+    candidates: list[list[str]] = field(default_factory=list)
 
 
 def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[str]], k: int,
@@ -129,7 +130,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
             return float(torch.log_softmax(after, 0)[truth])
 
         scores = torch.tensor(episode.scores[guide][-1]) if turn and guide else torch.zeros(len(candidates))
-        view = View(turn, scores, episode.goals, preview)
+        view = View(turn, scores, episode.goals, preview, candidates)
         goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
         if goal in previews:
             question, answer, encoded = previews[goal]

@@ -159,8 +159,9 @@ def transitions(episode: Episode, identifier: str, actions: tuple[str, ...] = DE
     for t, goal in enumerate(goals):
         before = float(torch.log_softmax(scores[t], 0)[episode.truth])
         after = float(torch.log_softmax(scores[t + 1], 0)[episode.truth])
-        out.append((state_features(scores[t], t, goals[:t], actions), actions.index(goal), after - before,
-                    state_features(scores[t + 1], t + 1, goals[:t + 1], actions), t == len(goals) - 1))
+        out.append((state_features(scores[t], t, goals[:t], actions, episode.candidates), actions.index(goal),
+                    after - before, state_features(scores[t + 1], t + 1, goals[:t + 1], actions, episode.candidates),
+                    t == len(goals) - 1))
     return out
 
 

@@ -2,13 +2,16 @@
 
 Baselines ask ``next_goal(transcript)``. Policies that look at the identifier implement ``choose(view)``
 instead, where the view (:class:`~personagpt.auth.env.View`) holds the turn, the identifier's current scores
-over the candidates, the goals used so far, and ``preview(goal)`` (what the next exchange would bring).
+over the candidates, the goals used so far, the candidates themselves, and ``preview(goal)`` (what the next
+exchange would bring).
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -34,10 +37,28 @@ def baseline_policies(seed: int = 0) -> dict:
     return {"random": RandomPolicy(seed=seed), "round-robin": FixedPolicy(DEFAULT_ACTIONS), "no-goal": NoGoalPolicy()}
 
 
-def state_features(scores: torch.Tensor, turn: int, used: list[str | None],
+@lru_cache(maxsize=65536)
+def _on_topic(fact: str, action: str) -> bool:
+    from personagpt.control import Goal, on_topic
+
+    return on_topic(fact.lower(), Goal.parse(action))
+
+
+def topic_coverage(probs: torch.Tensor, candidates: Sequence[Sequence[str]],
                    actions: tuple[str, ...] = DEFAULT_ACTIONS) -> torch.Tensor:
+    """Per goal, the probability mass of the candidates with a fact on its topic: a question about a topic that
+    splits the likely candidates (mass near 0.5) tells them apart; one none of them mentions tells little."""
+    has = torch.tensor([[float(any(_on_topic(f, a) for f in c)) for a in actions] for c in candidates])
+    return probs @ has
+
+
+def state_features(scores: torch.Tensor, turn: int, used: list[str | None],
+                   actions: tuple[str, ...] = DEFAULT_ACTIONS,
+                   candidates: Sequence[Sequence[str]] = ()) -> torch.Tensor:
     """The policy's state: the identifier's top-5 probabilities (sorted) and normalised entropy, the turn
-    (one-hot), and which goals were already pursued (a topic asked twice tells less the second time)."""
+    (one-hot), which goals were already pursued (a topic asked twice tells less the second time), and per goal
+    the candidates' probability mass on its topic (:func:`topic_coverage`; zeros when the candidates are not
+    known)."""
     probs = torch.softmax(scores.float(), 0)
     top = torch.zeros(TOP)
     k = min(TOP, len(probs))
@@ -46,10 +67,11 @@ def state_features(scores: torch.Tensor, turn: int, used: list[str | None],
     when = torch.zeros(MAX_TURNS)
     when[min(turn, MAX_TURNS - 1)] = 1
     done = torch.tensor([float(a in used) for a in actions])
-    return torch.cat([top, torch.tensor([entropy]), when, done])
+    coverage = topic_coverage(probs, candidates, actions) if len(candidates) else torch.zeros(len(actions))
+    return torch.cat([top, torch.tensor([entropy]), when, done, coverage])
 
 
-FEATURES = TOP + 1 + MAX_TURNS + len(DEFAULT_ACTIONS)
+FEATURES = TOP + 1 + MAX_TURNS + 2 * len(DEFAULT_ACTIONS)
 
 
 class QNetwork(ConfigModule, nn.Module):
@@ -80,7 +102,7 @@ class LearnedPolicy:
         if self.epsilon and self.rng.random() < self.epsilon:
             return self.rng.choice(self.actions)
         with torch.inference_mode():
-            q = self.network(state_features(view.scores, view.turn, view.used, self.actions))
+            q = self.network(state_features(view.scores, view.turn, view.used, self.actions, view.candidates))
         return self.actions[int(q.argmax())]
 
 

@@ -49,7 +49,7 @@ def _head(path: Path | None, model_name: str | None, required: bool = True):
 
 
 def _policy_network(path: Path | None):
-    from personagpt.auth.policies import QNetwork, packaged_policy_path
+    from personagpt.auth.policies import FEATURES, QNetwork, packaged_policy_path
 
     chosen = path or packaged_policy_path()
     if not chosen.is_file():
@@ -57,9 +57,13 @@ def _policy_network(path: Path | None):
             raise UserError(f"{path}: no such policy file")
         return None
     try:
-        return QNetwork.load(chosen)
+        network = QNetwork.load(chosen)
     except Exception as e:
         raise UserError(f"{chosen}: not a policy file ({type(e).__name__})") from None
+    if network.config["features"] != FEATURES:
+        raise UserError(f"{chosen}: made by an older PersonaGPT (a state of {network.config['features']} features, "
+                        f"now {FEATURES}); train a new one with `personagpt auth train`")
+    return network
 
 
 def _pool(data: Path | None) -> tuple[Path, list[list[str]]]:
@@ -484,7 +488,7 @@ def interact(
                                                 sampling=SamplingConfig(max_new_tokens=max_new_tokens))
         prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
         for turn in range(turns):
-            goal = policy.choose(View(turn, scores, used)) if policy is not None else rng.choice(DEFAULT_ACTIONS)
+            goal = policy.choose(View(turn, scores, used, candidates=people)) if policy is not None else rng.choice(DEFAULT_ACTIONS)
             used.append(goal)
             interviewer.set_action(goal)
             question = interviewer.respond()
