@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from personagpt.cli import app
 from personagpt.data import ControlRecord, Dialogue, load_control_records
+from personagpt.errors import SettingsError
 from personagpt.generation import SamplingConfig
 from personagpt.selftrain import harvest, merge_control_records, read_attempts, verdict
 
@@ -62,6 +65,11 @@ def test_harvest_logs_every_attempt_and_resumes(tiny_model, fmt, tmp_path):
     assert second[GOAL]["kept"] <= 3
     kept = [a.response for a in read_attempts(log) if a.verdict == "kept"]
     assert len(kept) == len(set(kept))
+    with open(log, "a") as other:  # another harvest holds the log
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(SettingsError, match="another harvest"):
+            harvest(tiny_model, fmt, dialogues(), [GOAL], log, per_goal=9, labeler=LongRepliesFulfilTheGoal(),
+                    progress=False)
 
 
 def test_build_selftrain_data_cli(tiny_checkpoint, tmp_path):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from personagpt.data import ControlRecord, DataError, Dialogue
+from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS
 
 
@@ -116,6 +117,7 @@ def harvest(model, fmt, dialogues: Sequence[Dialogue], goals: Sequence[str], log
     kept = {goal: {normalise(a.response) for a in done if a.goal == goal and a.verdict == "kept"} for goal in goals}
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
+        _lock(log, log_path)
         for goal in goals:
             limit = max_attempts if max_attempts is not None else 20 * per_goal
             bar = tqdm(total=per_goal, initial=min(counts[goal]["kept"], per_goal), desc=f"harvest {goal}",
@@ -143,6 +145,18 @@ def harvest(model, fmt, dialogues: Sequence[Dialogue], goals: Sequence[str], log
                     bar.update(1)
             bar.close()
     return counts
+
+
+def _lock(handle, path) -> None:
+    """One harvest per log: a second one appending to it would interleave and repeat contexts."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise SettingsError(f"{path} is being written by another harvest; wait for it or use another --log") from None
 
 
 def merge_control_records(base: Sequence[ControlRecord], extra: Sequence[ControlRecord], cap: int,
