@@ -441,8 +441,9 @@ def interact(
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
 ) -> None:
-    """Be interviewed: the interviewer asks (its goal from the learned policy), you answer, and after every answer
-    the three likeliest of K candidate personas are shown. Without --claim you are given a persona to play; with
+    """Be interviewed: the interviewer asks (its goal from the learned policy, else a random goal), you answer, and
+    after every answer the three likeliest of K candidate personas are shown (judged by the policy's identifier,
+    else the sentence identifier). Without --claim you are given a persona to play; with
     --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
     with friendly_errors():
         import random
