@@ -180,18 +180,14 @@ class GoalLabeler:
                 for k, sentence in enumerate(ss):
                     if goal.kind == "ask" and not asks_partner(sentence):
                         continue
-                    on_topic = self._lexical(sentence, goal) or (
+                    topical = on_topic(sentence, goal) or (
                         similarity is not None and float(similarity[row + k, j]) >= self.threshold)
-                    if on_topic:
+                    if topical:
                         found.add(goal.text)
                         break
             results.append(found)
             row += len(ss)
         return results
-
-    @staticmethod
-    def _lexical(sentence: str, goal: Goal) -> bool:
-        return on_topic(sentence, goal)
 
     def _similarities(self, flat: list[str], goals: list[Goal]) -> torch.Tensor:
         """Cosine similarity of each sentence to each goal's example sentences: [sentences, goals].

@@ -78,15 +78,21 @@ class PooledEncoder:
         return self.encode_ids([self.fmt.utterance(t) for t in texts])
 
     def personas(self, personas: Sequence[Sequence[str]]) -> torch.Tensor:
-        keys = [tuple(p) for p in personas]
-        with self._lock:
-            missing = list(dict.fromkeys(k for k in keys if k not in self._personas))
-        if missing:
-            encoded = self.encode_ids([self.fmt.facts(k) for k in missing])
-            with self._lock:
-                self._personas.update(zip(missing, encoded))
-        with self._lock:
-            return torch.stack([self._personas[k] for k in keys])
+        return cached_rows(self._personas, self._lock, [tuple(p) for p in personas],
+                           lambda missing: self.encode_ids([self.fmt.facts(k) for k in missing]))
+
+
+def cached_rows(cache: dict, lock: threading.Lock, keys: Sequence, encode) -> torch.Tensor:
+    """Rows for ``keys`` from ``cache``, encoding the missing ones in one batch (thread-safe; interviews run in
+    threads)."""
+    with lock:
+        missing = list(dict.fromkeys(k for k in keys if k not in cache))
+    if missing:
+        encoded = encode(missing)
+        with lock:
+            cache.update(zip(missing, encoded))
+    with lock:
+        return torch.stack([cache[k] for k in keys])
 
 
 class IdentifierHead(ConfigModule, nn.Module):
@@ -153,14 +159,7 @@ class FactEmbeddings:
         self._lock = threading.Lock()
 
     def facts(self, facts: Sequence[str]) -> torch.Tensor:
-        with self._lock:
-            missing = list(dict.fromkeys(f for f in facts if f not in self._facts))
-        if missing:
-            encoded = self.embedder.encode(missing)
-            with self._lock:
-                self._facts.update(zip(missing, encoded))
-        with self._lock:
-            return torch.stack([self._facts[f] for f in facts])
+        return cached_rows(self._facts, self._lock, list(facts), self.embedder.encode)
 
     def sentences(self, text: str) -> torch.Tensor:
         from personagpt.control import sentences

@@ -135,7 +135,8 @@ def train_identifier(
                 _, pool = _training_personas(seed, 200)
                 truths = random.Random(seed + 1).sample(pool, selfplay)
                 sets = candidate_sets(truths, pool, 2, seed + 1)[len(episodes):]
-                env = SelfPlay(loaded, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
+                env = SelfPlay(loaded, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
+                               sentence=False)  # scored later by the head being trained
                 bar = tqdm(total=len(sets), desc="self-play", unit="interview")
                 try:
                     episodes += env.play(sets, RandomPolicy(seed=seed), seed, lambda _: bar.update(1))
