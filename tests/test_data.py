@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from personagpt.data import DataError, Dialogue, load_dialogues, load_personas, parse_convai2, read_facts_file, write_jsonl
+from personagpt.data import DataError, Dialogue, load_dialogues, load_personas, parse_convai2, persona_fact, read_facts_file, write_jsonl
 
 from conftest import PERSONACHAT
 
@@ -100,5 +100,8 @@ def test_real_training_files():
 def test_personas_and_facts_files(tmp_path):
     personas = load_personas(PERSONACHAT / "personas_train.jsonl")
     assert len(personas) == 17878 and all(3 <= len(p) <= 5 for p in personas)
+    # the list detaches the final full stop ("i like to hunt ."); the model learned facts with it attached
+    assert not any(f.endswith((" .", " !", " ?")) for p in personas for f in p)
+    assert persona_fact(" i am in college . ") == "i am in college." and persona_fact("hi , you .") == "hi , you."
     facts = write(tmp_path, "i like dogs.\n\n  i am tall.  \n", "facts.txt")
     assert read_facts_file(facts) == ["i like dogs.", "i am tall."]

@@ -168,7 +168,11 @@ class FactEmbeddings:
 
 
 class SentenceIdentifier:
-    def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 10.0) -> None:
+    """``scale`` turns summed cosines into logits: 5 gave the true persona the highest mean log-probability over
+    turns 1-8 (-1.37; 10: -1.73, 3: -1.51) in 32 random-goal self-play interviews on training personas, so the
+    probabilities the policy sees and is rewarded by are calibrated rather than overconfident."""
+
+    def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 5.0) -> None:
         self.encoder, self.scale = encoder, scale
         facts = [f for c in candidates for f in c]
         self.facts = encoder.facts(facts)

@@ -425,7 +425,9 @@ def _read_claim(path: Path) -> list[str]:
     facts = value.get("persona") if isinstance(value, dict) else value
     if not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
         raise UserError(f'{path}: a claim is a JSON list of persona facts (strings), or {{"persona": [...]}}')
-    return [f.strip() for f in facts]
+    from personagpt.data import persona_fact
+
+    return [persona_fact(f) for f in facts]
 
 
 @app.command("interact")
