@@ -11,7 +11,7 @@ from personagpt.auth.env import Episode, View, candidate_sets, interview, rank_o
 from personagpt.auth.identify import (EmbeddingIdentifier, FactEmbeddings, IdentifierHead, PooledEncoder,
                                       SentenceIdentifier)
 from personagpt.auth.learn import DQNConfig, TurnEmbeddings, identification_hits, train_identifier_head, train_policy
-from personagpt.auth.measure import claims, error_rates, hits_by_turn, roc_auc, threshold_for, turns_to, wilson
+from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_difference, roc_auc, threshold_for, turns_to, wilson
 from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, NoGoalPolicy, baseline_policies
 from personagpt.cli import app
 from personagpt.data import default_data_dir, load_dialogues
@@ -184,6 +184,13 @@ def test_hits_by_turn_and_intervals():
     assert [r["hits1"] for r in rows] == [0.25, 0.75]
     assert rows[0]["low"] < 0.25 < rows[0]["high"] and turns_to(rows) == 2
     assert wilson(0, 10)[0] == 0.0 and 0 < wilson(0, 10)[1] < 0.35
+    # paired: the same interviews, one policy finds the truth in two more of four at turn 1, in none more at turn 2
+    better = [episode([0, 0]), episode([0, 0]), episode([1, 1]), episode([0, 0])]
+    rows = paired_difference(better, [episode([0, 0]), episode([1, 0]), episode([1, 1]), episode([1, 0])], "x")
+    assert rows[0]["points"] == 50.0 and 0.0 <= rows[0]["low"] < 50.0 < rows[0]["high"] <= 100.0
+    assert rows[1] == {"turn": 2, "points": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError):
+        paired_difference(better, better[:2], "x")
 
 
 def test_verification_measures():
@@ -224,6 +231,9 @@ def test_auth_commands(tmp_path):
     assert "| learned |" in result.output and "likelihood identifier" in result.output
     assert "sentence identifier" in result.output and "| learned | sentence@2 |" in result.output
     assert {"sentence", "embedding"} <= set(json.loads((run / "thresholds.json").read_text())["by_identifier"])
+    assert "| learned - random, sentence | turn 1: " in result.output
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert len(saved["paired_vs_random"]["learned - random, likelihood"]) == 2  # turns, on the 2 rescored
     assert (tmp_path / "eval" / "hits_by_turn_embedding.png").is_file()
     assert (tmp_path / "eval" / "hits_by_turn_sentence.png").is_file()
     claim = tmp_path / "claim.json"

@@ -33,6 +33,26 @@ def hits_by_turn(episodes: Sequence[Episode], identifier: str) -> list[dict]:
     return rows
 
 
+def paired_difference(better: Sequence[Episode], baseline: Sequence[Episode], identifier: str,
+                      resamples: int = 4000, seed: int = 0) -> list[dict]:
+    """Per turn: Hits@1 of ``better`` minus ``baseline`` (points), with a 95% paired-bootstrap interval. Both
+    interviewed the same personas against the same distractors (``auth eval`` pairs them by index), so
+    resampling the pairs removes the persona-to-persona spread that separate Wilson intervals carry twice."""
+    import torch
+
+    if len(better) != len(baseline) or not better:
+        raise ValueError("paired_difference needs two equally long, non-empty lists of interviews")
+    a = torch.tensor([[r == 0 for r in e.ranks(identifier)] for e in better], dtype=torch.float)
+    b = torch.tensor([[r == 0 for r in e.ranks(identifier)] for e in baseline], dtype=torch.float)
+    turns = min(a.shape[1], b.shape[1])
+    gap = (a[:, :turns] - b[:, :turns]) * 100
+    rows = torch.randint(len(gap), (resamples, len(gap)), generator=torch.Generator().manual_seed(seed))
+    means = gap[rows].mean(1)  # [resamples, turns]
+    low, high = means.quantile(0.025, dim=0), means.quantile(0.975, dim=0)
+    return [{"turn": t + 1, "points": float(gap[:, t].mean()), "low": float(low[t]), "high": float(high[t])}
+            for t in range(turns)]
+
+
 def turns_to(rows: Sequence[dict], level: float = 0.5) -> int | None:
     """The first turn whose Hits@1 reaches ``level``, or None."""
     return next((r["turn"] for r in rows if r["hits1"] >= level), None)

@@ -385,6 +385,15 @@ def evaluate(
                        "policy, 95% intervals:")
             typer.echo(markdown_table(table))
             typer.echo(f"(plot: {png})", err=True)
+        paired = _paired_against_random(results)
+        if paired:
+            saved = json.loads((out / "results.json").read_text())
+            (out / "results.json").write_text(json.dumps(saved | {"paired_vs_random": paired}, indent=1))
+            typer.echo("\npaired with random (the same personas and distractors): Hits@1 difference in points "
+                       "[95% paired bootstrap]")
+            for key, rows in paired.items():
+                typer.echo(f"| {key} | " + " | ".join(f"turn {r['turn']}: {r['points']:+.1f} [{r['low']:+.1f}, "
+                                                      f"{r['high']:+.1f}]" for r in rows) + " |")
         typer.echo("\nverification (half true claims, half false): ROC AUC; FAR / FRR at the calibrated threshold")
         typer.echo("| policy | identifier@turn | AUC | FAR | FRR |\n|---|---|---:|---:|---:|")
         for name, r in results.items():
@@ -393,6 +402,26 @@ def evaluate(
                          else "- | -")
                 typer.echo(f"| {name} | {key} | {v['auc']:.3f} | {rates} |")
         typer.echo(f"Wrote {out / 'results.json'}", err=True)
+
+
+def _paired_against_random(results: dict) -> dict[str, list[dict]]:
+    """{"policy vs random, identifier": per-turn paired differences} for every policy run beside random."""
+    from personagpt.auth.env import Episode
+    from personagpt.auth.measure import paired_difference
+
+    if "random" not in results:
+        return {}
+    base = [Episode.from_json(e) for e in results["random"]["episodes"]]
+    out = {}
+    for name, r in results.items():
+        if name == "random":
+            continue
+        episodes = [Episode.from_json(e) for e in r["episodes"]]
+        for ident in r["by_turn"]:
+            pairs = [(a, b) for a, b in zip(episodes, base) if a.scores.get(ident) and b.scores.get(ident)]
+            if pairs:
+                out[f"{name} - random, {ident}"] = paired_difference(*zip(*pairs), ident)
+    return out
 
 
 def _thresholds(path: Path | None, k: int) -> dict:
