@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from personagpt.auth.env import Episode, View, candidate_sets, interview, rank_of, rescore
 from personagpt.auth.identify import (EmbeddingIdentifier, FactEmbeddings, IdentifierHead, PooledEncoder,
                                       SentenceIdentifier)
-from personagpt.auth.learn import DQNConfig, TurnEmbeddings, identification_hits, train_identifier_head, train_policy
+from personagpt.auth.learn import (DQNConfig, TurnEmbeddings, identification_hits, refit_policy,
+                                   train_identifier_head, train_policy)
 from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_difference, roc_auc, threshold_for, turns_to, wilson
 from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, NoGoalPolicy, baseline_policies
 from personagpt.cli import app
@@ -159,6 +160,10 @@ def test_dqn_learns_the_revealing_question_and_resumes(tmp_path):
     train_policy(lambda p, n, r: (seen.append(r), env.collect(p, n, r))[1], tmp_path, "scripted",
                  DQNConfig(rounds=13, episodes_per_round=5, updates_per_round=5, seed=0))
     assert seen == [12]
+    # refitted on that run's replay buffer alone, with no discount: the same revealing question first
+    refitted, losses = refit_policy(tmp_path / "checkpoint.pt", DQNConfig(gamma=0.0, seed=1), 600)
+    assert refitted.guide == "scripted" and len(losses) == 600
+    assert LearnedPolicy(refitted).choose(View(0, torch.zeros(5), [])) == "ask about pets."
 
 
 def test_policy_state_sees_which_topics_split_the_likely_candidates():
@@ -232,6 +237,12 @@ def test_auth_commands(tmp_path):
     assert "sentence identifier" in result.output and "| learned | sentence@2 |" in result.output
     assert {"sentence", "embedding"} <= set(json.loads((run / "thresholds.json").read_text())["by_identifier"])
     assert "| learned - random, sentence | turn 1: " in result.output
+    refit = runner.invoke(app, ["auth", "refit", "--run", str(run), "--updates", "50", "--calibration", "0",
+                                "--out", str(tmp_path / "refit")])
+    assert refit.exit_code == 0, refit.output
+    assert json.loads((tmp_path / "refit" / "refit.json").read_text())["gamma"] == 0.0
+    missing = runner.invoke(app, ["auth", "refit", "--run", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no such file" in missing.output and "Traceback" not in missing.output
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert len(saved["paired_vs_random"]["learned - random, likelihood"]) == 2  # turns, on the 2 rescored
     assert (tmp_path / "eval" / "hits_by_turn_embedding.png").is_file()

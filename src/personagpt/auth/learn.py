@@ -165,6 +165,57 @@ def transitions(episode: Episode, identifier: str, actions: tuple[str, ...] = DE
     return out
 
 
+def td_updates(network: QNetwork, target: QNetwork, optimizer, buffer: Sequence[tuple], rng: random.Random,
+               config: DQNConfig, updates: int, steps: int) -> tuple[list[float], int]:
+    """``steps`` Huber TD updates on minibatches drawn from ``buffer`` (target: reward + gamma * max Q of the
+    target network at the next state; none after the last turn), the target copied every ``target_sync``
+    updates. Returns the losses and the running update count."""
+    network.train()
+    losses = []
+    for _ in range(steps if buffer else 0):
+        batch = [buffer[rng.randrange(len(buffer))] for _ in range(min(config.batch_size, len(buffer)))]
+        states, chosen, rewards, following, done = zip(*batch)
+        q = network(torch.stack(states)).gather(1, torch.tensor(chosen).unsqueeze(1)).squeeze(1)
+        with torch.no_grad():
+            future = target(torch.stack(following)).max(1).values * (1 - torch.tensor(done, dtype=torch.float))
+            wanted = torch.tensor(rewards) + config.gamma * future
+        loss = nn.functional.smooth_l1_loss(q, wanted)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        updates += 1
+        if updates % config.target_sync == 0:
+            target.load_state_dict(network.state_dict())
+    network.eval()
+    return losses, updates
+
+
+def refit_policy(checkpoint: Path, config: DQNConfig, steps: int, guide: str | None = None,
+                 progress: Callable[[int, float], None] | None = None) -> tuple[QNetwork, list[float]]:
+    """A fresh Q-network fitted on the replay buffer a :func:`train_policy` run saved (no new self-play): e.g.
+    with ``gamma = 0`` it learns each goal's expected gain at the next answer from everything that run played.
+    ``guide``: the identifier that run was rewarded by (default: as recorded in the checkpoint). Returns the
+    network and the loss per update."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    guide = guide or saved.get("guide")
+    if guide is None:
+        raise ValueError(f"{checkpoint} does not record its identifier; name it")
+    actions = saved["network"]["net.4.weight"].shape[0]
+    torch.manual_seed(config.seed)
+    network, target = (QNetwork(actions=actions, guide=guide) for _ in range(2))
+    target.load_state_dict(network.state_dict())
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr)
+    rng = random.Random(config.seed)
+    losses: list[float] = []
+    for start in range(0, steps, 100):
+        chunk, _ = td_updates(network, target, optimizer, saved["buffer"], rng, config, start, min(100, steps - start))
+        losses += chunk
+        if progress:
+            progress(start + len(chunk), sum(chunk) / max(1, len(chunk)))
+    return network, losses
+
+
 def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], out: Path, identifier: str,
                  config: DQNConfig = DQNConfig(), actions: tuple[str, ...] = DEFAULT_ACTIONS,
                  resume: bool = True, progress: Callable[[dict], None] | None = None,
@@ -201,23 +252,8 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
                            config.episodes_per_round, round_index)
         played = [transitions(e, identifier, actions) for e in episodes]
         buffer += [t for steps in played for t in steps]
-        network.train()
-        losses = []
-        for _ in range(config.updates_per_round if buffer else 0):
-            batch = [buffer[rng.randrange(len(buffer))] for _ in range(min(config.batch_size, len(buffer)))]
-            states, chosen, rewards, following, done = zip(*batch)
-            q = network(torch.stack(states)).gather(1, torch.tensor(chosen).unsqueeze(1)).squeeze(1)
-            with torch.no_grad():
-                future = target(torch.stack(following)).max(1).values * (1 - torch.tensor(done, dtype=torch.float))
-                wanted = torch.tensor(rewards) + config.gamma * future
-            loss = nn.functional.smooth_l1_loss(q, wanted)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            updates += 1
-            if updates % config.target_sync == 0:
-                target.load_state_dict(network.state_dict())
+        losses, updates = td_updates(network, target, optimizer, buffer, rng, config, updates,
+                                     config.updates_per_round)
         returns = [sum(t[2] for t in steps) for steps in played]
         final_hits = [e.ranks(identifier)[-1] == 0 for e in episodes if e.scores[identifier]]
         entry = {"round": round_index + 1, "epsilon": round(epsilon, 3), "episodes": len(episodes),
@@ -225,7 +261,7 @@ def train_policy(collect: Callable[[LearnedPolicy, int, int], list[Episode]], ou
                  "final_hits1": sum(final_hits) / max(1, len(final_hits)),
                  "td_loss": sum(losses) / max(1, len(losses)), "buffer": len(buffer)}
         log.append(entry)
-        atomic_torch_save({"network": network.state_dict(), "target": target.state_dict(),
+        atomic_torch_save({"network": network.state_dict(), "target": target.state_dict(), "guide": identifier,
                            "optimizer": optimizer.state_dict(), "buffer": buffer, "log": log, "updates": updates,
                            "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "config": asdict(config)},
                           checkpoint)

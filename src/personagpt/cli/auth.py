@@ -224,8 +224,6 @@ def train(
 
         from personagpt.auth.env import candidate_sets
         from personagpt.auth.learn import DQNConfig, plot_training, train_policy
-        from personagpt.auth.measure import claims, threshold_for
-        from personagpt.auth.policies import LearnedPolicy
 
         guide = _guide(guide)
         held, pool = _training_personas(seed, 200)
@@ -267,20 +265,92 @@ def train(
             log = json.loads((out / "log.json").read_text())
             plot_training(log, out / "training.png")
             if calibration:
-                sets = candidate_sets(held[:calibration], held + pool, candidates, seed + 7)
-                bar = tqdm(total=len(sets), desc="calibrating", unit="interview")
-                episodes_ = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1), guide)
-                bar.close()
-                thresholds = {name: {str(t): threshold_for(*claims(episodes_, name, t, seed), false_accept)
-                                     for t in range(1, turns + 1)} for name in env.identifiers}
-                (out / "thresholds.json").write_text(json.dumps({
-                    "identifier": guide, "k": candidates, "false_accept": false_accept,
-                    "interviews": len(episodes_), "by_turn": thresholds[guide], "by_identifier": thresholds},
-                    indent=1))
+                _calibrate(env, network, held[:calibration], held + pool, candidates, turns, false_accept, seed,
+                           out / "thresholds.json")
         finally:
             env.close()
         typer.echo(f"Wrote {out / 'policy.pt'}, {out / 'training.png'}"
                    + (f", {out / 'thresholds.json'}" if calibration else ""), err=True)
+
+
+def _calibrate(env, network, truths, pool, candidates: int, turns: int, false_accept: float, seed: int,
+               path: Path) -> None:
+    """Accept thresholds per turn for every identifier, from interviews of ``truths`` (held out from training)
+    run by the learned policy: for each turn, the lowest claim probability that keeps false accepts at most
+    ``false_accept``."""
+    from tqdm.auto import tqdm
+
+    from personagpt.auth.env import candidate_sets
+    from personagpt.auth.measure import claims, threshold_for
+    from personagpt.auth.policies import LearnedPolicy
+
+    sets = candidate_sets(truths, pool, candidates, seed + 7)
+    bar = tqdm(total=len(sets), desc="calibrating", unit="interview")
+    episodes = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1), network.guide)
+    bar.close()
+    thresholds = {name: {str(t): threshold_for(*claims(episodes, name, t, seed), false_accept)
+                         for t in range(1, turns + 1)} for name in env.identifiers}
+    path.write_text(json.dumps({"identifier": network.guide, "k": candidates, "false_accept": false_accept,
+                                "interviews": len(episodes), "by_turn": thresholds[network.guide],
+                                "by_identifier": thresholds}, indent=1))
+
+
+@app.command("refit")
+def refit(
+    run: Annotated[Path, typer.Option(help="An `auth train` run directory (its checkpoint.pt holds the replay "
+                                           "buffer).")] = Path("runs/auth/policy"),
+    gamma: Annotated[float, typer.Option(min=0.0, max=1.0, help="Discount: 0 learns each goal's expected gain at "
+                                                                "the next answer only (no bootstrapping).")] = 0.0,
+    updates: Annotated[int, typer.Option(min=1, help="Gradient steps (minibatches of 64 transitions).")] = 4000,
+    model: ModelOpt = None,
+    identifier: IdentifierOpt = None,
+    turns: TurnsOpt = 8,
+    candidates: KOpt = 20,
+    max_new_tokens: MaxNewOpt = 32,
+    calibration: Annotated[int, typer.Option(min=0, help="Interviews (held-out training personas) to calibrate "
+                                                         "the accept threshold on, with the refitted policy.")] = 200,
+    false_accept: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate to calibrate for.")] = 0.05,
+    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side (calibration).")] = 32,
+    out: Annotated[Path, typer.Option(help="Where policy.pt (and thresholds.json) go.")] = Path("runs/auth/refit"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Fit a new policy on the self-play an `auth train` run already played (its replay buffer), without playing
+    more: a different discount (e.g. --gamma 0, each goal judged by the next answer's gain alone) or more updates.
+    Then calibrates the accept thresholds with it, as `auth train` does."""
+    with friendly_errors():
+        from tqdm.auto import tqdm
+
+        from personagpt.auth.learn import DQNConfig, refit_policy
+
+        checkpoint = run / "checkpoint.pt"
+        if not checkpoint.is_file():
+            raise UserError(f"{checkpoint}: no such file (run `personagpt auth train --out {run}` first)")
+        recorded = _policy_network(run / "policy.pt") if (run / "policy.pt").is_file() else None
+        bar = tqdm(total=updates, desc="fitting", unit="update")
+        try:
+            network, losses = refit_policy(checkpoint, DQNConfig(gamma=gamma, seed=seed), updates,
+                                           recorded.guide if recorded is not None else None,
+                                           lambda done, loss: (bar.update(done - bar.n), bar.set_postfix(loss=f"{loss:.4f}")))
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"{checkpoint}: cannot refit from it ({e})") from None
+        finally:
+            bar.close()
+        out.mkdir(parents=True, exist_ok=True)
+        network.save(out / "policy.pt")
+        (out / "refit.json").write_text(json.dumps({"run": str(run), "gamma": gamma, "updates": updates,
+                                                    "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}))
+        typer.echo(f"Wrote {out / 'policy.pt'} (guide: {network.guide}, gamma {gamma}, {updates} updates)", err=True)
+        if calibration:
+            held, pool = _training_personas(seed, 200)
+            env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
+                             need_head=network.guide == "embedding")
+            try:
+                _calibrate(env, network, held[:calibration], held + pool, candidates, turns, false_accept, seed,
+                           out / "thresholds.json")
+            finally:
+                env.close()
+            typer.echo(f"Wrote {out / 'thresholds.json'}", err=True)
 
 
 POLICIES = ("random", "round-robin", "no-goal", "learned", "lookahead")
