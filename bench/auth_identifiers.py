@@ -8,6 +8,7 @@ exchange's update. The likelihood identifier needs K rows of the dialogue model 
 a subset rather than inside ``auth eval`` (``--likelihood`` there does the same, slowly).
 
     python bench/auth_identifiers.py runs/auth/eval/results.json [--interviews 12] [--identifiers sentence embedding]
+        [--head runs/auth/identifier.pt]
 
 ``--gold N`` instead ranks on N validation dialogues as they were written (the persona owner's own turns as the
 answers, 20 candidates from the split's personas): no generation, so it shows the identifiers apart from the
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--interviews", type=int, default=12)
     parser.add_argument("--gold", type=int, default=0, help="Rank on this many validation dialogues instead.")
     parser.add_argument("--identifiers", nargs="+", default=["likelihood", "embedding", "sentence"])
+    parser.add_argument("--head", type=Path, default=None,
+                        help="Embedding identifier head (default: the shipped one), e.g. a retrained one.")
     args = parser.parse_args()
     if args.gold:
         saved = {"k": 20}
@@ -64,7 +67,7 @@ def main() -> None:
         print(f"first {args.interviews} interviews per policy of {args.results}")
     model, fmt = load_chat_model(None)
     model.eval()
-    encoder, head, facts = PooledEncoder(model, fmt), IdentifierHead.load(packaged_head_path()), FactEmbeddings()
+    encoder, head, facts = PooledEncoder(model, fmt), IdentifierHead.load(args.head or packaged_head_path()), FactEmbeddings()
     makers = {"likelihood": lambda c: LikelihoodIdentifier(model, fmt, c),
               "embedding": lambda c: EmbeddingIdentifier(encoder, head, c),
               "sentence": lambda c: SentenceIdentifier(facts, c)}
