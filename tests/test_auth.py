@@ -12,7 +12,7 @@ from personagpt.auth.identify import (EmbeddingIdentifier, FactEmbeddings, Ident
                                       SentenceIdentifier)
 from personagpt.auth.learn import (DQNConfig, TurnEmbeddings, identification_hits, refit_policy,
                                    train_identifier_head, train_policy)
-from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_difference, roc_auc, threshold_for, turns_to, wilson
+from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_difference, paired_with, roc_auc, threshold_for, turns_to, wilson
 from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, NoGoalPolicy, baseline_policies
 from personagpt.cli import app
 from personagpt.data import default_data_dir, load_dialogues
@@ -196,6 +196,9 @@ def test_hits_by_turn_and_intervals():
     assert rows[1] == {"turn": 2, "points": 0.0, "low": 0.0, "high": 0.0}
     with pytest.raises(ValueError):
         paired_difference(better, better[:2], "x")
+    base = [episode([0, 0]), episode([1, 0]), episode([1, 1]), episode([1, 0])]
+    assert paired_with({"random": base, "b": better}, "random") == {"b - random, x": rows}
+    assert paired_with({"b": better}, "random") == {}
 
 
 def test_verification_measures():
@@ -243,6 +246,10 @@ def test_auth_commands(tmp_path):
     assert json.loads((tmp_path / "refit" / "refit.json").read_text())["gamma"] == 0.0
     missing = runner.invoke(app, ["auth", "refit", "--run", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no such file" in missing.output and "Traceback" not in missing.output
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint.pt").write_text("junk")
+    junk = runner.invoke(app, ["auth", "refit", "--run", str(tmp_path / "junk"), "--calibration", "0"])
+    assert junk.exit_code == 2 and "cannot refit" in junk.output and "Traceback" not in junk.output
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert len(saved["paired_vs_random"]["learned - random, likelihood"]) == 2  # turns, on the 2 rescored
     assert (tmp_path / "eval" / "hits_by_turn_embedding.png").is_file()

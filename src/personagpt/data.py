@@ -174,7 +174,8 @@ def load_dialogues(path: str | os.PathLike) -> list[Dialogue]:
 def persona_fact(text: str) -> str:
     """A fact in the style the model was trained on: the dialogue files end a persona line with the full stop
     attached ("i like to hunt."), while the persona list detaches it ("i like to hunt ."). Left detached, the bot
-    mostly ignores its facts (self-play on training personas: Hits@1 of 20 after 4 turns 41% vs 62% attached)."""
+    mostly ignores its facts (random-goal self-play, Hits@1 of 20 after 4 turns: 41% on training personas as listed,
+    69% on validation personas, whose facts are attached)."""
     text = text.strip()
     return re.sub(r"\s+([.!?])$", r"\1", text)
 

@@ -197,7 +197,10 @@ def refit_policy(checkpoint: Path, config: DQNConfig, steps: int, guide: str | N
     with ``gamma = 0`` it learns each goal's expected gain at the next answer from everything that run played.
     ``guide``: the identifier that run was rewarded by (default: as recorded in the checkpoint). Returns the
     network and the loss per update."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: torch raises whatever its unpickler met
+        raise ValueError(f"not a checkpoint of `auth train` ({type(e).__name__})") from None
     guide = guide or saved.get("guide")
     if guide is None:
         raise ValueError(f"{checkpoint} does not record its identifier; name it")

@@ -53,6 +53,22 @@ def paired_difference(better: Sequence[Episode], baseline: Sequence[Episode], id
             for t in range(turns)]
 
 
+def paired_with(played: dict[str, Sequence[Episode]], baseline: str) -> dict[str, list[dict]]:
+    """{"policy - baseline, identifier": :func:`paired_difference` per turn} for every other policy, over the
+    interviews both scored with that identifier (e.g. the likelihood identifier ranks only the first N)."""
+    if baseline not in played:
+        return {}
+    out = {}
+    for name, episodes in played.items():
+        if name == baseline:
+            continue
+        for ident in dict.fromkeys(i for e in episodes for i in e.scores):
+            pairs = [(a, b) for a, b in zip(episodes, played[baseline]) if a.scores.get(ident) and b.scores.get(ident)]
+            if pairs:
+                out[f"{name} - {baseline}, {ident}"] = paired_difference(*zip(*pairs), ident)
+    return out
+
+
 def turns_to(rows: Sequence[dict], level: float = 0.5) -> int | None:
     """The first turn whose Hits@1 reaches ``level``, or None."""
     return next((r["turn"] for r in rows if r["hits1"] >= level), None)

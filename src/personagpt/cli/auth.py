@@ -388,7 +388,8 @@ def evaluate(
         from tqdm.auto import tqdm
 
         from personagpt.auth.env import candidate_sets, likelihood_identifiers, rescore
-        from personagpt.auth.measure import claims, error_rates, hits_by_turn, markdown_table, plot, roc_auc
+        from personagpt.auth.measure import (claims, error_rates, hits_by_turn, markdown_table, paired_with, plot,
+                                             roc_auc)
         from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
 
         network = _policy_network(policy_path)
@@ -414,7 +415,7 @@ def evaluate(
         guides = {"learned": network.guide} if network is not None else {}
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
                          need_head="embedding" in guides.values() and "learned" in names)
-        results = {}
+        results, played, paired = {}, {}, {}
         try:
             for name in names:
                 bar = tqdm(total=conversations, desc=name, unit="interview")
@@ -426,6 +427,7 @@ def evaluate(
                     rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
                             bar.update)
                     bar.close()
+                played[name] = episodes
                 results[name] = {"episodes": [e.to_json() for e in episodes], "by_turn": {}, "verification": {}}
                 for ident in IDENTIFIERS:
                     scored = [e for e in episodes if ident in e.scores and e.scores[ident]]
@@ -439,10 +441,11 @@ def evaluate(
                             row |= {"threshold": calibrated[ident][str(t)],
                                     **error_rates(scores, genuine, calibrated[ident][str(t)])}
                         results[name]["verification"][f"{ident}@{t}"] = row
+                paired = paired_with(played, "random")
                 out.mkdir(parents=True, exist_ok=True)  # after every policy: a stopped run keeps the finished ones
                 (out / "results.json").write_text(json.dumps({
                     "conversations": conversations, "k": candidates, "turns": turns, "data": str(split),
-                    "results": results}, indent=1))
+                    "results": results, "paired_vs_random": paired}, indent=1))
         finally:
             env.close()
         for ident in IDENTIFIERS:
@@ -455,10 +458,7 @@ def evaluate(
                        "policy, 95% intervals:")
             typer.echo(markdown_table(table))
             typer.echo(f"(plot: {png})", err=True)
-        paired = _paired_against_random(results)
         if paired:
-            saved = json.loads((out / "results.json").read_text())
-            (out / "results.json").write_text(json.dumps(saved | {"paired_vs_random": paired}, indent=1))
             typer.echo("\npaired with random (the same personas and distractors): Hits@1 difference in points "
                        "[95% paired bootstrap]")
             for key, rows in paired.items():
@@ -472,26 +472,6 @@ def evaluate(
                          else "- | -")
                 typer.echo(f"| {name} | {key} | {v['auc']:.3f} | {rates} |")
         typer.echo(f"Wrote {out / 'results.json'}", err=True)
-
-
-def _paired_against_random(results: dict) -> dict[str, list[dict]]:
-    """{"policy vs random, identifier": per-turn paired differences} for every policy run beside random."""
-    from personagpt.auth.env import Episode
-    from personagpt.auth.measure import paired_difference
-
-    if "random" not in results:
-        return {}
-    base = [Episode.from_json(e) for e in results["random"]["episodes"]]
-    out = {}
-    for name, r in results.items():
-        if name == "random":
-            continue
-        episodes = [Episode.from_json(e) for e in r["episodes"]]
-        for ident in r["by_turn"]:
-            pairs = [(a, b) for a, b in zip(episodes, base) if a.scores.get(ident) and b.scores.get(ident)]
-            if pairs:
-                out[f"{name} - random, {ident}"] = paired_difference(*zip(*pairs), ident)
-    return out
 
 
 def _thresholds(path: Path | None, k: int) -> dict:
