@@ -83,7 +83,7 @@ def test_arrow_keys_edit_the_line_at_a_terminal(tiny_checkpoint, tmp_path):
                                 [b"helo\x1b[Dl\r", b"\x1b[A!\r"])
     assert "Goodbye." in output, output
     record = json.loads(out.read_text())
-    assert record["turns"][0] == "hello" and record["turns"][2] == "hello!"
+    assert record["turns"][0] == "hello" and record["turns"][2] == "hello !"  # saved in the training style
     assert "^[[D" not in output
 
 

@@ -162,3 +162,15 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     assert items[2].text.startswith("Interviewer [talk about music.]:") and items[1].text.startswith("Persona:")
     driver.save_screenshot(str(shots / "page-selfplay-1280x800.png"))
     assert console_errors(driver, allowed=("status of 400",)) == []
+
+
+def test_api_docs_render_offline(server, browser):
+    """/docs is Swagger UI from files in the package: it renders with no network (a CDN page stays blank)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(server.url + "/docs")
+    paths = wait_for(lambda: [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")],
+                     what="the endpoints in Swagger UI")
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/goals", "/v1/selfplay"} <= set(paths)
+    scripts = browser.execute_script("return [...document.scripts].map(s => s.src).filter(Boolean)")
+    assert scripts and all(src.startswith(server.url) for src in scripts)

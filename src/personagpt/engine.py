@@ -68,6 +68,8 @@ class Request:
     prefill_seconds: float = 0.0
     finished_at: float | None = None
     cancelled: bool = False
+    logprobs: int | None = None  # record each token's log-probability and this many top alternatives
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._events: deque = deque()
@@ -215,8 +217,9 @@ class Engine:
 
     def submit(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                generator: torch.Generator | None = None, seed: int | None = None,
-               loop: asyncio.AbstractEventLoop | None = None) -> Request:
-        """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced)."""
+               loop: asyncio.AbstractEventLoop | None = None, logprobs: int | None = None) -> Request:
+        """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced).
+        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives."""
         cfg = sampling or SamplingConfig()
         if cfg.num_beams > 1:
             raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
@@ -228,7 +231,7 @@ class Engine:
         if generator is None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed) if seed is not None else generator.seed()
-        request = Request(list(prompt), cfg, generator, loop, next(self._ids))
+        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs)
         with self._lock:
             if self._stopping:
                 raise PersonaGPTError("the engine is shut down")
@@ -387,6 +390,11 @@ class Engine:
         n = len(request.tokens)
         banned = self._suppress_eos if n < cfg.min_new_tokens else self._suppress
         token = pick_token(logits.float(), cfg, row.seen, banned, request.generator)
+        if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
+            logprobs = logits.float().log_softmax(-1)
+            top = torch.topk(logprobs, request.logprobs) if request.logprobs else None
+            request.token_logprobs.append((float(logprobs[token]), [] if top is None else list(
+                zip(top.indices.tolist(), top.values.tolist()))))
         if request.first_token_at is None:
             request.first_token_at = time.perf_counter()
         request.tokens.append(token)

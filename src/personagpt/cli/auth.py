@@ -11,7 +11,8 @@ import typer
 from personagpt.cli.common import UserError, friendly_errors, load
 from personagpt.cli.options import DeviceOpt, ModelOpt
 
-app = typer.Typer(help="Persona authentication: interviews that identify who the partner is.", no_args_is_help=True)
+app = typer.Typer(help="Persona authentication: interviews that identify who the partner is.", no_args_is_help=True,
+                  rich_markup_mode=None)
 
 TurnsOpt = Annotated[int, typer.Option(min=1, help="Exchanges per interview.")]
 KOpt = Annotated[int, typer.Option("-k", "--candidates", min=2, help="Candidate personas (true + distractors).")]
@@ -362,7 +363,7 @@ def evaluate(
     policy: Annotated[Optional[list[str]], typer.Option("--policy", help=f"{', '.join(POLICIES)} (repeatable; "
                       "default: all but lookahead, learned only when a policy is shipped or given). lookahead tries "
                       "all 11 goals every turn and keeps the best for the truth: an 11x dearer oracle.")] = None,
-    conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (the issue's measure: >= 300).")] = 300,
+    conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (300 or more for figures worth comparing).")] = 300,
     likelihood: Annotated[int, typer.Option(min=0, help="Also rank with the likelihood identifier (the dialogue "
                                                         "model; K rows per turn: about a minute per interview on a "
                                                         "2-core CPU) on the first N interviews of each policy.")] = 0,

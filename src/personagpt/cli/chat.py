@@ -21,6 +21,7 @@ from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileO
 from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.sampling import SamplingConfig
+from personagpt.text import DisplayStream, to_model
 
 COMMANDS = """Commands:
   /help              this list
@@ -136,7 +137,7 @@ class ChatSession:
                 typer.echo("(type a message, /help for commands, or press Ctrl-D to end the chat)")
                 continue
             try:
-                self.conversation.add_turn(text)
+                self.conversation.add_turn(to_model(text))
             except ContextOverflowError:
                 typer.echo(f"That message is too long for the model's context ({len(text)} characters); "
                            "please say it in fewer words.")
@@ -158,15 +159,31 @@ class ChatSession:
             except UserError as e:
                 typer.echo(f"{e}.")
 
-    def bot_turn(self, label: str) -> None:
-        """Stream the bot's reply to the terminal as it is decoded."""
+    def bot_turn(self, label: str) -> bool:
+        """Stream the bot's reply to the terminal as it is decoded (with natural spacing). Ctrl-C stops this
+        reply only: the cut-off reply is dropped, with the message it answered, so the transcript holds no half
+        turn; returns False then."""
         sys.stdout.write(f"{label}: ")
         sys.stdout.flush()
-        for piece in self.conversation.stream():
-            sys.stdout.write(piece)
+        shown, stream = DisplayStream(), self.conversation.stream()
+        turns_before = len(self.conversation.turns)
+        try:
+            for piece in stream:
+                sys.stdout.write(shown.push(piece))
+                sys.stdout.flush()
+            sys.stdout.write(shown.flush() + "\n")
             sys.stdout.flush()
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+            return True
+        except KeyboardInterrupt:
+            stream.close()  # records the partial reply, which is then withdrawn
+            del self.conversation.turns[turns_before - (self.mode == 0):]
+            del self.conversation.turn_ids[turns_before - (self.mode == 0):]
+            if self.mode == 0:
+                del self.goals[len(self.conversation.turns):]
+            sys.stdout.write("\n")
+            typer.echo("(reply stopped; it and the message it answered are left out of the conversation. "
+                       "Ctrl-C at the prompt or Ctrl-D ends the chat)")
+            return False
 
     def run(self, num_turns: int, compiling: bool = False) -> None:
         typer.echo(f"{num_turns} turns (--num-turns to change); /help for commands, Ctrl-D or /quit to end.")
@@ -177,12 +194,14 @@ class ChatSession:
                 if self.mode == 0:
                     self.user_turn()
                     started = time.perf_counter()
-                    self.bot_turn("Bot")
+                    if not self.bot_turn("Bot"):
+                        continue
                 else:
                     goal = self.choose_goal()
                     self.conversation.set_action(goal, self.facts)
                     started = time.perf_counter()
-                    self.bot_turn(f"Bot [{goal}]")
+                    if not self.bot_turn(f"Bot [{goal}]"):
+                        continue
                     self.goals.append(goal)
                 if compiling and turns == 0:
                     typer.echo(f"(first reply, with the compilation: {time.perf_counter() - started:.0f} s)", err=True)

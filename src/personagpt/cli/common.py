@@ -75,6 +75,9 @@ class Prompter:
             if self.terminal:
                 try:
                     return input(prompt).strip()
+                except KeyboardInterrupt:  # what is printed next starts on its own line
+                    self.out("\n")
+                    raise
                 except EOFError:
                     self.out("\n")
                     return None

@@ -27,10 +27,16 @@ def export(
     line, and a system line 'goal: TEXT' steers the next reply.
     """
     with friendly_errors():
-        from personagpt.export import export_gguf, export_hf
+        from personagpt.export import GGUF_DTYPES, HF_DTYPES, export_gguf, export_hf
 
         if format not in ("hf", "gguf"):
             raise UserError("--format must be hf or gguf")
+        allowed = list(HF_DTYPES) if format == "hf" else list(GGUF_DTYPES)
+        if dtype is not None and dtype not in allowed:  # checked before the model loads
+            raise UserError(f"--dtype for {format} must be one of {', '.join(allowed)}, not {dtype!r}")
+        if out.exists() and (out.is_dir() if format == "gguf" and out.suffix == ".gguf" else
+                             format == "hf" and not out.is_dir()):
+            raise UserError(f"{out}: exists and is not a {'directory' if format == 'hf' else 'file'}")
         loaded, fmt = load(model, device)
         if format == "hf":
             path = export_hf(loaded, fmt, out, dtype or "float32")

@@ -39,7 +39,8 @@ RandomPersonaOpt = Annotated[bool, typer.Option(
     "--random-persona", help="Draw a random persona (from --personas-path, else the list shipped with the package).")]
 PersonasPathOpt = Annotated[Optional[Path], typer.Option(
     "--personas-path", help="JSONL of persona profiles, one JSON list of facts per line (default: "
-                            "$PERSONAGPT_DATA/personachat/personas_train.jsonl if present, else the packaged list).")]
+                            "personachat/personas_train.jsonl in $PERSONAGPT_DATA if present, else the packaged "
+                            "list).")]
 
 
 def _option(name: str, annotation, default) -> inspect.Parameter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,6 +32,8 @@ def serve(
     = "auto",
     personas_path: PersonasPathOpt = None,
     device: DeviceOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log (one line per request); the "
+                                                              "start-up lines and errors still show.")] = False,
 ) -> None:
     """Serve the bot over HTTP: OpenAI-compatible /v1/chat/completions (with persona and goal extensions,
     streaming), /v1/goals, /v1/personas/random, /v1/selfplay, /health, /metrics, API docs at /docs.
@@ -52,8 +55,17 @@ def serve(
                                   max_queue=max_queue, max_context=max_context,
                                   prefix_cache_tokens=prefix_cache_tokens, api_key=api_key,
                                   cors_origins=list(cors_origin or []), personas_path=personas_path)
-        app = create_app(settings)
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
+
+        def ready(health: dict) -> None:
+            typer.echo(f"Ready on http://{shown}:{port}/ - model {health['model']}, precision "
+                       f"{health['precision']}, max batch {health['max_batch']}, context {health['max_context']} "
+                       "tokens.", err=True)
+
+        def access(line: str) -> None:
+            typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+        app = create_app(settings, on_ready=ready, access_log=None if quiet else access)
         typer.echo(f"PersonaGPT server on http://{shown}:{port}/ (API docs: /docs). Loading the model; /health "
                    "answers 200 once it is ready. Ctrl-C stops.", err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -7,11 +7,14 @@ serve any turn; the engine's prefix cache makes resending the history cheap.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,11 +27,30 @@ from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import Conversation
 from personagpt.sampling import SamplingConfig
-from personagpt.serve.completions import Envelope, Reply, cut_at_stops
+from personagpt.serve.access import AccessLog
+from personagpt.serve.completions import Envelope, Reply, TextReply, cut_at_stops
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
-from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system
+from personagpt.serve.schemas import (MAX_REPLY_TOKENS, ChatRequest, CompletionRequest, SelfPlayRequest,
+                                      resolve_goal, split_system, unsupported_field)
+from personagpt.text import for_people, to_model
+
+API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatible API over one persona bot.
+
+* `POST /v1/chat/completions`: the bot's next reply. Its persona comes from the system message (one fact per line
+  or sentence) or the `persona` field (up to 5 facts); without either it gets one from the packaged Persona-Chat
+  list, the same for every turn of a conversation (chosen by its first message), named in the response's
+  `persona` field. A `goal` (an action code's text, its index 0-10, or free text) steers the reply. Replies use
+  natural spacing; what you send back is converted to the model's training style.
+* `POST /v1/completions`: raw text completion of a prompt in the model's own format (special tokens such as
+  `<|p2|>` are read as such).
+* Limits: `max_tokens` (or `max_completion_tokens`) at most {MAX_REPLY_TOKENS}; prompt plus reply within the
+  server's context (`--max-context`, 1024 by default; older turns are dropped to fit); `n` = 1; `top_logprobs` at
+  most 20; `candidates` (best-of-N) at most 8; request bodies up to 1 MiB; tools, `logit_bias`, penalties and
+  response formats are refused with a 400 naming the field rather than silently ignored.
+* Errors are OpenAI-shaped: `{{"error": {{"message", "type", "param", "code"}}}}`; 503 with `Retry-After` while
+  the model loads or the queue is full."""
 
 
 @dataclass
@@ -56,8 +78,13 @@ class _State:
         self.model_name = "personagpt"
         self.load_error: str | None = None
         self.personas: list[list[str]] = []
+        self.precision = ""
         self._labeler = None
         self._labeler_lock = threading.Lock()
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.model_name, "precision": self.precision,
+                "max_batch": self.engine.max_batch, "max_context": self.engine.capacity}
 
     def goal_accepted(self, goal: str, text: str) -> bool | None:
         """Whether the goal labeler accepts ``text`` as pursuing ``goal`` (the semantic labeler when its encoder
@@ -77,9 +104,11 @@ class _State:
                 return None
 
 
-def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
+def create_app(settings: ServerSettings | None = None, loader=None, on_ready=None, access_log=None) -> FastAPI:
     """The FastAPI app. ``loader()`` returns ``(model, PromptFormat)`` (default: :func:`load_chat_model` of
-    ``settings.model``); it runs in a background thread, and ``/health`` answers 503 until it is done."""
+    ``settings.model``); it runs in a background thread, and ``/health`` answers 503 until it is done. Then
+    ``on_ready(health)`` is called with what ``/health`` reports (model, precision, max batch). ``access_log(line)``
+    gets one line per request."""
     settings = settings or ServerSettings()
     state = _State()
     metrics = Metrics(lambda: state.engine)
@@ -93,10 +122,14 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             model = serving_model(model, settings.precision)
             state.personas = load_personas(resolve_personas_path(settings.personas_path))
             state.model_name = Path(settings.model).name if settings.model else "personagpt-bundled"
+            state.precision = str(model.dtype).removeprefix("torch.")
             state.engine = Engine(model, fmt, max_batch=settings.max_batch, max_queue=settings.max_queue,
                                   capacity=settings.max_context, prefix_cache_tokens=settings.prefix_cache_tokens)
         except Exception as error:  # reported by /health; the process stays up to say so
             state.load_error = f"{type(error).__name__}: {error}"
+            return
+        if on_ready is not None:
+            on_ready(state.health())
 
     async def lifespan(app):
         threading.Thread(target=load, name="personagpt-load", daemon=True).start()
@@ -104,11 +137,12 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         if state.engine is not None:
             state.engine.close()
 
-    app = FastAPI(title="PersonaGPT", version="0.1.0", lifespan=lifespan,
-                  description="Persona-conditioned, controllable chat. OpenAI-compatible `/v1/chat/completions` "
-                              "with `persona` and `goal` extensions.")
+    app = FastAPI(title="PersonaGPT", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=API_DESCRIPTION)
     app.state.personagpt = state
     app.add_middleware(Guard, api_key=settings.api_key, max_body=settings.max_body_bytes, metrics=metrics)
+    if access_log is not None:
+        app.add_middleware(AccessLog, write=access_log)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
@@ -126,7 +160,7 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
         if state.engine is None:
             status = "loading" if state.load_error is None else "error"
             return JSONResponse({"status": status, "error": state.load_error}, status_code=503)
-        return {"status": "ok", "model": state.model_name}
+        return state.health()
 
     @app.get("/v1/models")
     def models():
@@ -148,7 +182,8 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     @app.post("/v1/chat/completions", summary="A reply of the persona bot (streamed with stream=true)")
     async def chat(body: ChatRequest, http: Request):
         eng = engine()
-        facts, turns = _conversation(body)
+        _refuse_unsupported(body)
+        facts, turns = _conversation(body, state.personas)
         cfg = _sampling(body)
         try:
             conversation = Conversation.from_turns(eng.model, eng.fmt, turns, persona=facts, goal=body.goal,
@@ -158,14 +193,47 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
             raise ApiError(400, f"the conversation does not fit the {eng.capacity}-token context: {e}",
                            param="messages") from None
         if cfg.num_candidates > 1:
-            return await _best_of_n(conversation, body, prompt, state.model_name, metrics)
+            if body.logprobs:
+                raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
+            return await _best_of_n(conversation, body, prompt, state.model_name, metrics, facts)
         try:
-            job = eng.submit(prompt, cfg, conversation.generator, loop=asyncio.get_running_loop())
+            job = eng.submit(prompt, cfg, conversation.generator, loop=asyncio.get_running_loop(),
+                             logprobs=(body.top_logprobs or 0) if body.logprobs else None)
         except QueueFullError as e:
             metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
         reply = Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
-                       goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None)
+                      goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
+                      extra={"persona": facts}, http=http)
+        if body.stream:
+            return StreamingResponse(reply.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await reply.whole(http)
+
+    @app.post("/v1/completions", summary="Raw text completion of a prompt in the model's own format")
+    async def completions(body: CompletionRequest, http: Request):
+        eng = engine()
+        _refuse_unsupported(body)
+        cfg = _sampling(body)
+        if isinstance(body.prompt, str):
+            prompt = eng.fmt.tokenizer.encode(body.prompt, add_special_tokens=False)
+            echo = body.prompt if body.echo else ""
+        else:
+            prompt = list(body.prompt)
+            if max(prompt) >= len(eng.fmt.tokenizer) or min(prompt) < 0:
+                raise ApiError(400, f"prompt: token ids must be in 0-{len(eng.fmt.tokenizer) - 1}", param="prompt")
+            echo = eng.fmt.tokenizer.decode(prompt) if body.echo else ""
+        if len(prompt) + cfg.max_new_tokens > eng.capacity:
+            raise ApiError(400, f"the prompt ({len(prompt)} tokens) and max_tokens ({cfg.max_new_tokens}) exceed "
+                                f"the {eng.capacity}-token context", param="prompt")
+        generator = torch.Generator(device=eng.device)
+        generator.manual_seed(body.seed) if body.seed is not None else generator.seed()
+        try:
+            job = eng.submit(prompt, cfg, generator, loop=asyncio.get_running_loop(), logprobs=body.logprobs)
+        except QueueFullError as e:
+            metrics.rejected.inc()
+            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+        reply = TextReply(job, eng.fmt, body.stop or [], state.model_name, metrics, echo=echo, http=http)
         if body.stream:
             return StreamingResponse(reply.events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -181,36 +249,48 @@ def create_app(settings: ServerSettings | None = None, loader=None) -> FastAPI:
     def prometheus():
         return Response(metrics.render(), media_type=metrics.content_type)
 
+    from personagpt.serve.docs import mount_docs
     from personagpt.serve.page import mount_page
 
+    mount_docs(app)  # /docs, offline
     mount_page(app)  # the chat page at /, when the package ships it
     return app
 
 
-async def _best_of_n(conversation: Conversation, body: ChatRequest, prompt: list[int], model: str, metrics):
+async def _best_of_n(conversation: Conversation, body: ChatRequest, prompt: list[int], model: str, metrics,
+                     facts: list[str]):
     """A best-of-N reply (the N samples go through the engine; scoring runs in a worker thread), whole."""
     if conversation.engine.queue_depth + body.candidates > conversation.engine.max_queue:
         metrics.rejected.inc()
         raise ApiError(503, "too many requests are waiting; try again shortly", kind="server_error",
                        headers={"Retry-After": "1"})
-    text = cut_at_stops(await asyncio.to_thread(conversation.respond), body.stop or [])
+    text = cut_at_stops(for_people(await asyncio.to_thread(conversation.respond)), body.stop or [])
     envelope = Envelope(model)
     completion = len(conversation.turn_ids[-1]) - 1
     usage = {"prompt_tokens": len(prompt), "completion_tokens": completion, "total_tokens": len(prompt) + completion}
     if not body.stream:
-        return envelope.whole(text, "stop", usage=usage, candidates=body.candidates)
+        return envelope.whole(text, "stop", usage=usage, candidates=body.candidates, persona=facts)
 
     async def events():
         yield envelope.chunk({"role": "assistant", "content": ""})
         yield envelope.chunk({"content": text})
-        yield envelope.chunk({}, "stop", usage=usage)
+        yield envelope.chunk({}, "stop", usage=usage, persona=facts)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _conversation(body: ChatRequest) -> tuple[list[str], list[str]]:
-    """(persona facts, turns) from the messages; wrong shapes are 400s naming the problem."""
+def _refuse_unsupported(body) -> None:
+    name = unsupported_field(body.model_extra or {})
+    if name is not None:
+        raise ApiError(400, f"{name} is not supported: this server's model writes plain-text replies only; leave "
+                            f"{name} out of the request", param=name)
+
+
+def _conversation(body: ChatRequest, personas: list[list[str]]) -> tuple[list[str], list[str]]:
+    """(persona facts, turns in the model's style) from the messages; wrong shapes are 400s naming the problem.
+    With no persona given, the bot gets one from ``personas``, chosen by the conversation's first message so
+    that every turn of one conversation keeps it."""
     system = [m for m in body.messages if m.role == "system"]
     dialogue = [m for m in body.messages if m.role != "system"]
     parsed = [split_system(m.content) for m in system]
@@ -221,40 +301,47 @@ def _conversation(body: ChatRequest) -> tuple[list[str], list[str]]:
         except ValueError as e:
             raise ApiError(400, str(e), param="messages") from None
     if not body.messages and body.goal is None:
-        raise ApiError(400, "messages must not be empty (only a request with a goal may open the conversation)",
+        raise ApiError(400, 'messages is empty: send at least the user\'s message, e.g. [{"role": "user", '
+                            '"content": "hi!"}] (only a request with a goal may open the conversation)',
                        param="messages")
     if any(m.role == "system" for m in body.messages[len(system):]):
-        raise ApiError(400, "system messages go first", param="messages")
-    for a, b in zip(dialogue, dialogue[1:]):
+        raise ApiError(400, "system messages go first (the persona), before the user and assistant turns",
+                       param="messages")
+    for i, (a, b) in enumerate(zip(dialogue, dialogue[1:]), len(system) + 1):
         if a.role == b.role:
-            raise ApiError(400, f"user and assistant messages must alternate (two {a.role} messages in a row)",
-                           param="messages")
+            raise ApiError(400, f"messages[{i}]: user and assistant messages must alternate (two {a.role} messages "
+                                "in a row)", param=f"messages[{i}]")
     if dialogue and dialogue[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's: the assistant speaks next", param="messages")
+        raise ApiError(400, "the last message must be the user's: the assistant speaks next",
+                       param=f"messages[{len(body.messages) - 1}]")
     if not dialogue and body.goal is None:
-        raise ApiError(400, "no user message (without a goal the bot answers a user)", param="messages")
-    if any(not m.content.strip() for m in dialogue):
-        raise ApiError(400, "messages must not be empty", param="messages")
+        raise ApiError(400, "no user message: add one (without a goal, the bot answers a user)", param="messages")
+    for i, m in enumerate(body.messages):
+        if m.role != "system" and not m.content.strip():
+            raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
+                           param=f"messages[{i}].content")
     facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines]
     if len(facts) > 5:
         raise ApiError(400, f"at most 5 persona facts, got {len(facts)}", param="persona")
-    if not facts and body.goal is None:
-        raise ApiError(400, "the bot needs a persona: a system message with its facts, or the persona field",
-                       param="persona")
-    return [f.strip() for f in facts], [m.content for m in dialogue]
+    if not facts and body.goal is None and personas:
+        opening = dialogue[0].content if dialogue else ""
+        digest = hashlib.sha256(to_model(opening).encode()).digest()
+        facts = personas[int.from_bytes(digest[:8], "big") % len(personas)]
+    return [f.strip() for f in facts], [to_model(m.content) for m in dialogue]
 
 
 def _sampling(body) -> SamplingConfig:
     defaults = SamplingConfig()
     greedy = body.temperature == 0
     min_tokens = getattr(body, "min_tokens", 0)
-    if min_tokens > (body.max_tokens or defaults.max_new_tokens):
+    if min_tokens > (getattr(body, "reply_limit", body.max_tokens) or defaults.max_new_tokens):
         raise ApiError(400, "min_tokens must not exceed max_tokens", param="min_tokens")
+    limit = getattr(body, "reply_limit", body.max_tokens)
     return SamplingConfig(do_sample=not greedy, top_k=defaults.top_k if body.top_k is None else body.top_k,
                           top_p=body.top_p or defaults.top_p,
                           temperature=body.temperature if body.temperature else defaults.temperature,
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
-                          max_new_tokens=body.max_tokens or defaults.max_new_tokens, min_new_tokens=min_tokens,
+                          max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
                           num_candidates=getattr(body, "candidates", 1))
 
 
@@ -274,14 +361,16 @@ async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], h
             raise PersonaGPTError("self-play cancelled")
         role = "interviewer" if transcript.actions[-1] else "persona"
         event = {"turn": (len(transcript.turns) + 1) // 2, "role": role, "goal": transcript.actions[-1],
-                 "text": transcript.turns[-1]}
+                 "text": for_people(transcript.turns[-1])}
         loop.call_soon_threadsafe(events.put_nowait, event)
 
     def run():
         try:
             result = self_play(engine.model, engine.fmt, [persona], policy, body.turns, cfg, seed=body.seed,
                                on_turn=on_turn, engine=engine)[0]
-            loop.call_soon_threadsafe(events.put_nowait, {"transcript": result.to_json()})
+            shown = result.to_json()
+            shown["turns"] = [for_people(t) for t in shown["turns"]]
+            loop.call_soon_threadsafe(events.put_nowait, {"transcript": shown})
         except Exception as error:
             loop.call_soon_threadsafe(events.put_nowait, {"error": str(error)})
 
@@ -318,15 +407,9 @@ def _error_handlers(app: FastAPI) -> None:
                             headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
-        if first.get("type") == "json_invalid":
-            return JSONResponse(error_body("the request body is not valid JSON", "invalid_request_error"), 400)
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = first.get("msg", "invalid request").removeprefix("Value error, ")
-        return JSONResponse(error_body(f"{param}: {message}" if param else message, "invalid_request_error",
-                                       param), status_code=400)
+    async def invalid(request: Request, error: RequestValidationError):
+        message, param = _explain(error.errors()[0] if error.errors() else {}, request.url.path)
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_, error: StarletteHTTPException):
@@ -341,3 +424,31 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def bug(_, error: Exception):
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+
+EXAMPLES = {"/v1/chat/completions": '{"messages": [{"role": "user", "content": "hi!"}]}',
+            "/v1/completions": '{"prompt": "<|p2|>i like dogs.<|endoftext|><|sep|><|start|>hi !<|endoftext|>"}',
+            "/v1/selfplay": '{"turns": 4}'}
+
+
+def _explain(first: dict, path: str) -> tuple[str, str | None]:
+    """A validation error as one sentence that names the field and says what to send."""
+    kind = first.get("type", "")
+    example = EXAMPLES.get(path, "{...}")
+    if kind == "json_invalid":
+        return f"the request body is not valid JSON; send a JSON object such as {example}", "body"
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
+    if param is None:  # the body as a whole
+        if kind == "missing":
+            return (f"the request has no body; send a JSON object (Content-Type: application/json) such as "
+                    f"{example}"), "body"
+        return (f"the request body must be a JSON object (Content-Type: application/json) such as {example}",
+                "body")
+    if kind == "missing":
+        what = {"messages": 'the conversation, e.g. [{"role": "user", "content": "hi!"}]',
+                "role": "system, user or assistant", "content": "the message's text", "prompt": "the text to "
+                "continue"}.get(loc[-1], "a value")
+        return f"{param} is required: send {what}", param
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return f"{param}: {message}", param

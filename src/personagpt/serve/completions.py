@@ -11,6 +11,7 @@ from fastapi import Request
 
 from personagpt.generation import TextStream
 from personagpt.serve.metrics import Metrics
+from personagpt.text import DisplayStream
 
 
 class Envelope:
@@ -21,17 +22,17 @@ class Envelope:
         self.created = int(time.time())
         self.model = model
 
-    def chunk(self, delta: dict, finish: str | None = None, **extra) -> str:
-        """One server-sent ``chat.completion.chunk`` event."""
+    def chunk(self, delta: dict, finish: str | None = None, choice: dict | None = None, **extra) -> str:
+        """One server-sent ``chat.completion.chunk`` event (``choice``: more fields of the choice)."""
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **(choice or {})}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    def whole(self, content: str, finish: str, **extra) -> dict:
+    def whole(self, content: str, finish: str, choice: dict | None = None, **extra) -> dict:
         """A ``chat.completion`` response body."""
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                             "finish_reason": finish}], **extra}
+                             "finish_reason": finish, **(choice or {})}], **extra}
 
 
 def cut_at_stops(text: str, stops: list[str]) -> str:
@@ -64,25 +65,37 @@ class StopScanner:
 
 
 class Reply:
-    """One chat completion being generated: as SSE chunks or as one response body."""
+    """One chat completion being generated: as SSE chunks or as one response body.
 
-    def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics, goal_check=None) -> None:
+    Text reaches the client with natural spacing (:class:`~personagpt.text.DisplayStream`), then stop strings
+    apply. ``extra`` fields (e.g. the persona the bot spoke with) go into the response body or the final chunk.
+    """
+
+    display = True  # natural spacing for people (the raw text completion keeps the model's text)
+
+    def __init__(self, job, fmt, stops: list[str], model: str, metrics: Metrics, goal_check=None,
+                 extra: dict | None = None, http: Request | None = None) -> None:
         self.job, self.fmt, self.metrics, self.goal_check = job, fmt, metrics, goal_check
         self.scanner = StopScanner(stops)
         self.envelope = Envelope(model)
+        self.extra, self.http = extra or {}, http
+        self.sent_tokens = 0  # tokens whose log-probabilities went out
+        self.read_tokens = 0  # tokens whose text has been taken into the pieces so far
 
     async def pieces(self):
         """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
-        text = TextStream(self.fmt)
+        text, shown = TextStream(self.fmt), DisplayStream() if self.display else None
+        show = shown.push if shown else (lambda piece: piece)
         try:
             async for token in self.job.stream():
-                piece = self.scanner.feed(text.push(token))
+                self.read_tokens += 1
+                piece = self.scanner.feed(show(text.push(token)))
                 if piece:
                     yield piece
                 if self.scanner.stopped:
                     self.job.cancel()
                     return
-            piece = self.scanner.feed(text.flush())
+            piece = self.scanner.feed(show(text.flush()) + (shown.flush() if shown else ""))
             if not self.scanner.stopped:
                 piece += self.scanner.flush()
             if piece:
@@ -98,6 +111,24 @@ class Reply:
         return {"prompt_tokens": len(job.prompt), "completion_tokens": len(job.tokens),
                 "total_tokens": len(job.prompt) + len(job.tokens)}
 
+    def logprobs(self, upto: int | None = None) -> dict | None:
+        """OpenAI's ``logprobs`` object for the tokens sent since the last call (eos left out)."""
+        job = self.job
+        if job.logprobs is None:
+            return None
+        upto = len(job.token_logprobs) if upto is None else upto
+        content = []
+        for token, (logprob, top) in zip(job.tokens[self.sent_tokens:upto], job.token_logprobs[self.sent_tokens:upto]):
+            if token != self.fmt.eos_id:
+                content.append({**self._token(token, logprob),
+                                "top_logprobs": [self._token(t, lp) for t, lp in top]})
+        self.sent_tokens = upto
+        return {"content": content}
+
+    def _token(self, token: int, logprob: float) -> dict:
+        text = self.fmt.tokenizer.decode([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
     def timings(self) -> dict:
         """As llama.cpp's server reports them: prompt tokens computed and reused, decoding speed."""
         job = self.job
@@ -109,21 +140,28 @@ class Reply:
                 "queue_ms": round(1000 * ((job.first_token_at or job.submitted) - job.submitted - job.prefill_seconds), 2)}
 
     async def extras(self, content: str) -> dict:
-        """Extension fields of the final chunk or response: usage, timings, and for a goal whether the goal
-        labeler accepts the reply as pursuing it."""
-        extra = {"usage": self.usage(), "timings": self.timings()}
+        """Extension fields of the final chunk or response: usage, timings, the persona, and for a goal whether
+        the goal labeler accepts the reply as pursuing it."""
+        extra = {"usage": self.usage(), "timings": self.timings(), **self.extra}
         if self.goal_check is not None:
             extra["goal_accepted"] = await asyncio.to_thread(self.goal_check, content)
+        if self.http is not None:  # for the access log
+            self.http.state.completion_tokens = len(self.job.tokens)
         return extra
+
+    def _choice_extra(self, upto: int | None = None) -> dict:
+        logprobs = self.logprobs(upto)
+        return {} if logprobs is None else {"logprobs": logprobs}
 
     async def events(self):
         yield self.envelope.chunk({"role": "assistant", "content": ""})
         content = ""
         async for piece in self.pieces():
             content += piece
-            yield self.envelope.chunk({"content": piece})
+            yield self.envelope.chunk({"content": piece}, choice=self._choice_extra(self.read_tokens))
         self.metrics.observe(self.job)
-        yield self.envelope.chunk({}, self.finish_reason(), **await self.extras(content))
+        extra = await self.extras(content)
+        yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), **extra)
         yield "data: [DONE]\n\n"
 
     async def whole(self, http: Request) -> dict:
@@ -140,4 +178,50 @@ class Reply:
         finally:
             watcher.cancel()
         self.metrics.observe(self.job)
-        return self.envelope.whole(content, self.finish_reason(), **await self.extras(content))
+        return self.envelope.whole(content, self.finish_reason(), choice=self._choice_extra(),
+                                   **await self.extras(content))
+
+
+class TextReply(Reply):
+    """A raw text completion (``/v1/completions``): the model's own text, in the legacy ``text_completion``
+    shapes; ``echo`` puts the prompt's text in front."""
+
+    display = False
+
+    def __init__(self, *args, echo: str = "", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.echo = echo
+        self.envelope.id = self.envelope.id.replace("chatcmpl-", "cmpl-")
+
+    def _body(self, text: str, finish: str | None, logprobs: dict | None, **extra) -> dict:
+        return {"id": self.envelope.id, "object": "text_completion", "created": self.envelope.created,
+                "model": self.envelope.model,
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}], **extra}
+
+    def logprobs(self, upto: int | None = None) -> dict | None:
+        chat = super().logprobs(upto)
+        if chat is None:
+            return None
+        tokens = chat["content"]
+        offsets, at = [], len(self.echo)
+        for item in tokens:
+            offsets.append(at)
+            at += len(item["token"])
+        return {"tokens": [t["token"] for t in tokens], "token_logprobs": [t["logprob"] for t in tokens],
+                "top_logprobs": [{a["token"]: a["logprob"] for a in t["top_logprobs"]} for t in tokens],
+                "text_offset": offsets}
+
+    async def events(self):
+        if self.echo:
+            yield f"data: {json.dumps(self._body(self.echo, None, None))}\n\n"
+        async for piece in self.pieces():
+            yield f"data: {json.dumps(self._body(piece, None, self.logprobs(self.read_tokens)))}\n\n"
+        self.metrics.observe(self.job)
+        extra = await self.extras("")
+        yield f"data: {json.dumps(self._body('', self.finish_reason(), self.logprobs(), **extra))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def whole(self, http: Request) -> dict:
+        content = "".join([piece async for piece in self.pieces()])
+        self.metrics.observe(self.job)
+        return self._body(self.echo + content, self.finish_reason(), self.logprobs(), **await self.extras(content))

@@ -10,11 +10,12 @@ from personagpt.serve.metrics import Metrics
 
 
 class Guard:
-    """ASGI middleware: the API key (every path but /health and the page), the body size limit, request counts."""
+    """ASGI middleware: the API key (every path but /health, the page and the API docs), the body size limit,
+    request counts."""
 
     @staticmethod
     def is_open(path: str) -> bool:
-        return path in ("/health", "/") or path.startswith("/static/")
+        return path in ("/health", "/", "/docs", "/openapi.json") or path.startswith(("/static/", "/docs-assets/"))
 
     def __init__(self, app, api_key: str | None, max_body: int, metrics: Metrics) -> None:
         self.app, self.api_key, self.max_body, self.metrics = app, api_key, max_body, metrics

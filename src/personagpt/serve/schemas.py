@@ -14,21 +14,71 @@ MAX_REPLY_TOKENS = 256
 
 
 class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="system (or developer, its newer name): the bot's persona facts; user and assistant alternate.")
+    content: str = Field(description="The text, or a list of text parts ([{\"type\": \"text\", \"text\": ...}]).")
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, content):
+        """OpenAI's list of content parts, joined; only text parts exist for this model."""
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise ValueError(f"only text parts ({{\"type\": \"text\", \"text\": \"...\"}}) are supported, "
+                                     f"not {kind!r}: the model reads text only")
+                texts.append(part["text"])
+            return "\n".join(texts)
+        return content
+
+    @field_validator("role", mode="after")
+    @classmethod
+    def _developer_is_system(cls, role):
+        return "system" if role == "developer" else role
+
+
+# OpenAI request fields that would change the answer and that this server cannot honour, with the values that
+# mean "not used" (those pass). Anything else unknown (user, metadata, store, ...) is ignored.
+UNSUPPORTED = {
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none"),
+    "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+    "prediction": (None,), "web_search_options": (None,), "best_of": (None, 1), "suffix": (None, ""),
+    "echo": (None, False),
+}
+
+
+def unsupported_field(extra: dict) -> str | None:
+    """The first field of ``extra`` (a request's unknown fields) that asks for what this server cannot do."""
+    for name, neutral in UNSUPPORTED.items():
+        if name in extra and extra[name] not in neutral:
+            return name
+    return None
 
 
 class ChatRequest(BaseModel):
     """``POST /v1/chat/completions``. The assistant is the persona bot."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     messages: list[Message] = Field(description="The conversation so far. A system message gives the bot's persona "
-                                                "facts (one per line or sentence); user and assistant messages "
-                                                "alternate and the last one is the user's.")
-    model: str | None = None
+                                                "facts (one per line or sentence; without one, nor the persona "
+                                                "field, the bot gets a persona from the packaged list, the same for "
+                                                "every turn of a conversation, and the response names it); user "
+                                                "and assistant messages alternate and the last one is the user's.")
+    model: str | None = Field(None, description="Ignored: the server has one model.")
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS, description="Longest reply, in tokens (64).")
+    max_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS,
+                                   description=f"Longest reply, in tokens (default 64, at most {MAX_REPLY_TOKENS}).")
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS,
+                                              description="The newer name of max_tokens (the smaller one wins when "
+                                                          "both are given).")
+    logprobs: bool = Field(False, description="Return each reply token's log-probability (under the model, before "
+                                              "sampling settings).")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: this many likeliest "
+                                                                    "alternatives per token (0-20).")
     temperature: float | None = Field(None, ge=0, le=2, description="0 decodes greedily (1).")
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
@@ -53,6 +103,11 @@ class ChatRequest(BaseModel):
             raise ValueError("persona facts must not be empty")
         return facts
 
+    @property
+    def reply_limit(self) -> int | None:
+        limits = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
+        return min(limits) if limits else None
+
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, stop):
@@ -65,6 +120,51 @@ class ChatRequest(BaseModel):
     @classmethod
     def _known_goal(cls, goal):
         return resolve_goal(goal)
+
+
+class CompletionRequest(BaseModel):
+    """``POST /v1/completions``: raw text completion. The prompt is in the model's own format; special tokens
+    written in it (``<|p2|>``, ``<|endoftext|>``, ...) are read as such."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | list[str] | list[int] = Field(description="The text to continue (or its token ids); a list of "
+                                                            "strings may hold one prompt only.")
+    model: str | None = Field(None, description="Ignored: the server has one model.")
+    stream: bool = False
+    max_tokens: int | None = Field(16, ge=1, le=MAX_REPLY_TOKENS,
+                                   description=f"Longest completion, in tokens (16, at most {MAX_REPLY_TOKENS}).")
+    temperature: float | None = Field(None, ge=0, le=2, description="0 decodes greedily (1).")
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
+    repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
+    min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the completion.")
+    n: int = Field(1, ge=1, le=1, description="One completion per request.")
+    logprobs: int | None = Field(None, ge=0, le=20, description="Log-probabilities of each token and this many "
+                                                                "likeliest alternatives.")
+    echo: bool = Field(False, description="Put the prompt in front of the completion.")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, stop):
+        return ChatRequest._stop_list(stop)
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt):
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+            if len(prompt) != 1:
+                raise ValueError("one prompt per request (send the others as separate requests)")
+            prompt = prompt[0]
+        if not prompt:
+            raise ValueError("the prompt must not be empty")
+        return prompt
+
+    @property
+    def reply_limit(self) -> int | None:
+        return self.max_tokens
 
 
 def resolve_goal(goal: str | int | None) -> str | None:
