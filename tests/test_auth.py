@@ -260,7 +260,10 @@ def test_auth_commands(tmp_path):
                                "--thresholds", str(run / "thresholds.json"), "--claim", str(claim)],
                          input="i have a dog named max.\ni fly planes for a living.\n")
     assert talk.exit_code == 0, talk.output
-    assert talk.output.count("  1. ") == 2 and ("ACCEPT" in talk.output or "REJECT" in talk.output)
+    assert talk.output.count("  1. ") == 2 and ("ACCEPT: " in talk.output or "REJECT: " in talk.output)
+    assert "Loading the persona list ..." in talk.output and "done in" in talk.output  # what loads, and how long
+    assert "Final ranking after 2 answers: the claimed persona is " in talk.output  # ends with the verdict
+    assert talk.output.rstrip().endswith(("above it.", "below it."))
     # bad input: one line each, exit status 2
     claim.write_text("{not json")
     for args, message in [(["--claim", str(claim)], "not valid JSON"),

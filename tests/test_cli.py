@@ -164,3 +164,36 @@ def test_ctrl_c_mid_conversation_exits_cleanly(tiny_checkpoint):
         proc.kill()
     assert proc.returncode == 130
     assert b"Interrupted." in err and b"Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory, tokenizer):
+    """A random model with a long context: a 1500-token reply takes seconds, time enough to interrupt it."""
+    from personagpt.models import build_gpt2, save_checkpoint
+
+    model = build_gpt2(tokenizer, n_layer=4, n_embd=128, n_head=2, n_positions=2048)
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("slow") / "model")
+
+
+def test_ctrl_c_during_a_reply_stops_that_reply_only(slow_checkpoint, tmp_path):
+    out = tmp_path / "chat.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "personagpt.cli", "interact", "--model", str(slow_checkpoint),
+                             "--persona", "i like dogs.", "--max-new-tokens", "1500", "--seed", "3", "--save",
+                             str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        seen = _read_until(proc, b"Bot: ")
+        seen += os.read(proc.stdout.fileno(), 64)  # the reply has begun to stream
+        proc.send_signal(signal.SIGINT)
+        seen += _read_until(proc, b">> User: ")  # the chat goes on: a new prompt
+        proc.stdin.write(b"/quit\n")
+        proc.stdin.flush()
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    output = (seen + rest).decode()
+    assert proc.returncode == 0, err.decode()
+    assert "(reply stopped" in output and "Goodbye." in output and b"Traceback" not in err
+    assert "\n(saved 0 turns" in output  # on its own line; the cut-off reply and its message are not saved
+    assert json.loads(out.read_text())["turns"] == []

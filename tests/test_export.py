@@ -72,3 +72,14 @@ def test_export_bad_input(source, tmp_path):
     bad = CliRunner().invoke(app, ["export", "--model", str(path), "--format", "gguf", "--dtype", "q4",
                                    "--out", str(tmp_path / "m.gguf")])
     assert bad.exit_code == 2 and "q8_0" in bad.output
+
+
+def test_export_checks_its_options_before_loading(tmp_path):
+    from typer.testing import CliRunner
+
+    from personagpt.cli import app
+
+    result = CliRunner().invoke(app, ["export", "--format", "gguf", "--dtype", "q4", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "f32, f16, bf16, q8_0" in result.output and "'q4'" in result.output
+    assert "Loading" not in result.output and "Writing" not in result.output

@@ -230,3 +230,17 @@ def test_in_chat_commands_and_save_at_exit(tiny_checkpoint, tmp_path):
     from personagpt.data import load_dialogues
 
     assert load_dialogues(at_exit)[0].p2_facts == ["i am a pilot.", "i fly planes."]  # loadable as data
+
+
+def test_a_seeded_evaluation_repeats_exactly_and_names_its_precision(tiny_checkpoint, tmp_path):
+    rows = []
+    for run_index in range(2):
+        out = tmp_path / f"eval{run_index}.json"
+        result = run(["eval", "--model", tiny_checkpoint, "--limit", "2", "--metrics", "ppl,f1,hits", "--decode",
+                      "sample", "--seed", "3", "--out", out, "--markdown"])
+        assert result.exit_code == 0, result.output
+        assert "Precision " in result.output and "cores)" in result.output
+        row = json.loads(out.read_text())["rows"][0]
+        row.pop("seconds")
+        rows.append(row)
+    assert rows[0] == rows[1]

@@ -80,6 +80,9 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     driver.execute_script("localStorage.clear()")
     driver.get(server.url + "/")
     wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#goal-buttons button")) == 11, what="goal buttons")
+    hint = find(By.CSS_SELECTOR, "#messages .empty").text  # not an empty white box: who the bot is, how to steer
+    assert "i have two dogs." in hint and "Steer the next reply" in hint
+    driver.save_screenshot(str(shots / "page-first-load-1280x800.png"))
 
     # settings: a short reply, so the test is quick
     tokens = find(By.ID, "max-tokens")
@@ -117,10 +120,13 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     pets.click()
     find(By.XPATH, "//button[@data-goal='ask about pets.']").click()
     assert find(By.XPATH, "//button[@data-goal='ask about pets.']").get_attribute("aria-pressed") == "true"
+    pending = find(By.ID, "pending-goal")  # the click shows at once what it does
+    assert pending.is_displayed() and "The next reply will pursue: ask about pets." in pending.text
     find(By.ID, "input").send_keys("i have a cat .", Keys.ENTER)
     steered = wait_for(lambda: [e for e in driver.find_elements(By.CSS_SELECTOR, ".msg.assistant .meta")
                                 if "[ask about pets.]" in e.text and "goal" in e.text], what="a steered reply")
     assert "✓ goal met" in steered[0].text or "✗ goal not met" in steered[0].text  # the labeler's verdict
+    assert not find(By.ID, "pending-goal").is_displayed()
     driver.save_screenshot(str(shots / "page-1280x800.png"))
     assert console_errors(driver) == []
 
@@ -150,6 +156,12 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
 
     # self-play: two turns, each appearing with the interviewer's goal
     find(By.ID, "tab-selfplay").click()
+    assert driver.execute_script("""const input = document.getElementById('sp-goals');
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = getComputedStyle(input).font;
+        return ctx.measureText(input.placeholder).width < input.clientWidth;"""), "the placeholder is cut off"
+    assert driver.execute_script("return document.querySelector('label[for=sp-random]').contains("
+                                 "document.getElementById('sp-random'))")  # the checkbox sits in its label
     turns = find(By.ID, "sp-turns")
     turns.clear()
     turns.send_keys("2")
@@ -159,7 +171,7 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
                      and not find(By.ID, "sp-run").get_attribute("disabled")
                      and driver.find_elements(By.CSS_SELECTOR, "#selfplay-turns li"), what="self-play turns")
     assert items[0].text.startswith("Interviewer [ask about pets.]:")
-    assert items[2].text.startswith("Interviewer [talk about music.]:") and items[1].text.startswith("Persona:")
+    assert items[2].text.startswith("Interviewer [talk about music.]:") and items[1].text.startswith("Bot:")
     driver.save_screenshot(str(shots / "page-selfplay-1280x800.png"))
     assert console_errors(driver, allowed=("status of 400",)) == []
 

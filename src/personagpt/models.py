@@ -10,6 +10,7 @@ import copy
 import importlib.util
 import json
 import os
+import platform
 import shutil
 import socket
 import warnings
@@ -177,6 +178,22 @@ def _cpu_has_fast_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def describe_hardware() -> str:
+    """The device figures depend on, in words: the GPU's name, or the CPU's model and its bf16 features."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    features = [shown for f, shown in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx2", "AVX2"))
+                if f in flags]
+    return f"{name} ({', '.join(features) or 'no AVX2'}, {os.cpu_count()} cores)"
 
 
 def inference_autocast(model, precision: str = "auto"):

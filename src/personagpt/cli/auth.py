@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -541,9 +543,11 @@ def interact(
         from personagpt.generation import Conversation
         from personagpt.sampling import SamplingConfig
         from personagpt.format import DEFAULT_ACTIONS
+        from personagpt.text import for_people, to_model
 
         claimed = _read_claim(claim) if claim is not None else None
-        pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
+        with _loading("the persona list"):
+            pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
         if candidates - 1 > len(pool):
             raise UserError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
         rng = random.Random(seed)
@@ -562,33 +566,76 @@ def interact(
         policy = LearnedPolicy(network) if network is not None else None
         if network is None:
             typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
-        loaded, fmt = load(model, device)
-        loaded.eval()
-        if head is not None:
-            judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
-        else:
-            judge = SentenceIdentifier(FactEmbeddings(), people)
+        with _loading(None):  # load() names the model
+            loaded, fmt = load(model, device)
+            loaded.eval()
+        with _loading(f"the {judge_name} identifier and the {len(people)} candidates' facts"):
+            if head is not None:
+                judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
+            else:
+                judge = SentenceIdentifier(FactEmbeddings(), people)
         interviewer = Conversation.with_persona(loaded, fmt, [], speaker=1, seed=seed,
                                                 sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+        typer.echo("Ready. The interviewer's first question follows; an empty line ends the interview.", err=True)
         prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
         for turn in range(turns):
             goal = policy.choose(View(turn, scores, used, candidates=people)) if policy is not None else rng.choice(DEFAULT_ACTIONS)
             used.append(goal)
             interviewer.set_action(goal)
             question = interviewer.respond()
-            typer.echo(f"\ninterviewer ({goal}) > {question}")
+            typer.echo(f"\ninterviewer ({goal}) > {for_people(question)}")
             answer = prompter.ask("you > ")
             if not answer:
                 break
-            interviewer.add_turn(answer)
-            scores = judge.add_exchange(question, answer)
+            interviewer.add_turn(to_model(answer))
+            scores = judge.add_exchange(question, to_model(answer))
             answered += 1
-            probabilities = torch.softmax(scores, 0)
-            for rank, index in enumerate(probabilities.argsort(descending=True)[:3].tolist(), 1):
-                mark = (" (claimed)" if claimed else " (you)") if people[index] is truth else ""
-                typer.echo(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{mark}")
-        if claimed is not None and answered and str(answered) in calibrated:
-            p = float(torch.softmax(scores, 0)[people.index(truth)])
-            verdict = "ACCEPT" if p >= calibrated[str(answered)] else "REJECT"
-            typer.echo(f"\n{verdict}: the claimed persona has probability {100 * p:.1f}% after {answered} answers "
-                       f"(threshold {100 * calibrated[str(answered)]:.1f}%, calibrated on held-out self-play)")
+            _show_ranking(scores, people, truth, "claimed" if claimed else "you")
+        typer.echo(_verdict(scores, people, truth, claimed is not None, answered, calibrated, candidates))
+
+
+@contextmanager
+def _loading(what: str | None):
+    """Say what is loading (on stderr) and how long it took: the interview's set-up takes tens of seconds."""
+    if what:
+        typer.echo(f"Loading {what} ...", err=True)
+    started = time.perf_counter()
+    yield
+    typer.echo(f"  done in {time.perf_counter() - started:.1f} s", err=True)
+
+
+def _show_ranking(scores, people: list[list[str]], truth: list[str], mark: str, top: int = 3) -> None:
+    import torch
+
+    probabilities = torch.softmax(scores, 0)
+    for rank, index in enumerate(probabilities.argsort(descending=True)[:top].tolist(), 1):
+        marked = f" ({mark})" if people[index] is truth else ""
+        typer.echo(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{marked}")
+
+
+def _verdict(scores, people: list[list[str]], truth: list[str], claimed: bool, answered: int,
+             calibrated: dict, candidates: int) -> str:
+    """The interview's last words: where the true (or claimed) persona ranks and, for a claim, ACCEPT or REJECT
+    with the probability against the calibrated threshold."""
+    import torch
+
+    if not answered:
+        return "\nNo answers, so no ranking and no verdict."
+    probabilities = torch.softmax(scores, 0)
+    p = float(probabilities[people.index(truth)])
+    rank = 1 + int((probabilities > probabilities[people.index(truth)]).sum())
+    who = "the claimed persona" if claimed else "your persona"
+    lines = [f"\nFinal ranking after {answered} answer{'s' * (answered != 1)}: {who} is {rank} of {len(people)} "
+             f"with probability {100 * p:.1f}%."]
+    if claimed:
+        threshold = calibrated.get(str(answered))
+        if threshold is None:
+            lines.append(f"No verdict: no accept threshold is calibrated for K = {candidates} after {answered} "
+                         "answers (auth train calibrates them).")
+        else:
+            accept = p >= threshold
+            margin = p / threshold if accept else threshold / max(p, 1e-9)
+            lines.append(f"{'ACCEPT' if accept else 'REJECT'}: {100 * p:.1f}% against an accept threshold of "
+                         f"{100 * threshold:.1f}% (calibrated on held-out self-play), {margin:.1f}x "
+                         f"{'above' if accept else 'below'} it.")
+    return "\n".join(lines)

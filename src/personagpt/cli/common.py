@@ -90,9 +90,12 @@ class Prompter:
                 self.out("\n")
                 return None
             try:
-                return raw.decode("utf-8").strip()
+                line = raw.decode("utf-8").strip()
             except UnicodeDecodeError:
-                self.out("That line is not valid UTF-8 text; please type it again.\n")
+                self.out("\nThat line is not valid UTF-8 text; please type it again.\n")
+                continue
+            self.out(line + "\n")  # not echoed by a terminal: the output reads as the conversation it was
+            return line
 
 
 def load(model_name: str | None, device: str | None, trainable: bool = False, tokenizer: Path | None = None):

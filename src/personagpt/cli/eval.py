@@ -42,7 +42,7 @@ def evaluate_models(
 
         from personagpt.data import default_data_dir, load_dialogues
         from personagpt.evaluation import evaluate, markdown_table
-        from personagpt.models import ModelNotFoundError
+        from personagpt.models import ModelNotFoundError, describe_hardware
 
         if precision not in ("auto", "no", "bf16", "fp16"):
             raise UserError("--precision must be auto, no, bf16 or fp16")
@@ -79,6 +79,10 @@ def evaluate_models(
             if "distractors" in row and row["distractors"] < distractors:
                 typer.echo(f"Note: only {row['distractors']} distractor personas were available in {split}; "
                            "Hits@1 ranks against those.", err=True)
+            row["hardware"] = describe_hardware()
+            typer.echo(f"Precision {row['precision']} (--precision {precision}) on {row['hardware']}. A seeded "
+                       "evaluation repeats exactly on the same machine and precision; bf16 and fp32, or two CPUs "
+                       "with different matmul kernels, differ in the last digits.", err=True)
             rows.append({"model": label, **row})
             del loaded
             save()

@@ -13,6 +13,7 @@ from personagpt.cli.common import friendly_errors, load, parse_action, persona_f
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     SeedOpt, TurnsOpt, sampling_options)
 from personagpt.sampling import SamplingConfig
+from personagpt.text import for_people
 
 
 @sampling_options
@@ -82,7 +83,7 @@ def show_turn(num_convos: int, num_turns: int):
         action = transcript.actions[-1]
         who = f"Interviewer [{action}]" if action else "PersonaGPT"
         where = f"[{index + 1}] " if num_convos > 1 else ""
-        typer.echo(f"  {where}{turn}/{num_turns} {who}: {transcript.turns[-1]}", err=True)
+        typer.echo(f"  {where}{turn}/{num_turns} {who}: {for_people(transcript.turns[-1])}", err=True)
 
     return show
 
@@ -97,5 +98,5 @@ def print_transcripts(transcripts) -> None:
         for column in ("Role", "Action", "Response"):
             table.add_column(column, overflow="fold")
         for text, action in zip(t.turns, t.actions):
-            table.add_row("Interviewer" if action else "PersonaGPT", action or "-", text)
+            table.add_row("Interviewer" if action else "PersonaGPT", action or "-", for_people(text))
         console.print(table)

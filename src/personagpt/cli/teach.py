@@ -79,18 +79,19 @@ def teach(
 def teach_interactively(session) -> None:
     """Goal, proposed turn, verdict, the person's answer; the chat's commands (/help, /save, /quit) work too."""
     from personagpt.cli.chat import ChatSession, Quit
+    from personagpt.text import for_people, to_model
 
     prompter = Prompter()
     chat = ChatSession(None, session.fmt, 1, session.facts, prompter, conversation=session.bot)
     try:
         while True:
             goal = chat.choose_goal()
-            typer.echo(f"Bot [{goal}]: {session.propose(goal)}")
+            typer.echo(f"Bot [{goal}]: {for_people(session.propose(goal))}")
             chat.goals.append(goal)
             correction = prompter.ask(">> Enter to accept, or type a better turn: ")
             if correction is None:
                 break
-            _, before = session.verdict(correction)
+            _, before = session.verdict(to_model(correction) if correction else correction)
             if before is not None:
                 typer.echo(f"(learned; loss on that turn was {before:.3f})")
             chat.user_turn()

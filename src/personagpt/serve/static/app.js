@@ -68,6 +68,7 @@ function setFacts(facts) {
   state.facts = cleaned;
   if (changed) newChat();
   renderFacts();
+  renderMessages();
   save();
 }
 
@@ -120,11 +121,29 @@ function messageElement(message) {
   return box;
 }
 
+function emptyHint() {
+  // first load: who the bot is and how to steer it, instead of an empty white box
+  const box = document.createElement("div");
+  box.className = "empty";
+  const who = document.createElement("p");
+  who.append("You are talking with a bot who says: ");
+  const facts = document.createElement("strong");
+  facts.textContent = state.facts.length ? state.facts.join(" ") : "(no persona yet: add facts on the left)";
+  who.append(facts);
+  const how = document.createElement("p");
+  how.textContent = "Say hi below. To steer its next reply, open \u201cSteer the next reply\u201d and pick a goal " +
+    "such as \u201cask about pets.\u201d; the persona on the left can be edited or drawn at random.";
+  box.append(who, how);
+  return box;
+}
+
 function renderMessages() {
-  $("messages").replaceChildren(...state.messages.map(messageElement));
+  $("messages").replaceChildren(...(state.messages.length ? state.messages.map(messageElement) : [emptyHint()]));
   $("messages").scrollTop = $("messages").scrollHeight;
   document.querySelectorAll("#goal-buttons button").forEach((b) =>
     b.setAttribute("aria-pressed", String(b.dataset.goal === state.pendingGoal)));
+  $("pending-goal").hidden = !state.pendingGoal;
+  $("pending-goal-text").textContent = state.pendingGoal || "";
 }
 
 function newChat() {
@@ -283,7 +302,7 @@ async function selfplay(event) {
       }
       const li = document.createElement("li");
       li.className = "msg " + (item.role === "interviewer" ? "user" : "assistant");
-      li.textContent = item.role === "interviewer" ? `Interviewer [${item.goal}]: ${item.text}` : `Persona: ${item.text}`;
+      li.textContent = item.role === "interviewer" ? `Interviewer [${item.goal}]: ${item.text}` : `Bot: ${item.text}`;
       list.append(li);
     }
   } catch (e) {
@@ -347,6 +366,7 @@ $("input").addEventListener("keydown", (e) => {
 });
 $("stop").addEventListener("click", () => controller && controller.abort());
 $("new-chat").addEventListener("click", newChat);
+$("cancel-goal").addEventListener("click", () => { state.pendingGoal = null; renderMessages(); save(); });
 $("download").addEventListener("click", () => download("transcript.jsonl", transcript(), "application/jsonl"));
 $("steer-free").addEventListener("click", () => { steer($("free-goal").value.trim()); $("free-goal").value = ""; });
 $("selfplay-form").addEventListener("submit", selfplay);
