@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -11,11 +12,15 @@ import httpx
 import pytest
 import uvicorn
 
-from personagpt.format import PromptFormat
+# The fast decoding path over fp32 weights gives exactly the reference model's tokens, which many tests compare
+# across paths; the int8 path (the default on CPUs with fast bf16) is tested on its own in test_fastpath.py.
+os.environ.setdefault("PERSONAGPT_FAST_PATH", "fp32")
+
+from personagpt.format import PromptFormat  # noqa: E402
 from personagpt.models import build_gpt2, load_tokenizer, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__import__("os").environ.get("PERSONAGPT_DATA", REPO.parent / "shared" / "data"))
+SHARED = Path(os.environ.get("PERSONAGPT_DATA", REPO.parent / "shared" / "data"))
 PERSONACHAT = SHARED / "personachat"
 GPT2_BPE = SHARED / "tokenizer" / "gpt2"
 

@@ -126,9 +126,13 @@ def test_hits_limit_ranks_only_the_first_dialogues(tiny_model, fmt):
     assert result["ppl_token"] == pytest.approx(full["ppl_token"])
 
 
-def test_bf16_generation_uses_a_copy(tiny_model):
+def test_bf16_generation_uses_a_copy(tiny_model, monkeypatch):
+    """On the reference path only; the fast path needs no copy (its int8 weights are its own)."""
     from personagpt.models import generation_model
 
+    fast, _ = generation_model(tiny_model, "bf16")
+    assert fast is tiny_model
+    monkeypatch.setenv("PERSONAGPT_FAST_PATH", "off")
     copy, _ = generation_model(tiny_model, "bf16")
     assert copy is not tiny_model and copy.dtype == torch.bfloat16 and tiny_model.dtype == torch.float32
     same, _ = generation_model(tiny_model, "no")

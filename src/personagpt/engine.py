@@ -32,6 +32,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from personagpt.errors import PersonaGPTError
+from personagpt.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generation import context_limit
 from personagpt.kvcache import ReservedCache, shared_prefix
@@ -194,14 +195,20 @@ class Engine:
     """
 
     def __init__(self, model, fmt: PromptFormat, *, max_batch: int = 16, max_queue: int = 64,
-                 capacity: int | None = None, prefix_cache_tokens: int = 16384) -> None:
+                 capacity: int | None = None, prefix_cache_tokens: int = 16384, fast: str | None = None) -> None:
+        """``fast`` picks the decoding path (:func:`~personagpt.fastpath.choose_fast_path`; None: by the CPU)."""
         self.model, self.fmt = model, fmt
+        self.fast_path = choose_fast_path(fast, model)
+        self.decoder = fast_decoder(model, self.fast_path.mode)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.capacity = min(capacity or 1024, context_limit(model))
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.device = model.device
         self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
-        self._decoder, self._head = decoder_and_head(model)
+        if self.decoder is model:
+            self._decoder, self._head = decoder_and_head(model)
+        else:
+            self._decoder, self._head = self.decoder.body, self.decoder.logits
         self._waiting: deque[Request] = deque()
         self._active: list[_Active] = []
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -308,7 +315,7 @@ class Engine:
         if self._buffers is not None:
             return
         probe = ReservedCache()
-        self.model(torch.tensor([[self.fmt.eos_id]], device=self.device), cache=probe, use_cache=True)
+        self.decoder(torch.tensor([[self.fmt.eos_id]], device=self.device), cache=probe, use_cache=True)
         self._buffers = []
         for layer in probe.layers:
             _, heads, _, dim = layer.keys.shape

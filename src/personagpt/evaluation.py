@@ -39,6 +39,7 @@ from personagpt.errors import SettingsError
 from personagpt.data import Dialogue, distinct_personas
 from personagpt.dataset import Example, persona_examples
 from personagpt.format import PromptFormat
+from personagpt.fastpath import fast_decoder
 from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
 from personagpt.replay import Replay, generate_replays
 from personagpt.scoring import TurnScore, rank_personas, score_examples
@@ -218,8 +219,9 @@ def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: Sampl
     replayed = [i for i, f in enumerate(fits) if f]
     out: list[list[list[int]]] = [[[] for _ in r.reply_at] for r in replays]
     if replayed:
-        for i, replies in zip(replayed, generate_replays(model, fmt, [replays[i] for i in replayed], sampling,
-                                                         batch_size, progress)):
+        chosen = [replays[i] for i in replayed]  # replayed on the fast path this CPU gets
+        for i, replies in zip(replayed, generate_replays(fast_decoder(model), fmt, chosen, sampling, batch_size,
+                                                         progress)):
             out[i] = replies
     rest = [(i, k, fit_context(r.prefix, r.turns[:t], limit - sampling.max_new_tokens))
             for i, r in enumerate(replays) if not fits[i] for k, t in enumerate(r.reply_at)]

@@ -25,6 +25,7 @@ import torch
 from transformers.cache_utils import Cache, StaticCache
 
 from personagpt.errors import PersonaGPTError
+from personagpt.fastpath import fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
 from personagpt.sampling import GREEDY, SamplingConfig, pick_token, suppressed_ids
@@ -74,10 +75,13 @@ class Conversation:
 
     def __init__(self, model, fmt: PromptFormat, prefix: Sequence[int], *, sampling: SamplingConfig | None = None,
                  max_context: int | None = None, use_cache: bool = True, compile: bool = False,
-                 seed: int | None = None, engine=None) -> None:
+                 seed: int | None = None, engine=None, fast: str | None = None) -> None:
         """``engine`` (a :class:`~personagpt.engine.Engine`) generates this session's turns batched with other
-        sessions' and reuses cached prefixes; without it the session decodes on its own KV cache."""
+        sessions' and reuses cached prefixes; without it the session decodes on its own KV cache, through the
+        fast path this CPU gets (:mod:`personagpt.fastpath`; ``fast="off"``: the reference model)."""
         self.model = model
+        self.fast = "off" if compile else fast
+        self.decoder = fast_decoder(model, self.fast) if model is not None else None
         self.engine = engine
         self.goal: str | None = None  # action mode: the goal of the bot's next turn
         self.facts: list[str] = []  # the bot's persona facts
@@ -187,7 +191,7 @@ class Conversation:
         generated: list[int] = []
 
         def tokens():
-            for token in decode_tokens(self.model, self._cache, ids, shared, cfg, self.fmt, step, self.generator):
+            for token in decode_tokens(self.decoder, self._cache, ids, shared, cfg, self.fmt, step, self.generator):
                 generated.append(token)
                 yield token
 
@@ -245,9 +249,11 @@ class Conversation:
         self.turn_ids[-1] = self.fmt.utterance(text)
 
     def invalidate_cache(self) -> None:
-        """Forget cached keys/values, e.g. after the model's weights changed."""
+        """Forget cached keys/values, e.g. after the model's weights changed (the fast path's copies too)."""
         self._cache, self._cached_ids = None, []
         self._prompt_scorer = self._reference_scorer = None
+        self.model.__dict__.pop("_personagpt_fast", None)
+        self.decoder = fast_decoder(self.model, self.fast)
 
     def _new_cache(self, needed: int) -> Cache:
         if not self.compile:

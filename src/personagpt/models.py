@@ -212,7 +212,11 @@ def generation_model(model, precision: str = "auto"):
     ``bench/precision.py`` on the 2-core AMX CPU (SmolLM2-135M, 64 rows): 141 ms a step in fp32, 132 ms under
     autocast, 78 ms with bf16 weights. So on a CPU, bf16 generation runs on a bf16 copy of the model.
     """
+    from personagpt.fastpath import fast_decoder
+
     mode = resolve_mixed_precision(precision)
+    if fast_decoder(model) is not model:  # the cached decoding loops run on the fast path: no copy needed
+        return model, nullcontext()
     if mode == "bf16" and model.device.type == "cpu" and model.dtype == torch.float32:
         return copy.deepcopy(model).to(torch.bfloat16), nullcontext()
     return model, inference_autocast(model, precision)

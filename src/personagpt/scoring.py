@@ -67,13 +67,18 @@ class TargetLoss(nn.Module):
 
 
 def decoder_and_head(model):
-    """The transformer body (hidden states) and the output layer of a causal LM, PEFT-wrapped or not."""
+    """The transformer body (hidden states) and the output layer of a causal LM, PEFT-wrapped or not, or of a
+    :class:`~personagpt.fastpath.FastDecoder`."""
+    if hasattr(model, "body") and hasattr(model, "logits"):
+        return model.body, model.logits
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(inner, inner.base_model_prefix), inner.get_output_embeddings()
 
 
 def project(head, hidden: torch.Tensor) -> torch.Tensor:
     """fp32 logits of ``hidden`` through the output layer, outside autocast."""
+    if not hasattr(head, "weight"):  # a fast decoder's output layer: fp32 logits already
+        return head(hidden)
     with torch.autocast(hidden.device.type, enabled=False):
         return head(hidden.to(head.weight.dtype)).float()
 

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from personagpt.cli.common import (MAX_FACTS, Prompter, UserError, friendly_errors, load, parse_action,
-                                   persona_from_flags)
+                                   persona_from_flags, say_decoding)
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     RandomPersonaOpt, SeedOpt, TurnsOpt, sampling_options)
 from personagpt.errors import PersonaGPTError
@@ -246,6 +246,7 @@ def interact(
         prompter = Prompter()
         facts = persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
         loaded, fmt = load(model, device)  # before asking for facts: a bad --model fails before any typing
+        say_decoding(loaded, compile)
         check_context_budget(loaded, fmt, facts, max_length, sampling)
         if mode == 0 and facts is None:
             facts = ask_persona(prompter)

@@ -108,6 +108,14 @@ def load(model_name: str | None, device: str | None, trainable: bool = False, to
     return load_chat_model(model_name, device=device, trainable=trainable, tokenizer=tokenizer)
 
 
+def say_decoding(model, compiled: bool = False) -> None:
+    """One line on stderr: which decoding path this CPU gets (see personagpt.fastpath)."""
+    from personagpt.fastpath import choose_fast_path
+
+    what = "torch.compile over the reference model (--compile)" if compiled else choose_fast_path(None, model).describe()
+    typer.echo(f"Decoding: {what}", err=True)
+
+
 def persona_from_flags(persona: list[str] | None, persona_file: Path | None, random_persona: bool,
                        personas_path: Path | None, rng: random.Random) -> list[str] | None:
     from personagpt.data import load_personas, read_facts_file, resolve_personas_path

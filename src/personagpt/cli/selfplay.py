@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personagpt.cli.common import friendly_errors, load, parse_action, persona_from_flags
+from personagpt.cli.common import friendly_errors, load, parse_action, persona_from_flags, say_decoding
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     SeedOpt, TurnsOpt, sampling_options)
 from personagpt.sampling import SamplingConfig
@@ -41,6 +41,7 @@ def selfplay(
     with friendly_errors():
         from personagpt.data import load_personas, resolve_personas_path
         from personagpt.engine import Engine
+        from personagpt.fastpath import fast_decoder
         from personagpt.generation import context_limit
         from personagpt.models import serving_model
         from personagpt.selfplay import FixedPolicy, RandomPolicy, self_play
@@ -54,6 +55,8 @@ def selfplay(
             pool = load_personas(resolve_personas_path(personas_path))
             personas = [rng.choice(pool) for _ in range(num_convos)]
         loaded, fmt = load(model, device)
+        say_decoding(loaded)
+        fast_decoder(loaded)  # quantized (where chosen) from the weights as loaded, before serving_model
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far

@@ -60,7 +60,7 @@ def serve(
         def ready(health: dict) -> None:
             typer.echo(f"Ready on http://{shown}:{port}/ - model {health['model']}, precision "
                        f"{health['precision']}, max batch {health['max_batch']}, context {health['max_context']} "
-                       "tokens.", err=True)
+                       f"tokens; decoding: {health['decoding']}.", err=True)
 
         def access(line: str) -> None:
             typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)

@@ -84,7 +84,8 @@ class _State:
 
     def health(self) -> dict:
         return {"status": "ok", "model": self.model_name, "precision": self.precision,
-                "max_batch": self.engine.max_batch, "max_context": self.engine.capacity}
+                "decoding": self.engine.fast_path.describe(), "max_batch": self.engine.max_batch,
+                "max_context": self.engine.capacity}
 
     def goal_accepted(self, goal: str, text: str) -> bool | None:
         """Whether the goal labeler accepts ``text`` as pursuing ``goal`` (the semantic labeler when its encoder
@@ -116,9 +117,11 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
     def load() -> None:
         try:
             from personagpt.data import load_personas, resolve_personas_path
+            from personagpt.fastpath import fast_decoder
             from personagpt.models import load_chat_model, serving_model
 
             model, fmt = loader() if loader else load_chat_model(settings.model, device=settings.device)
+            fast_decoder(model)  # quantized (where chosen) from the weights as loaded, before serving_model
             model = serving_model(model, settings.precision)
             state.personas = load_personas(resolve_personas_path(settings.personas_path))
             state.model_name = Path(settings.model).name if settings.model else "personagpt-bundled"
