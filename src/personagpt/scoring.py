@@ -27,7 +27,7 @@ class TargetLoss(nn.Module):
     Projecting every position onto a 50k vocabulary would cost batch x length x vocab floats; targets are
     under half the tokens. The projection runs in chunks of a fixed number of rows (the last one padded), so
     its large buffers have the same shape every step: with freed memory kept in the process (see
-    ``training.keep_freed_memory``) a different size each step would fragment the heap until it runs out.
+    ``heap.keep_freed_memory``) a different size each step would fragment the heap until it runs out.
     Wrapping this (not the bare LM) in DDP keeps gradient sync on the real forward.
     """
 
@@ -153,7 +153,9 @@ class PersonaRanker:
     persona prefix is never dropped), as the chat does.
     """
 
-    SLICE = 64  # positions projected onto the vocabulary at once
+    # rows (candidates x positions) projected onto the vocabulary at once: 256 x 49k fp32 logits are 50 MB (64
+    # positions of 20 candidates were 250 MB, and as many again for their log-softmax: a 3 GB peak in eval)
+    SLICE_ROWS = 256
 
     def __init__(self, model, fmt: PromptFormat, candidates: Sequence[Sequence[str]], speaker: int = 2,
                  max_context: int | None = None) -> None:
@@ -222,9 +224,11 @@ class PersonaRanker:
         gold = ids.unsqueeze(-1)
         # token j is predicted by position j - 1; the first by the previous chunk's last position
         parts = [self._last.gather(-1, gold[:, :1]).squeeze(-1)]
-        for a in range(0, len(flat) - 1, self.SLICE):  # the vocabulary projection in slices bounds memory
-            b = min(a + self.SLICE, len(flat) - 1)
-            parts.append(self._next_logprobs(hidden[:, a:b]).gather(-1, gold[:, a + 1:b + 1]).squeeze(-1))
+        step = max(1, self.SLICE_ROWS // len(self.prefixes))  # positions per slice: K x step rows at once
+        for a in range(0, len(flat) - 1, step):  # the vocabulary projection in slices bounds memory
+            b = min(a + step, len(flat) - 1)
+            logits = project(self._head, hidden[:, a:b])
+            parts.append(logits.gather(-1, gold[:, a + 1:b + 1]).squeeze(-1) - torch.logsumexp(logits, -1))
         token_lp = torch.cat(parts, 1)
         self._last = self._next_logprobs(hidden[:, -1:])
         out: list[torch.Tensor | None] = []

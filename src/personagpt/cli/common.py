@@ -100,9 +100,12 @@ class Prompter:
 
 def load(model_name: str | None, device: str | None, trainable: bool = False, tokenizer: Path | None = None):
     """``load_chat_model`` with a note on stderr of what is loading."""
+    from personagpt.heap import return_freed_memory
     from personagpt.models import load_chat_model, resolve_model_name
 
     quiet_libraries()
+    if not trainable:  # inference: large blocks of changing sizes go back to the OS (see personagpt.heap)
+        return_freed_memory()
     shown = model_name if model_name and model_name.startswith("random:") else resolve_model_name(model_name)
     typer.echo(f"Loading {shown} ...", err=True)
     return load_chat_model(model_name, device=device, trainable=trainable, tokenizer=tokenizer)

@@ -27,7 +27,7 @@ def serve(
     max_context: Annotated[int, typer.Option(min=64, help="Longest prompt + reply per conversation, in tokens; "
                                                           "older turns are dropped to fit.")] = 1024,
     prefix_cache_tokens: Annotated[int, typer.Option(min=0, help="Tokens of finished conversations kept for "
-                                                                 "reuse by their next turn.")] = 16384,
+                                                                 "reuse by their next turn.")] = 8192,
     precision: Annotated[str, typer.Option(help="auto (bf16 weights where the CPU is fast at bf16) or no (fp32).")]
     = "auto",
     personas_path: PersonasPathOpt = None,
@@ -44,6 +44,7 @@ def serve(
     with friendly_errors():
         import uvicorn
 
+        from personagpt.heap import return_freed_memory
         from personagpt.serve import ServerSettings, create_app
 
         if precision not in ("auto", "no", "bf16"):
@@ -51,6 +52,7 @@ def serve(
         if personas_path is not None and not Path(personas_path).is_file():
             raise UserError(f"{personas_path}: no such file (--personas-path)")
         quiet_libraries()
+        return_freed_memory()  # see personagpt.heap: a long-running server's memory stays flat
         settings = ServerSettings(model=model, device=device, precision=precision, max_batch=max_batch,
                                   max_queue=max_queue, max_context=max_context,
                                   prefix_cache_tokens=prefix_cache_tokens, api_key=api_key,

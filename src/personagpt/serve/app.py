@@ -63,7 +63,7 @@ class ServerSettings:
     max_batch: int = 16
     max_queue: int = 64
     max_context: int = 1024
-    prefix_cache_tokens: int = 16384
+    prefix_cache_tokens: int = 8192
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)
     max_body_bytes: int = 1 << 20
