@@ -155,7 +155,7 @@ class PrefixCache:
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens
-        self.entries: OrderedDict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
+        self.entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # [layers, 2, heads, len, dim]
         self.tokens = 0
 
     def longest(self, ids: Sequence[int], limit: int):
@@ -170,7 +170,7 @@ class PrefixCache:
         self.entries.move_to_end(best_key)
         return min(best, limit), self.entries[best_key]
 
-    def add(self, ids: Sequence[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def add(self, ids: Sequence[int], kv: torch.Tensor) -> None:
         key = tuple(ids)
         if not key or len(key) > self.max_tokens:
             return
@@ -349,9 +349,9 @@ class Engine:
         starts, chunks = [], []
         for slot, request in enumerate(unique, first):
             shared, kv = self.prefix_cache.longest(request.prompt, len(request.prompt) - 1)
-            for (kb, vb), (k, v) in zip(self._buffers, kv or ()):
-                kb[slot, :, :shared] = k[0, :, :shared]
-                vb[slot, :, :shared] = v[0, :, :shared]
+            for (kb, vb), (k, v) in zip(self._buffers, kv if kv is not None else ()):
+                kb[slot, :, :shared] = k[:, :shared]
+                vb[slot, :, :shared] = v[:, :shared]
             request.cached_tokens = shared
             starts.append(shared)
             chunks.append(request.prompt[shared:])
@@ -436,8 +436,10 @@ class Engine:
                 i += 1
                 continue
             sequence = (row.request.prompt + row.request.tokens)[: row.length]
-            self.prefix_cache.add(sequence, [(k[i:i + 1, :, : row.length].clone(), v[i:i + 1, :, : row.length].clone())
-                                             for k, v in self._buffers])
+            # one block per entry ([layers, 2, heads, length, dim]), not two small tensors per layer: large blocks
+            # go back to the OS when evicted, where thousands of small ones fragmented the heap of a long run
+            self.prefix_cache.add(sequence, torch.stack([torch.stack([k[i, :, : row.length], v[i, :, : row.length]])
+                                                         for k, v in self._buffers]))
             self._finish(row, row.request.finish_reason or "cancelled")
             last = len(self._active) - 1
             if i != last:  # the last row moves into the freed slot, so active rows stay contiguous

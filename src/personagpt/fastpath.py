@@ -90,11 +90,14 @@ class _Linear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, int8: bool) -> None:
         """``weight`` is [out, in]."""
         self.int8 = int8
-        if int8:
-            w = weight.detach().float()
-            self.scale = (w.abs().amax(dim=1).clamp(min=1e-8) / 127).to(torch.bfloat16)
-            self.weight = torch.round(w / self.scale.float().unsqueeze(1)).clamp(-127, 127).to(torch.int8).contiguous()
-            self.bias = None if bias is None else bias.detach()
+        if int8:  # symmetric, one scale per output row; in slices of rows, so the head's temporaries stay small
+            weight = weight.detach()
+            self.scale = (weight.abs().amax(dim=1).float().clamp(min=1e-8) / 127).to(torch.bfloat16)
+            self.weight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+            for rows in torch.arange(weight.shape[0], device=weight.device).split(4096):
+                scaled = weight[rows].float() / self.scale[rows].float().unsqueeze(1)
+                self.weight[rows] = scaled.round_().clamp_(-127, 127).to(torch.int8)
+            self.bias = None if bias is None else bias.detach().clone()
         else:
             self.weight_t = weight.detach().t()  # [in, out] view
             self.bias = None if bias is None else bias.detach()
@@ -129,12 +132,19 @@ class FastDecoder:
 
     # ---- weights -------------------------------------------------------------------------------------------------
 
+    def _own(self, weight: torch.Tensor) -> torch.Tensor:
+        """fp32: the reference's tensor itself (no copy, exact). int8: a copy of its own, so that the model can be
+        converted afterwards (the server's bf16 copy) without this keeping the fp32 weights, or the whole
+        memory-mapped checkpoint file they may view, alive."""
+        weight = weight.detach()
+        return weight.clone() if self.int8 else weight
+
     def _build_llama(self, model) -> None:
         cfg, body = model.config, model.model
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.eps = cfg.rms_norm_eps
-        self.embed = body.embed_tokens.weight.detach()
+        self.embed = self._own(body.embed_tokens.weight)
         self.layers = []
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
@@ -146,11 +156,11 @@ class FastDecoder:
                 qkv = [_Linear(p.weight, p.bias, False) for p in (a.q_proj, a.k_proj, a.v_proj)]
                 gate_up = [_Linear(m.gate_proj.weight, None, False), _Linear(m.up_proj.weight, None, False)]
             self.layers.append(SimpleNamespace(
-                norm1=layer.input_layernorm.weight.detach().to(self.dtype), qkv=qkv,
+                norm1=self._own(layer.input_layernorm.weight), qkv=qkv,
                 out=_Linear(a.o_proj.weight, a.o_proj.bias, self.int8),
-                norm2=layer.post_attention_layernorm.weight.detach().to(self.dtype), gate_up=gate_up,
+                norm2=self._own(layer.post_attention_layernorm.weight), gate_up=gate_up,
                 down=_Linear(m.down_proj.weight, None, self.int8)))
-        self.final_norm = body.norm.weight.detach().to(self.dtype)
+        self.final_norm = self._own(body.norm.weight)
         self.head_module = model.get_output_embeddings()
         self.head = _Linear(self.head_module.weight, None, self.int8)
         limit = getattr(cfg, "max_position_embeddings", 2048)
@@ -164,18 +174,17 @@ class FastDecoder:
         self.heads = self.kv_heads = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         self.eps = cfg.layer_norm_epsilon
-        self.embed = body.wte.weight.detach()
-        self.positions = body.wpe.weight.detach()
+        self.embed, self.positions = self._own(body.wte.weight), self._own(body.wpe.weight)
         self.layers = []
         for block in body.h:  # Conv1D weights are [in, out]
             self.layers.append(SimpleNamespace(
-                norm1=(block.ln_1.weight.detach().to(self.dtype), block.ln_1.bias.detach().to(self.dtype)),
+                norm1=(self._own(block.ln_1.weight), self._own(block.ln_1.bias)),
                 qkv=[_Linear(block.attn.c_attn.weight.t(), block.attn.c_attn.bias, self.int8)],
                 out=_Linear(block.attn.c_proj.weight.t(), block.attn.c_proj.bias, self.int8),
-                norm2=(block.ln_2.weight.detach().to(self.dtype), block.ln_2.bias.detach().to(self.dtype)),
+                norm2=(self._own(block.ln_2.weight), self._own(block.ln_2.bias)),
                 gate_up=[_Linear(block.mlp.c_fc.weight.t(), block.mlp.c_fc.bias, self.int8)],
                 down=_Linear(block.mlp.c_proj.weight.t(), block.mlp.c_proj.bias, self.int8)))
-        self.final_norm = (body.ln_f.weight.detach().to(self.dtype), body.ln_f.bias.detach().to(self.dtype))
+        self.final_norm = (self._own(body.ln_f.weight), self._own(body.ln_f.bias))
         self.head_module = model.get_output_embeddings()
         self.head = _Linear(self.head_module.weight, None, self.int8)
 
