@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -106,12 +107,9 @@ def load_many(url: str, body_of, prompts_per_user: list[list[list[int]]]) -> dic
                     latencies.append(time.perf_counter() - started)
                     tokens[0] += n
 
-    threads = [threading.Thread(target=user, args=(p,)) for p in prompts_per_user]
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(len(prompts_per_user)) as pool:
+        list(pool.map(user, prompts_per_user))
     wall = time.perf_counter() - started
     latencies.sort()
     return {"users": len(prompts_per_user), "turns": sum(map(len, prompts_per_user)), "tokens": tokens[0],

@@ -158,6 +158,19 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
                            headers={"Retry-After": "5"})
         return state.engine
 
+    def submit(eng: Engine, prompt: list[int], cfg: SamplingConfig, generator, logprobs: int | None):
+        try:
+            return eng.submit(prompt, cfg, generator, loop=asyncio.get_running_loop(), logprobs=logprobs)
+        except QueueFullError as e:
+            metrics.rejected.inc()
+            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+
+    async def respond(reply: Reply, stream: bool, http: Request):
+        if stream:
+            return StreamingResponse(reply.events(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await reply.whole(http)
+
     @app.get("/health", summary="200 once the model is loaded, 503 before")
     def health():
         if state.engine is None:
@@ -199,19 +212,11 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
             if body.logprobs:
                 raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
             return await _best_of_n(conversation, body, prompt, state.model_name, metrics, facts)
-        try:
-            job = eng.submit(prompt, cfg, conversation.generator, loop=asyncio.get_running_loop(),
-                             logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-        except QueueFullError as e:
-            metrics.rejected.inc()
-            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+        job = submit(eng, prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None)
         reply = Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
                       goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
                       extra={"persona": facts}, http=http)
-        if body.stream:
-            return StreamingResponse(reply.events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await reply.whole(http)
+        return await respond(reply, body.stream, http)
 
     @app.post("/v1/completions", summary="Raw text completion of a prompt in the model's own format")
     async def completions(body: CompletionRequest, http: Request):
@@ -231,16 +236,9 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
                                 f"the {eng.capacity}-token context", param="prompt")
         generator = torch.Generator(device=eng.device)
         generator.manual_seed(body.seed) if body.seed is not None else generator.seed()
-        try:
-            job = eng.submit(prompt, cfg, generator, loop=asyncio.get_running_loop(), logprobs=body.logprobs)
-        except QueueFullError as e:
-            metrics.rejected.inc()
-            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+        job = submit(eng, prompt, cfg, generator, body.logprobs)
         reply = TextReply(job, eng.fmt, body.stop or [], state.model_name, metrics, echo=echo, http=http)
-        if body.stream:
-            return StreamingResponse(reply.events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await reply.whole(http)
+        return await respond(reply, body.stream, http)
 
     @app.post("/v1/selfplay", summary="An action-driven interviewer talks with a persona bot")
     async def selfplay(body: SelfPlayRequest, http: Request):
