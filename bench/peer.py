@@ -216,12 +216,16 @@ def main() -> None:
         print(result["many"][-1], flush=True)
     if args.llama_server and not args.skip_many:
         for dtype, path in ggufs.items():
-            many = serve_and_load(
-                [args.llama_server, "-m", str(path), "--port", str(port), "-np", str(args.users), "-c",
-                 str(1024 * args.users), "-t", "2", "-tb", "2", "--no-webui"], f"http://127.0.0.1:{port}/health",
-                f"http://127.0.0.1:{port}/completion",
-                lambda ids: {"prompt": ids, "n_predict": NEW_TOKENS, "ignore_eos": True, "temperature": 0,
-                             "cache_prompt": True}, per_user)
+            command = [args.llama_server, "-m", str(path), "--port", str(port), "-np", str(args.users), "-c",
+                       str(1024 * args.users), "-t", "2", "-tb", "2", "--no-webui"]
+            try:
+                many = serve_and_load(command, f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/completion",
+                                      lambda ids: {"prompt": ids, "n_predict": NEW_TOKENS, "ignore_eos": True,
+                                                   "temperature": 0, "cache_prompt": True}, per_user)
+            except RuntimeError as error:  # e.g. the q8_0 export's crash (issue 28)
+                print(f"llama.cpp server {dtype}: {error}", flush=True)
+                result["failed"] = result.get("failed", []) + [f"llama.cpp server {dtype}: {error}"]
+                continue
             result["many"].append({"engine": f"llama.cpp server {dtype} ({args.users} slots)", **many})
             print(result["many"][-1], flush=True)
     for row in result["single"]:
