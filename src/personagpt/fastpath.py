@@ -61,7 +61,7 @@ def choose_fast_path(requested: str | None = None, model=None) -> FastPathChoice
     if model is not None and model.device.type != "cpu":
         return FastPathChoice("off", f"on {model.device.type}, the reference path")
     if _cpu_has_fast_bf16():
-        return FastPathChoice("int8", "this CPU has fast bf16 (AMX or AVX512-BF16)")
+        return FastPathChoice("int8", "this CPU has fast bf16: AMX or AVX512-BF16")
     return FastPathChoice("fp32", "this CPU lacks fast bf16, where int8 products run slower")
 
 
