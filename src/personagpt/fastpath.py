@@ -66,7 +66,7 @@ def choose_fast_path(requested: str | None = None, model=None) -> FastPathChoice
 
 
 def supported(model) -> bool:
-    """Plain (not PEFT-wrapped, not training) Llama- and GPT-2-family causal LMs."""
+    """Plain (not PEFT-wrapped) Llama- and GPT-2-family causal LMs."""
     config = getattr(model, "config", None)
     return (config is not None and getattr(config, "model_type", None) in ("llama", "gpt2")
             and not hasattr(model, "peft_config"))
