@@ -188,21 +188,26 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"prompts": single, "new_tokens": NEW_TOKENS}, f)
         prompts_file = f.name
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"prompts": single, "new_tokens": NEW_TOKENS, "no_repack": True}, f)
+        no_repack_file = f.name
     if not args.skip_single:
         for mode in ("off", "fp32", "int8"):
             result["single"].append(run_worker([__file__, "--worker", mode, prompts_file]))
             print(summary(result["single"][-1]), flush=True)
         if args.llama_python:
             for dtype, path in ggufs.items():
-                try:
-                    row = run_worker([str(HERE / "peer_llama.py"), str(path), prompts_file], args.llama_python)
-                except subprocess.CalledProcessError as error:  # e.g. the q8_0 export's crash (issue 28)
-                    print(f"llama.cpp {dtype}: the process failed ({error.returncode})", flush=True)
-                    result["failed"] = result.get("failed", []) + [f"llama.cpp {dtype}: exit {error.returncode}"]
-                    continue
-                row["engine"] = f"llama.cpp {dtype}"
-                result["single"].append(row)
-                print(summary(row), flush=True)
+                for repack, spec in ((True, prompts_file), (False, no_repack_file)):
+                    try:
+                        row = run_worker([str(HERE / "peer_llama.py"), str(path), spec], args.llama_python)
+                    except subprocess.CalledProcessError as error:  # the q8_0 export's crash (issue 28)
+                        print(f"llama.cpp {dtype}: the process failed ({error.returncode})", flush=True)
+                        result["failed"] = result.get("failed", []) + [f"llama.cpp {dtype}: exit {error.returncode}"]
+                        continue  # then without repacking
+                    row["engine"] = f"llama.cpp {dtype}" + ("" if repack else " (--no-repack)")
+                    result["single"].append(row)
+                    print(summary(row), flush=True)
+                    break
     per_user = [prompts_of(d, fmt, args.turns) for d in dialogues[1:1 + args.users]]
     port = 8765
     ours = None if args.skip_many else serve_and_load(
@@ -218,16 +223,20 @@ def main() -> None:
         for dtype, path in ggufs.items():
             command = [args.llama_server, "-m", str(path), "--port", str(port), "-np", str(args.users), "-c",
                        str(1024 * args.users), "-t", "2", "-tb", "2", "--no-webui"]
-            try:
-                many = serve_and_load(command, f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/completion",
-                                      lambda ids: {"prompt": ids, "n_predict": NEW_TOKENS, "ignore_eos": True,
-                                                   "temperature": 0, "cache_prompt": True}, per_user)
-            except RuntimeError as error:  # e.g. the q8_0 export's crash (issue 28)
-                print(f"llama.cpp server {dtype}: {error}", flush=True)
-                result["failed"] = result.get("failed", []) + [f"llama.cpp server {dtype}: {error}"]
-                continue
-            result["many"].append({"engine": f"llama.cpp server {dtype} ({args.users} slots)", **many})
-            print(result["many"][-1], flush=True)
+            for extra in ([], ["--no-repack"]):
+                try:
+                    many = serve_and_load(command + extra, f"http://127.0.0.1:{port}/health",
+                                          f"http://127.0.0.1:{port}/completion",
+                                          lambda ids: {"prompt": ids, "n_predict": NEW_TOKENS, "ignore_eos": True,
+                                                       "temperature": 0, "cache_prompt": True}, per_user)
+                except RuntimeError as error:  # the q8_0 export's crash (issue 28): then without repacking
+                    print(f"llama.cpp server {dtype}: {error}", flush=True)
+                    result["failed"] = result.get("failed", []) + [f"llama.cpp server {dtype}: {error}"]
+                    continue
+                result["many"].append({"engine": f"llama.cpp server {dtype} {' '.join(extra)} ({args.users} slots)",
+                                       **many})
+                print(result["many"][-1], flush=True)
+                break
     for row in result["single"]:
         for turn in row["turns"]:
             turn.pop("tokens", None)

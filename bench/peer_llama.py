@@ -14,8 +14,25 @@ import time
 from llama_cpp import Llama
 
 
+def without_repacking() -> None:
+    """llama.cpp's default with its extra (repacked) CPU weight layouts off, as ``llama-server --no-repack``: the
+    q8_0 export dies with an illegal instruction in those kernels on this VM and runs without them."""
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+
+
 def main(model: str, prompts_path: str, out: str) -> None:
     spec = json.load(open(prompts_path))
+    if spec.get("no_repack"):
+        without_repacking()
     llm = Llama(model_path=model, n_ctx=2048, n_threads=spec.get("threads", 2), n_batch=512, verbose=False, seed=0)
     turns = []
     for prompt in spec["prompts"]:
