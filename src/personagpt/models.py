@@ -225,6 +225,10 @@ def generation_model(model, precision: str = "auto"):
 def serving_model(model, precision: str = "auto"):
     """The model a server decodes with, converted in place: bf16 weights where the CPU (or GPU) is fast at bf16
     (half the bytes read per token), else as loaded. ``no`` keeps fp32."""
+    from personagpt.fastpath import choose_fast_path, fast_decoder
+
+    if choose_fast_path(None, model).mode == "int8":  # its int8 weights come from the weights as loaded
+        fast_decoder(model)
     mode = resolve_mixed_precision(precision)
     if mode == "bf16" and model.dtype == torch.float32:
         return model.to(torch.bfloat16)

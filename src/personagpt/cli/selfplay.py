@@ -41,7 +41,6 @@ def selfplay(
     with friendly_errors():
         from personagpt.data import load_personas, resolve_personas_path
         from personagpt.engine import Engine
-        from personagpt.fastpath import fast_decoder
         from personagpt.generation import context_limit
         from personagpt.models import serving_model
         from personagpt.selfplay import FixedPolicy, RandomPolicy, self_play
@@ -56,7 +55,6 @@ def selfplay(
             personas = [rng.choice(pool) for _ in range(num_convos)]
         loaded, fmt = load(model, device)
         say_decoding(loaded)
-        fast_decoder(loaded)  # quantized (where chosen) from the weights as loaded, before serving_model
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far

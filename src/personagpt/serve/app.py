@@ -117,11 +117,9 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
     def load() -> None:
         try:
             from personagpt.data import load_personas, resolve_personas_path
-            from personagpt.fastpath import fast_decoder
             from personagpt.models import load_chat_model, serving_model
 
             model, fmt = loader() if loader else load_chat_model(settings.model, device=settings.device)
-            fast_decoder(model)  # quantized (where chosen) from the weights as loaded, before serving_model
             model = serving_model(model, settings.precision)
             state.personas = load_personas(resolve_personas_path(settings.personas_path))
             state.model_name = Path(settings.model).name if settings.model else "personagpt-bundled"
