@@ -205,10 +205,7 @@ class Engine:
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.device = model.device
         self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
-        if self.decoder is model:
-            self._decoder, self._head = decoder_and_head(model)
-        else:
-            self._decoder, self._head = self.decoder.body, self.decoder.logits
+        self._decoder, self._head = decoder_and_head(self.decoder)
         self._waiting: deque[Request] = deque()
         self._active: list[_Active] = []
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -243,6 +243,10 @@ class Conversation:
         """Forget the history (the prefix stays)."""
         self.turns, self.turn_ids = [], []
 
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` turns (e.g. withdraw a cut-off reply and the message it answered)."""
+        del self.turns[count:], self.turn_ids[count:]
+
     def replace_last(self, text: str) -> None:
         """Swap the last turn for ``text`` (a person's correction of the bot's turn)."""
         self.turns[-1] = text.strip()

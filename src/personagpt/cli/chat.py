@@ -176,10 +176,8 @@ class ChatSession:
             return True
         except KeyboardInterrupt:
             stream.close()  # records the partial reply, which is then withdrawn
-            del self.conversation.turns[turns_before - (self.mode == 0):]
-            del self.conversation.turn_ids[turns_before - (self.mode == 0):]
-            if self.mode == 0:
-                del self.goals[len(self.conversation.turns):]
+            self.conversation.truncate(turns_before - (self.mode == 0))
+            del self.goals[len(self.conversation.turns):]
             sys.stdout.write("\n")
             typer.echo("(reply stopped; it and the message it answered are left out of the conversation. "
                        "Ctrl-C at the prompt or Ctrl-D ends the chat)")

@@ -333,9 +333,9 @@ def _sampling(body) -> SamplingConfig:
     defaults = SamplingConfig()
     greedy = body.temperature == 0
     min_tokens = getattr(body, "min_tokens", 0)
-    if min_tokens > (getattr(body, "reply_limit", body.max_tokens) or defaults.max_new_tokens):
-        raise ApiError(400, "min_tokens must not exceed max_tokens", param="min_tokens")
     limit = getattr(body, "reply_limit", body.max_tokens)
+    if min_tokens > (limit or defaults.max_new_tokens):
+        raise ApiError(400, "min_tokens must not exceed max_tokens", param="min_tokens")
     return SamplingConfig(do_sample=not greedy, top_k=defaults.top_k if body.top_k is None else body.top_k,
                           top_p=body.top_p or defaults.top_p,
                           temperature=body.temperature if body.temperature else defaults.temperature,

@@ -164,8 +164,9 @@ class Reply:
         yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), **extra)
         yield "data: [DONE]\n\n"
 
-    async def whole(self, http: Request) -> dict:
-        async def watch():  # a client that hangs up cancels its generation
+    async def text(self, http: Request) -> str:
+        """The whole text (stop strings applied); a client that hangs up meanwhile cancels the generation."""
+        async def watch():
             while True:
                 await asyncio.sleep(0.2)
                 if await http.is_disconnected():
@@ -178,6 +179,10 @@ class Reply:
         finally:
             watcher.cancel()
         self.metrics.observe(self.job)
+        return content
+
+    async def whole(self, http: Request) -> dict:
+        content = await self.text(http)
         return self.envelope.whole(content, self.finish_reason(), choice=self._choice_extra(),
                                    **await self.extras(content))
 
@@ -222,6 +227,5 @@ class TextReply(Reply):
         yield "data: [DONE]\n\n"
 
     async def whole(self, http: Request) -> dict:
-        content = "".join([piece async for piece in self.pieces()])
-        self.metrics.observe(self.job)
+        content = await self.text(http)
         return self._body(self.echo + content, self.finish_reason(), self.logprobs(), **await self.extras(content))
