@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from personagpt.control import GoalLabeler, control_success
+from personagpt.control import GoalLabeler
+from personagpt.evaluation import control_success
 from personagpt.data import distinct_personas, load_dialogues
 from personagpt.evaluation import distinct_n, word_f1
 from personagpt.generation import Conversation, SamplingConfig

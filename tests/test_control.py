@@ -8,7 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.control import Goal, GoalLabeler, build_control_records, control_success, labeler_scores
+from personagpt.control import Goal, GoalLabeler, build_control_records, labeler_scores
+from personagpt.evaluation import control_success
 from personagpt.data import Dialogue, load_control_records, load_dialogues
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import SamplingConfig
@@ -117,20 +118,20 @@ def test_build_control_data_cli(tmp_path):
 
 
 def test_best_of_n_control_asks_the_labeler_first(tiny_model, fmt, monkeypatch):
-    class AcceptsLongReplies:  # a stand-in labeler: a reply of 3+ words fulfils any goal
-        def accepts(self, text, goal):
-            return len(text.split()) >= 3
+    class AcceptsHalf:  # a stand-in labeler: a reply of an even number of characters fulfils any goal
+        def accepts(self, text, goal):  # (about half of random samples, whatever the CPU's rounding)
+            return len(text) % 2 == 0
 
         def label_many(self, texts, goals):
             return [set(goals) if self.accepts(t, None) else set() for t in texts]
 
     import personagpt.rerank
 
-    monkeypatch.setattr(personagpt.rerank, "default_labeler", lambda: AcceptsLongReplies())
+    monkeypatch.setattr(personagpt.rerank, "default_labeler", lambda: AcceptsHalf())
     dialogues = load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:20]
     goals = ["ask about pets.", "talk about music."]
     torch.manual_seed(0)
-    rates = [control_success(tiny_model, fmt, dialogues, AcceptsLongReplies(), goals, contexts=6,
+    rates = [control_success(tiny_model, fmt, dialogues, AcceptsHalf(), goals, contexts=6,
                              sampling=SamplingConfig(max_new_tokens=6), progress=False, candidates=n)
              for n in (1, 4)]
     assert rates[1]["overall"]["success"] > rates[0]["overall"]["success"]

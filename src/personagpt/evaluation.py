@@ -34,13 +34,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
+from tqdm.auto import tqdm
 
 from personagpt.errors import SettingsError
 from personagpt.data import Dialogue, distinct_personas
 from personagpt.dataset import Example, persona_examples
-from personagpt.format import PromptFormat
 from personagpt.fastpath import fast_decoder
-from personagpt.generation import SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.control import GoalLabeler
+from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, PromptFormat
+from personagpt.generation import Conversation, SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.models import inference_autocast
 from personagpt.replay import Replay, generate_replays
 from personagpt.scoring import TurnScore, rank_personas, score_examples
 
@@ -237,7 +240,6 @@ def generate_replies(model, fmt: PromptFormat, targets: Targets, sampling: Sampl
 
 def _best_of_n_replies(model, fmt: PromptFormat, targets: Targets, sampling: SamplingConfig, progress=None):
     """Best-of-N replies, one conversation rebuilt per target turn (each turn samples and scores N candidates)."""
-    from personagpt.generation import Conversation
 
     replies, gold = [], []
     for dialogue_index, speaker in targets.pairs:
@@ -274,9 +276,7 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     split when only its first dialogues are evaluated. ``candidates`` > 1 generates F1's and control's replies best-of-N
     (:mod:`personagpt.rerank`; one conversation per reply, much slower than the batched replay).
     """
-    from tqdm.auto import tqdm
-
-    from personagpt.models import generation_model, inference_autocast, resolve_mixed_precision
+    from personagpt.models import generation_model, resolve_mixed_precision
 
     if decode not in DECODING:
         raise SettingsError(f"decode must be one of {', '.join(DECODING)}")
@@ -324,7 +324,6 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         results["distinct_2"] = distinct_n(replies, 2)
         results["samples"] = [{"gold": g, "generated": r} for r, g in list(zip(replies, gold))[:5]]
     if "control" in metrics:
-        from personagpt.control import GoalLabeler, control_success
 
         control = control_success(generator, fmt, dialogues, GoalLabeler(), contexts=control_contexts,
                                   batch_size=batch_size * 8, seed=seed, progress=progress, precision=precision,
@@ -361,3 +360,53 @@ def markdown_table(rows: Sequence[dict]) -> str:
     header, cells = table_rows(rows)
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence[str] = DEFAULT_ACTIONS,
+                    contexts: int = 50, sampling=None, batch_size: int = 16, seed: int = 0,
+                    progress: bool = True, precision: str = "auto", candidates: int = 1) -> dict[str, dict[str, float]]:
+    """How often a steered turn fulfils its goal, against the rate without steering.
+
+    For ``contexts`` validation contexts (a dialogue cut before a random turn), the model generates the next turn
+    once per goal with the action prefix; the labeler judges each against its goal. The base rate of a goal is
+    how often the model's unsteered next turn (the speaker's persona prefix, no action) fulfils it anyway.
+    ``candidates`` > 1 generates every turn best-of-N (:mod:`personagpt.rerank`: in action mode the labeler's
+    verdict is part of the score), one conversation at a time instead of batched.
+    """
+    cfg = sampling or SamplingConfig(do_sample=False, max_new_tokens=40)
+    rng = random.Random(seed)
+    eligible = [d for d in dialogues if len(d.turns) >= 2]
+    picked = [(d, rng.randrange(1, len(d.turns))) for d in rng.sample(eligible, min(contexts, len(eligible)))]
+    budget = context_limit(model) - cfg.max_new_tokens
+    jobs = []  # (goal or None, prompt ids)
+    sessions = []  # best-of-N: the same prompts as conversations
+    for dialogue, cut in picked:
+        turns = dialogue.turns[max(0, cut - HISTORY_TURNS):cut]
+        history = [fmt.utterance(t) for t in turns]
+        speaker, facts = dialogue.speaker_of(cut), dialogue.facts(dialogue.speaker_of(cut))
+        jobs.append((None, fit_context(fmt.persona_prefix(facts, speaker), history, budget)))
+        sessions.append(dict(turns=turns, persona=facts, speaker=speaker))
+        for goal in goals:
+            jobs.append((goal, fit_context(fmt.action_prefix(goal), history, budget)))
+            sessions.append(dict(turns=turns, goal=goal))
+    replies = []
+    with inference_autocast(model, precision):
+        if candidates > 1:
+            best_of_n = replace(cfg, num_candidates=candidates)
+            for i, job in enumerate(tqdm(sessions, desc=f"control success (best of {candidates})", unit="turn",
+                                         disable=not progress)):
+                turns = job.pop("turns")
+                replies.append(Conversation.from_turns(model, fmt, turns, sampling=best_of_n, seed=seed + i,
+                                                       **job).respond())
+        for start in tqdm(range(0, len(jobs) if candidates == 1 else 0, batch_size), desc="control success",
+                          unit="batch", disable=not progress or candidates > 1):
+            batch = [ids for _, ids in jobs[start:start + batch_size]]
+            replies += [fmt.decode(r) for r in generate_batch(model, fmt, batch, cfg)]
+    found = labeler.label_many(replies, goals)
+    results = {}
+    for goal in goals:
+        steered = [goal in f for (g, _), f in zip(jobs, found) if g == goal]
+        base = [goal in f for (g, _), f in zip(jobs, found) if g is None]
+        results[goal] = {"success": sum(steered) / len(steered), "base_rate": sum(base) / len(base)}
+    results["overall"] = {k: sum(results[g][k] for g in goals) / len(goals) for k in ("success", "base_rate")}
+    return results

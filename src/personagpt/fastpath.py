@@ -49,7 +49,7 @@ class FastPathChoice:
 
 def choose_fast_path(requested: str | None = None, model=None) -> FastPathChoice:
     """The decoding path for this CPU. ``requested`` (or ``$PERSONAGPT_FAST_PATH``) may force one."""
-    from personagpt.models import _cpu_has_fast_bf16
+    from personagpt.models import _cpu_has_avx2, _cpu_has_fast_bf16
 
     requested = requested or os.environ.get("PERSONAGPT_FAST_PATH") or "auto"
     if requested not in (*MODES, "auto"):
@@ -62,7 +62,9 @@ def choose_fast_path(requested: str | None = None, model=None) -> FastPathChoice
         return FastPathChoice("off", f"on {model.device.type}, the reference path")
     if _cpu_has_fast_bf16():
         return FastPathChoice("int8", "this CPU has fast bf16: AMX or AVX512-BF16")
-    return FastPathChoice("fp32", "this CPU lacks fast bf16, where int8 products run slower")
+    if _cpu_has_avx2():  # measured on an AVX2-only AMD EPYC: 31-43 ms/token in int8 against 55-62 in fp32
+        return FastPathChoice("int8", "this CPU has AVX2, where int8 products beat fp32")
+    return FastPathChoice("fp32", "this CPU lacks AVX2, where int8 products are untested")
 
 
 def supported(model) -> bool:
@@ -204,6 +206,8 @@ class FastDecoder:
         past = (int(cache.get_seq_length()) if cache is not None else 0) if position_ids is None else None
         if position_ids is None:
             position_ids = torch.arange(past, past + q, device=self.device).unsqueeze(0).expand(batch, q)
+        elif q > 1 and attention_mask is None and cache is not None:  # rows of equal length (scoring replies)
+            past = int(cache.get_seq_length())
         mask = self._mask(attention_mask, q, past)
         x = self.embed[input_ids]
         if not self.llama:

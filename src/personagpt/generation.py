@@ -75,10 +75,11 @@ class Conversation:
 
     def __init__(self, model, fmt: PromptFormat, prefix: Sequence[int], *, sampling: SamplingConfig | None = None,
                  max_context: int | None = None, use_cache: bool = True, compile: bool = False,
-                 seed: int | None = None, engine=None, fast: str | None = None) -> None:
+                 seed: int | None = None, engine=None, fast: str | None = None, labeler=None) -> None:
         """``engine`` (a :class:`~personagpt.engine.Engine`) generates this session's turns batched with other
         sessions' and reuses cached prefixes; without it the session decodes on its own KV cache, through the
-        fast path this CPU gets (:mod:`personagpt.fastpath`; ``fast="off"``: the reference model)."""
+        fast path this CPU gets (:mod:`personagpt.fastpath`; ``fast="off"``: the reference model). ``labeler``
+        judges goals for best-of-N in action mode (default: :func:`personagpt.rerank.default_labeler`)."""
         self.model = model
         self.fast = "off" if compile else fast
         self.decoder = fast_decoder(model, self.fast) if model is not None else None
@@ -95,7 +96,9 @@ class Conversation:
         self.turn_ids: list[list[int]] = []
         self._cache: Cache | None = None
         self._cached_ids: list[int] = []
-        self._prompt_scorer = self._reference_scorer = None  # best-of-N: the two prompts' caches (rerank.py)
+        self.labeler = labeler
+        # best-of-N: the caches of the prompt, the reference (no persona) and the contrast (negated persona)
+        self._prompt_scorer = self._reference_scorer = self._contrast_scorer = None
         # each conversation samples from its own generator: replies depend on its seed and its turns only,
         # however many conversations a process interleaves
         self.generator = torch.Generator(device=model.device)
@@ -178,7 +181,7 @@ class Conversation:
             yield self.turns[-1]
             return
         if cfg.num_candidates > 1:
-            yield self._best_of_n(ids, cfg)
+            yield from self._stream_best_of_n(ids, cfg, text)
             return
         if self.engine is not None:
             yield from self._stream_from_engine(ids, cfg, text)
@@ -209,31 +212,57 @@ class Conversation:
             request.cancel()  # a no-op once finished; frees the slot when the consumer stopped early
             self._record(strip_reply(list(request.tokens), self.fmt.eos_id))
 
-    def _best_of_n(self, ids: list[int], cfg: SamplingConfig) -> str:
-        """Sample ``cfg.num_candidates`` replies, keep the one :mod:`personagpt.rerank` scores best."""
-        from personagpt.rerank import PrefixScorer, rank_candidates, sample_candidates
+    def _stream_best_of_n(self, ids: list[int], cfg: SamplingConfig, text: TextStream) -> Iterator[str]:
+        """Best-of-N (:mod:`personagpt.rerank`): ``cfg.num_candidates`` replies sampled side by side; after
+        ``cfg.commit_tokens`` tokens (0: once all have ended) the best scored one is chosen and streamed, the
+        others dropped."""
+        from personagpt.rerank import Lockstep, PrefixScorer, best_of_n_lockstep, best_of_n_requests
 
-        n, conditioned = cfg.num_candidates, []
+        generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
-            jobs = self.engine.submit_many(ids, n, cfg, self.generator)
-            replies, conditioned = [strip_reply(list(job), self.fmt.eos_id) for job in jobs], None
+            tokens = best_of_n_requests(self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator),
+                                        cfg.commit_tokens, self.fmt.eos_id,
+                                        lambda replies, finished: self.choose(ids, replies, finished))
         else:
             if self._prompt_scorer is None:
-                self._prompt_scorer = PrefixScorer(self.model)
-            replies = sample_candidates(self.model, self.fmt, ids, n, cfg, self.generator, conditioned,
-                                        self._prompt_scorer)
+                self._prompt_scorer = PrefixScorer(self.decoder)
+            lockstep = Lockstep(self.decoder, self.fmt, ids, cfg.num_candidates, cfg, self.generator,
+                                self._prompt_scorer)
+            tokens = best_of_n_lockstep(lockstep, cfg.commit_tokens, lambda replies, finished: self.choose(
+                ids, replies, finished, lockstep.logprobs))
+        try:
+            for token in tokens:
+                generated.append(token)
+                yield from text.pieces([token])
+            yield from text.pieces([])
+        finally:
+            if hasattr(tokens, "close"):
+                tokens.close()
+            self._record(strip_reply(generated, self.fmt.eos_id))
+
+    def choose(self, ids: Sequence[int], replies: Sequence[Sequence[int]], finished: Sequence[bool],
+               conditioned: Sequence[float] | None = None) -> int:
+        """The index of the best of ``replies`` to the prompt ``ids`` (whole or, where not ``finished``, begun),
+        scored by :func:`~personagpt.rerank.rank_candidates` against this conversation's persona or goal."""
+        from personagpt.rerank import PrefixScorer, contrast_facts, rank_candidates
+
         if self._reference_scorer is None:
-            self._reference_scorer = PrefixScorer(self.model)
-        history = ids[len(self.prefix):]
+            self._reference_scorer, self._contrast_scorer = PrefixScorer(self.decoder), PrefixScorer(self.decoder)
+        history = list(ids[len(self.prefix):])
+        negated = contrast_facts(self.facts) if self.facts else None
         if self.goal is None:
             reference = self.fmt.persona_prefix([]) + history
+            speaker = 1 if self.prefix[:1] == [self.fmt.p1_id] else 2
+            contrast = None if negated is None else self.fmt.persona_prefix(negated, speaker) + history
         else:
             reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
+            contrast = None if negated is None else self.fmt.action_prefix(self.goal, negated) + history
         bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
-        best = rank_candidates(self.model, self.fmt, ids, reference, replies, bot_turns, self.goal,
-                               conditioned=conditioned, scorer=self._reference_scorer)[0]
-        self._record(best.ids)
-        return self.turns[-1]
+        ranked = rank_candidates(self.decoder, self.fmt, ids, reference, replies, bot_turns, self.goal,
+                                 labeler=self.labeler, scorer=self._reference_scorer, contrast=contrast,
+                                 contrast_scorer=self._contrast_scorer, finished=finished,
+                                 conditioned=None if conditioned is None else list(conditioned))
+        return ranked[0].index
 
     def _record(self, reply: list[int]) -> None:
         self.turns.append(self.fmt.decode(reply))
@@ -255,7 +284,7 @@ class Conversation:
     def invalidate_cache(self) -> None:
         """Forget cached keys/values, e.g. after the model's weights changed (the fast path's copies too)."""
         self._cache, self._cached_ids = None, []
-        self._prompt_scorer = self._reference_scorer = None
+        self._prompt_scorer = self._reference_scorer = self._contrast_scorer = None
         self.model.__dict__.pop("_personagpt_fast", None)
         self.decoder = fast_decoder(self.model, self.fast)
 

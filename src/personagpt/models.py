@@ -172,12 +172,21 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if _cpu_has_fast_bf16() else "no"
 
 
-def _cpu_has_fast_bf16() -> bool:
+def _cpu_flags() -> set[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+
+
+def _cpu_has_fast_bf16() -> bool:
+    flags = _cpu_flags()
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def _cpu_has_avx2() -> bool:
+    return "avx2" in _cpu_flags()
 
 
 def describe_hardware() -> str:

@@ -23,6 +23,7 @@ class SamplingConfig:
     min_new_tokens: int = 0  # eos is banned before this many tokens (benchmarks that need fixed-length turns)
     num_beams: int = 1
     num_candidates: int = 1  # > 1: sample this many replies from one prefix and keep the best (rerank.py)
+    commit_tokens: int = 0  # best-of-N: choose after this many tokens and stream the rest (0: after whole replies)
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -41,12 +42,14 @@ class SamplingConfig:
             raise SettingsError("num_beams must be >= 1")
         if self.num_candidates < 1:
             raise SettingsError("num_candidates must be >= 1")
+        if self.commit_tokens < 0:
+            raise SettingsError("commit_tokens must be >= 0")
         if self.num_candidates > 1 and self.num_beams > 1:
             raise SettingsError("use either candidates (reranked sampling) or beams, not both")
 
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
-        del kwargs["num_candidates"]
+        del kwargs["num_candidates"], kwargs["commit_tokens"]
         if not self.do_sample:
             del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
         return kwargs | {
