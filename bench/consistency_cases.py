@@ -4,11 +4,13 @@
 :func:`personagpt.facts.question` turns into a yes/no question (drawn with seed 0) is asked as p1's next turn
 after the gold history up to a random point. The bundled model answers twice, sampling (top-k 10 / top-p 0.92):
 in character with the true persona, and with that fact negated in its persona (which makes contradicting
-answers of the model's own style). Written to ``--out`` without labels.
+answers of the model's own style). Written to ``--out`` without labels (a label field is added by hand).
 
-The labels were then given by hand, reading each case (persona fact, question, reply): ``contradiction`` when
-the reply asserts the opposite of a persona fact (a negated fact, another count, name, job, place or status),
-``consistent`` otherwise (agreeing, or not about the fact). They are the test set of the consistency scorer
+The labels (``bench/data/consistency_cases.jsonl``, 2026-12-03) were then given by hand, reading each case
+(persona fact, question, reply): ``contradiction`` when the reply denies the asked fact ("no", "i do not", also
+when it goes on to half-affirm it: "no , i work in the insurance business") or asserts another count, name, job,
+place or status than a fact; ``consistent`` otherwise (agreeing, evasive, or not about the fact). 300 cases, 147
+contradictions; 52 of the 150 replies given with the true persona contradict it. They are the test set of the consistency scorer
 (``bench/consistency_eval.py``), never used to tune it.
 
     python bench/consistency_cases.py build [--dialogues 150] [--out bench/data/consistency_unlabelled.jsonl]

@@ -1,9 +1,10 @@
-"""Per-turn latency of best-of-N decoding at N = 1, 4, 8 (bundled model, one process, same conversation).
+"""Per-turn latency and time to first text of best-of-N decoding (bundled model, one process, same conversations).
 
-Each turn answers the user turns of the first validation dialogues with the dialogue's persona; every N runs the
-same turns with the same seed, alternating N per turn so drifts in machine load hit all of them.
+Each turn answers the user turns of the first validation dialogues with the dialogue's persona; every setting
+runs the same turns with the same seed, alternating settings per turn so drifts in machine load hit all of them.
+A setting is ``N`` or ``N:C`` (N candidates, chosen after C tokens; 0 or none: among whole replies).
 
-    python bench/rerank_latency.py [--dialogues 3] [--turns 4]
+    python bench/rerank_latency.py [--dialogues 3] [--turns 4] [--settings 1 4:8 4:0]
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from personagpt.data import load_dialogues
 from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import load_chat_model
+from personagpt.fastpath import choose_fast_path
+from personagpt.models import describe_hardware, load_chat_model
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -25,27 +27,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogues", type=int, default=3)
     parser.add_argument("--turns", type=int, default=4)
-    parser.add_argument("--ns", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--settings", nargs="+", default=["1", "4:8", "4:0"])
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
     model, fmt = load_chat_model(None)
+    print(describe_hardware(), "| decoding:", choose_fast_path(None, model).describe())
     dialogues = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")[: args.dialogues]
-    times = {n: [] for n in args.ns}
+    configs = {}
+    for setting in args.settings:
+        n, _, commit = setting.partition(":")
+        configs[setting] = SamplingConfig(max_new_tokens=args.max_new_tokens, num_candidates=int(n),
+                                          commit_tokens=int(commit or 0))
+    times = {s: [] for s in configs}
+    firsts = {s: [] for s in configs}
     for d in dialogues:
-        sessions = {n: Conversation.with_persona(model, fmt, d.p2_facts, seed=0,
-                                                 sampling=SamplingConfig(max_new_tokens=32, num_candidates=n))
-                    for n in args.ns}
+        sessions = {s: Conversation.with_persona(model, fmt, d.p2_facts, seed=0, sampling=cfg)
+                    for s, cfg in configs.items()}
         for user in d.turns[0::2][: args.turns]:
-            for n, session in sessions.items():
+            for s, session in sessions.items():
                 session.add_turn(user)
                 started = time.perf_counter()
-                session.respond()
-                times[n].append(time.perf_counter() - started)
-    base = statistics.median(times[args.ns[0]])
-    for n in args.ns:
-        median = statistics.median(times[n])
-        print(f"N={n}: median turn {1000 * median:.0f} ms ({median / base:.2f}x N={args.ns[0]}) over {len(times[n])} turns")
-    for n, session in sessions.items():
-        print(f"N={n} last conversation: {session.turns[1::2]}")
+                first = None
+                for _ in session.stream():
+                    first = first or time.perf_counter()
+                times[s].append(time.perf_counter() - started)
+                firsts[s].append((first or time.perf_counter()) - started)
+    base, base_first = statistics.median(times[args.settings[0]]), statistics.median(firsts[args.settings[0]])
+    for s in configs:
+        median, first = statistics.median(times[s]), statistics.median(firsts[s])
+        print(f"{s}: median turn {1000 * median:.0f} ms ({median / base:.2f}x {args.settings[0]}), first text "
+              f"{1000 * first:.0f} ms ({first / base_first:.2f}x) over {len(times[s])} turns")
+    for s, session in sessions.items():
+        print(f"{s} last conversation: {session.turns[1::2]}")
 
 
 if __name__ == "__main__":

@@ -246,13 +246,14 @@ class Engine:
         return request
 
     def submit_many(self, prompt: Sequence[int], count: int, sampling: SamplingConfig | None = None,
-                    generator: torch.Generator | None = None) -> list[Request]:
+                    generator: torch.Generator | None = None,
+                    loop: asyncio.AbstractEventLoop | None = None) -> list[Request]:
         """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
         encoded once (best-of-N candidates). All or none are queued."""
         with self._lock:  # reentrant: submit() takes it again
             if len(self._waiting) + count > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
-            return [self.submit(prompt, sampling, generator) for _ in range(count)]
+            return [self.submit(prompt, sampling, generator, loop=loop) for _ in range(count)]
 
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:

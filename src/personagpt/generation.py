@@ -97,8 +97,9 @@ class Conversation:
         self._cache: Cache | None = None
         self._cached_ids: list[int] = []
         self.labeler = labeler
-        # best-of-N: the caches of the prompt, the reference (no persona) and the contrast (negated persona)
-        self._prompt_scorer = self._reference_scorer = self._contrast_scorer = None
+        self._checker = None
+        # best-of-N: the caches of the prompt and of the reference (no persona, or no goal) across turns
+        self._prompt_scorer = self._reference_scorer = None
         # each conversation samples from its own generator: replies depend on its seed and its turns only,
         # however many conversations a process interleaves
         self.generator = torch.Generator(device=model.device)
@@ -180,7 +181,7 @@ class Conversation:
             self._record(reply)
             yield self.turns[-1]
             return
-        if cfg.num_candidates > 1:
+        if cfg.num_candidates > 1 and cfg.do_sample:  # greedy candidates would all be the same reply
             yield from self._stream_best_of_n(ids, cfg, text)
             return
         if self.engine is not None:
@@ -244,25 +245,39 @@ class Conversation:
                conditioned: Sequence[float] | None = None) -> int:
         """The index of the best of ``replies`` to the prompt ``ids`` (whole or, where not ``finished``, begun),
         scored by :func:`~personagpt.rerank.rank_candidates` against this conversation's persona or goal."""
-        from personagpt.rerank import PrefixScorer, contrast_facts, rank_candidates
+        from personagpt.rerank import PrefixScorer, rank_candidates
 
         if self._reference_scorer is None:
-            self._reference_scorer, self._contrast_scorer = PrefixScorer(self.decoder), PrefixScorer(self.decoder)
+            self._reference_scorer = PrefixScorer(self.decoder)
         history = list(ids[len(self.prefix):])
-        negated = contrast_facts(self.facts) if self.facts else None
         if self.goal is None:
             reference = self.fmt.persona_prefix([]) + history
-            speaker = 1 if self.prefix[:1] == [self.fmt.p1_id] else 2
-            contrast = None if negated is None else self.fmt.persona_prefix(negated, speaker) + history
         else:
             reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
-            contrast = None if negated is None else self.fmt.action_prefix(self.goal, negated) + history
         bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
+        asked = self.checker.asked_fact(self.turns[-1], self.facts) if self.turns and self.facts else None
         ranked = rank_candidates(self.decoder, self.fmt, ids, reference, replies, bot_turns, self.goal,
-                                 labeler=self.labeler, scorer=self._reference_scorer, contrast=contrast,
-                                 contrast_scorer=self._contrast_scorer, finished=finished,
-                                 conditioned=None if conditioned is None else list(conditioned))
+                                 labeler=self._labeler(), scorer=self._reference_scorer, finished=finished,
+                                 conditioned=None if conditioned is None else list(conditioned),
+                                 checker=self.checker, asked=asked)
         return ranked[0].index
+
+    def _labeler(self):
+        from personagpt.rerank import default_labeler
+
+        if self.labeler is None:
+            self.labeler = default_labeler()
+        return self.labeler
+
+    @property
+    def checker(self):
+        """The persona-consistency check of best-of-N (its sentence encoder is the goal labeler's, if any)."""
+        if self._checker is None:
+            from personagpt.consistency import ConsistencyChecker
+
+            labeler = self._labeler()
+            self._checker = ConsistencyChecker(labeler.embedder if getattr(labeler, "semantic", False) else None)
+        return self._checker
 
     def _record(self, reply: list[int]) -> None:
         self.turns.append(self.fmt.decode(reply))
@@ -284,7 +299,7 @@ class Conversation:
     def invalidate_cache(self) -> None:
         """Forget cached keys/values, e.g. after the model's weights changed (the fast path's copies too)."""
         self._cache, self._cached_ids = None, []
-        self._prompt_scorer = self._reference_scorer = self._contrast_scorer = None
+        self._prompt_scorer = self._reference_scorer = None
         self.model.__dict__.pop("_personagpt_fast", None)
         self.decoder = fast_decoder(self.model, self.fast)
 

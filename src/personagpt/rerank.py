@@ -36,7 +36,8 @@ class RerankWeights:
     goal: float = 1.0
     repetition: float = 8.0
     fluency: float = 0.5
-    consistency: float = 1.0
+    denial: float = 10.0  # the reply denies the persona fact it was asked about (first, like an accepted goal)
+    contrast: float = 0.0  # > 0: also penalise log p(reply | negated persona) - log p(reply | persona) above 0
 
 
 @dataclass
@@ -271,17 +272,21 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
                     weights: RerankWeights = RerankWeights(), labeler=None, conditioned: Sequence[float] | None = None,
                     scorer: PrefixScorer | None = None, contrast: Sequence[int] | None = None,
                     contrast_scorer: PrefixScorer | None = None,
-                    finished: Sequence[bool] | None = None) -> list[Candidate]:
+                    finished: Sequence[bool] | None = None, checker=None, asked=None) -> list[Candidate]:
     """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal), and
     ``contrast`` (optional) the same context with the persona's facts negated (:func:`contrast_facts`).
     ``conditioned`` are the replies' log-likelihoods under ``prompt`` when already known (from sampling);
     ``scorer`` and ``contrast_scorer`` keep those contexts' caches across turns; ``finished[i]`` False: reply i
-    is still being written (scored as a prefix, without eos). Returns the candidates, best first."""
+    is still being written (scored as a prefix, without eos); ``asked`` (an
+    :class:`~personagpt.consistency.AskedFact`) is the persona fact the last turn asked about, and ``checker``
+    says whether a reply denies it. Returns the candidates, best first."""
     ends = [True] * len(replies) if finished is None else list(finished)
     if conditioned is None:
         conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id, finished=ends).tolist()
     unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends)
-    negated = None if contrast is None else reply_logprobs(model, contrast, replies, fmt.eos_id, contrast_scorer, ends)
+    negated = None
+    if contrast is not None and weights.contrast > 0:
+        negated = reply_logprobs(model, contrast, replies, fmt.eos_id, contrast_scorer, ends)
     candidates = []
     for i, reply in enumerate(replies):
         text = fmt.decode(reply)
@@ -292,7 +297,10 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
         total = weights.fluency * scores["fluency"] - weights.repetition * scores["repetition"]
         if negated is not None:  # > 0: the reply fits the negated persona better than the persona itself
             scores["contradiction"] = float(negated[i] - conditioned[i])
-            total -= weights.consistency * max(0.0, scores["contradiction"])
+            total -= weights.contrast * max(0.0, scores["contradiction"])
+        if asked is not None and checker is not None:
+            scores["denies_fact"] = float(checker.denies(text, asked))
+            total -= weights.denial * scores["denies_fact"]
         if goal is None:
             total += weights.persona * scores["pmi"]
         else:

@@ -10,6 +10,13 @@ from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 
 
+# What the front ends (interact, selfplay, the server and its page) use unless told otherwise: best-of-N with a
+# commitment after a few tokens, the setting bench/rerank_sweep.py supports (bench/README.md, "Best replies by
+# default"). The library's SamplingConfig stays at one sample: what a caller asks for is what runs.
+DEFAULT_CANDIDATES = 4
+DEFAULT_COMMIT_TOKENS = 8
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """Decoding settings. Defaults are the original PersonaGPT's (top-k 10, nucleus 0.92)."""

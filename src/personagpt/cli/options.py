@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from personagpt.cli.common import friendly_errors
-from personagpt.sampling import SamplingConfig
+from personagpt.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, SamplingConfig
 
 SAMPLING_DEFAULTS = SamplingConfig()
 
@@ -60,9 +60,13 @@ SAMPLING_OPTIONS = [
     _option("max_new_tokens", Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")],
             SAMPLING_DEFAULTS.max_new_tokens),
     _option("greedy", Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")], False),
-    _option("num_candidates", Annotated[int, typer.Option("--candidates", min=1, help=(
-        "Sample this many replies and keep the best by persona grounding, goal, repetition and fluency "
-        "(best-of-N; 1: plain sampling)."))], SAMPLING_DEFAULTS.num_candidates),
+    _option("num_candidates", Annotated[int, typer.Option("--candidates", min=1, max=8, help=(
+        "Sample this many replies side by side and keep the best by persona consistency, goal, repetition and "
+        "fluency (best-of-N; 1: plain sampling, as before best-of-N was the default). Ignored with --greedy."))],
+        DEFAULT_CANDIDATES),
+    _option("commit_tokens", Annotated[int, typer.Option("--commit-tokens", min=0, help=(
+        "Best-of-N: choose after this many tokens of each candidate, then stream the chosen one (0: choose "
+        "among whole replies, shown only when all have ended)."))], DEFAULT_COMMIT_TOKENS),
 ]
 
 
@@ -72,6 +76,8 @@ def sampling_from(values: dict) -> SamplingConfig:
     if values["temperature"] == 0 and not values["greedy"]:
         raise SettingsError("--temperature must be > 0; for deterministic (greedy) replies use --greedy")
     greedy = values.pop("greedy")
+    if greedy:  # N greedy candidates would be N copies of one reply
+        values["num_candidates"] = 1
     return SamplingConfig(do_sample=not greedy, **values)
 
 

@@ -28,7 +28,7 @@ from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import Conversation
 from personagpt.sampling import SamplingConfig
 from personagpt.serve.access import AccessLog
-from personagpt.serve.completions import Envelope, Reply, TextReply, cut_at_stops
+from personagpt.serve.completions import BestOfNJob, Reply, TextReply
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
@@ -163,6 +163,17 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
             metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
 
+    def submit_best_of_n(eng: Engine, prompt: list[int], cfg: SamplingConfig, conversation: Conversation):
+        """The N requests of a best-of-N turn, as one job (they count against the batch like N users)."""
+        try:
+            requests = eng.submit_many(prompt, cfg.num_candidates, cfg, conversation.generator,
+                                       loop=asyncio.get_running_loop())
+        except QueueFullError as e:
+            metrics.rejected.inc()
+            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+        return BestOfNJob(requests, cfg.commit_tokens, eng.fmt.eos_id,
+                          lambda replies, finished: conversation.choose(prompt, replies, finished))
+
     async def respond(reply: Reply, stream: bool, http: Request):
         if stream:
             return StreamingResponse(reply.events(), media_type="text/event-stream",
@@ -209,11 +220,14 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         if cfg.num_candidates > 1:
             if body.logprobs:
                 raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
-            return await _best_of_n(conversation, body, prompt, state.model_name, metrics, facts)
-        job = submit(eng, prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None)
+            job = submit_best_of_n(eng, prompt, cfg, conversation)
+        else:
+            job = submit(eng, prompt, cfg, conversation.generator,
+                         (body.top_logprobs or 0) if body.logprobs else None)
         reply = Reply(job, eng.fmt, body.stop or [], state.model_name, metrics,
                       goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
-                      extra={"persona": facts}, http=http)
+                      extra={"persona": facts} | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {}),
+                      http=http)
         return await respond(reply, body.stream, http)
 
     @app.post("/v1/completions", summary="Raw text completion of a prompt in the model's own format")
@@ -254,29 +268,6 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
     mount_docs(app)  # /docs, offline
     mount_page(app)  # the chat page at /, when the package ships it
     return app
-
-
-async def _best_of_n(conversation: Conversation, body: ChatRequest, prompt: list[int], model: str, metrics,
-                     facts: list[str]):
-    """A best-of-N reply (the N samples go through the engine; scoring runs in a worker thread), whole."""
-    if conversation.engine.queue_depth + body.candidates > conversation.engine.max_queue:
-        metrics.rejected.inc()
-        raise ApiError(503, "too many requests are waiting; try again shortly", kind="server_error",
-                       headers={"Retry-After": "1"})
-    text = cut_at_stops(for_people(await asyncio.to_thread(conversation.respond)), body.stop or [])
-    envelope = Envelope(model)
-    completion = len(conversation.turn_ids[-1]) - 1
-    usage = {"prompt_tokens": len(prompt), "completion_tokens": completion, "total_tokens": len(prompt) + completion}
-    if not body.stream:
-        return envelope.whole(text, "stop", usage=usage, candidates=body.candidates, persona=facts)
-
-    async def events():
-        yield envelope.chunk({"role": "assistant", "content": ""})
-        yield envelope.chunk({"content": text})
-        yield envelope.chunk({}, "stop", usage=usage, persona=facts)
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def _refuse_unsupported(body) -> None:
@@ -341,7 +332,8 @@ def _sampling(body) -> SamplingConfig:
                           temperature=body.temperature if body.temperature else defaults.temperature,
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
                           max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
-                          num_candidates=getattr(body, "candidates", 1))
+                          num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
+                          commit_tokens=getattr(body, "commit_tokens", 0))
 
 
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):

@@ -64,6 +64,55 @@ class StopScanner:
         return held
 
 
+class BestOfNJob:
+    """Best-of-N as one job for :class:`Reply`: N engine requests for one prompt are read until
+    ``commit_tokens`` tokens each (0: to their ends), ``choose`` (run in a worker thread: it scores on the model)
+    keeps one, the others are cancelled and the kept one streams on."""
+
+    logprobs, token_logprobs = None, []
+
+    def __init__(self, requests: list, commit_tokens: int, eos_id: int, choose) -> None:
+        self.requests, self.commit_tokens, self.eos_id, self.choose = requests, commit_tokens, eos_id, choose
+        self.chosen = None
+
+    def __getattr__(self, name: str):
+        """Timings, tokens and finish reason: the kept request's (the first one's before the choice)."""
+        if name in ("requests", "chosen"):
+            raise AttributeError(name)
+        return getattr(self.chosen if self.chosen is not None else self.requests[0], name)
+
+    def cancel(self) -> None:
+        for request in self.requests:
+            request.cancel()
+
+    async def stream(self):
+        replies: list[list[int]] = [[] for _ in self.requests]
+        finished = [False] * len(self.requests)
+        ended = [True] * len(self.requests)  # the request's stream is over (eos, or its length limit)
+        for i, request in enumerate(self.requests):
+            async for token in request.stream():
+                if token == self.eos_id:
+                    finished[i] = True
+                    break
+                replies[i].append(token)
+                if self.commit_tokens and len(replies[i]) >= self.commit_tokens:
+                    ended[i] = False
+                    break
+        row = await asyncio.to_thread(self.choose, replies, finished)
+        for i, request in enumerate(self.requests):
+            if i != row:
+                request.cancel()
+        self.chosen = self.requests[row]
+        for token in replies[row]:
+            yield token
+        if finished[row]:
+            yield self.eos_id
+        if ended[row]:
+            return
+        async for token in self.chosen.stream():
+            yield token
+
+
 class Reply:
     """One chat completion being generated: as SSE chunks or as one response body.
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personagpt.format import DEFAULT_ACTIONS
+from personagpt.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
 
 MAX_FACTS = 5
 MAX_REPLY_TOKENS = 256
@@ -92,9 +93,13 @@ class ChatRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
     min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "
                                                                       "before this many tokens (benchmarks).")
-    candidates: int = Field(1, ge=1, le=8, description="Extension: sample this many replies and return the one "
-                                                       "scored best (persona, goal, repetition, fluency); the reply "
-                                                       "then arrives whole, not token by token.")
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=8, description=(
+        "Extension: sample this many replies side by side and keep the one scored best (persona consistency, "
+        "goal, repetition, fluency) after `commit_tokens` tokens, then stream it; 1: plain sampling. Greedy "
+        "requests (temperature 0) sample once."))
+    commit_tokens: int = Field(DEFAULT_COMMIT_TOKENS, ge=0, le=MAX_REPLY_TOKENS, description=(
+        "Extension: with candidates > 1, choose after this many tokens (0: among whole replies, which then "
+        "arrive at once)."))
 
     @field_validator("persona")
     @classmethod
@@ -206,6 +211,9 @@ class SelfPlayRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
+    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=8, description="Best-of-N for both bots' turns, as in "
+                                                                        "chat completions; 1: plain sampling.")
+    commit_tokens: int = Field(DEFAULT_COMMIT_TOKENS, ge=0, le=MAX_REPLY_TOKENS)
     stream: bool = False
 
     @field_validator("goals")
