@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from personagpt.models import build_gpt2, load_chat_model
+from personagpt.sampling import DEFAULT_CANDIDATES
 from personagpt.serve import ServerSettings, create_app
 
 from conftest import LiveServer, no_eos
@@ -103,6 +104,9 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     assert driver.execute_script("return document.getElementById('input').value").endswith("\n")
     driver.execute_script("""window.updates = 0; new MutationObserver(() => window.updates++)
         .observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});""")
+    driver.execute_script("""const plain = window.fetch; window.bodies = [];
+        window.fetch = async (...args) => { const r = await plain(...args);
+            r.clone().text().then(t => window.bodies.push(t)); return r; };""")  # what the server answers
     box.send_keys("tell me", Keys.ENTER)
 
     def done():
@@ -113,6 +117,8 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
 
     reply = wait_for(done, what="a streamed reply")
     assert driver.execute_script("return window.updates") > 4, "the reply should grow piece by piece"
+    streamed = [b for b in driver.execute_script("return window.bodies") if "chat.completion.chunk" in b]
+    assert streamed and f'"candidates": {DEFAULT_CANDIDATES}' in streamed[-1]  # best-of-N by default, streamed
     assert find(By.CSS_SELECTOR, ".msg.user .text").text == "hi ! what music do you like ?\ntell me"
 
     # steering: a goal button applies to the reply to the next message, which shows its goal and a verdict

@@ -58,7 +58,8 @@ def selfplay(
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far
-        engine = Engine(serving_model(loaded), fmt, max_batch=num_convos, max_queue=num_convos,
+        rows = num_convos * sampling.num_candidates  # best-of-N: each turn's N candidates are rows of the batch
+        engine = Engine(serving_model(loaded), fmt, max_batch=rows, max_queue=rows,
                         capacity=max_length or min(1024, context_limit(loaded)))
         try:
             transcripts = self_play(loaded, fmt, personas, policy, num_turns, sampling, seed=seed,

@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from personagpt.cli.common import UserError, friendly_errors, load, parse_action, quiet_libraries
-from personagpt.cli.options import (SAMPLING_DEFAULTS, DeviceOpt, ModelOpt, SeedOpt, adds_options, config_options,
+from personagpt.cli.options import (DeviceOpt, ModelOpt, SeedOpt, adds_options, config_options,
                                     sampling_options)
 from personagpt.config import TrainConfig
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, MAX_SEQUENCE_LENGTH
-from personagpt.sampling import SamplingConfig
+from personagpt.sampling import DEFAULT_CANDIDATES, SamplingConfig
 
 
 def prepare(
@@ -129,7 +129,8 @@ def build_selftrain_data(
 ) -> None:
     """Self-training data for weak goals: the model's own best-of-N steered turns that the labeler accepts.
 
-    For each --goal, training contexts are continued in action mode with --candidates N (default 8 here); a
+    For each --goal, training contexts are continued in action mode with --candidates N (default 8 here, chosen
+    among whole replies); a
     reply is kept when the labeler accepts it for that goal and for no other goal, and it is not a copy of one
     already kept. The kept turns are added to --base, capped per goal (--cap), and written to --out for
     `train --phase train_loop --ctrl-data`. Ctrl-C stops cleanly; rerunning with the same --log continues.
@@ -144,8 +145,9 @@ def build_selftrain_data(
         goal_list = list(dict.fromkeys(parse_action(g) for g in goals))
         base_records = load_control_records(base)
         dialogues = [d for path in data for d in load_dialogues(path)]
-        if sampling.num_candidates == SAMPLING_DEFAULTS.num_candidates:
+        if sampling.num_candidates == DEFAULT_CANDIDATES:
             sampling = replace(sampling, num_candidates=8)
+        sampling = replace(sampling, commit_tokens=0)  # offline: the labeler judges whole candidates
         loaded, fmt = load(model, device)
         counts = harvest(serving_model(loaded), fmt, dialogues, goal_list, log, per_goal=per_goal,
                          max_attempts=max_attempts, candidates=sampling.num_candidates, sampling=sampling, seed=seed)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -210,6 +210,8 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         _refuse_unsupported(body)
         facts, turns = _conversation(body, state.personas)
         cfg = _sampling(body)
+        if cfg.num_candidates > min(eng.max_batch, eng.max_queue):  # N rows must fit the batch side by side
+            cfg = replace(cfg, num_candidates=min(eng.max_batch, eng.max_queue))
         try:
             conversation = Conversation.from_turns(eng.model, eng.fmt, turns, persona=facts, goal=body.goal,
                                                    sampling=cfg, engine=eng, seed=body.seed)
