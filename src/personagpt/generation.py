@@ -97,6 +97,7 @@ class Conversation:
         self._cache: Cache | None = None
         self._cached_ids: list[int] = []
         self.labeler = labeler
+        self.weights = None  # best-of-N scoring weights (a rerank.RerankWeights; None: its defaults)
         self._checker = None
         # best-of-N: the caches of the prompt and of the reference (no persona, or no goal) across turns
         self._prompt_scorer = self._reference_scorer = None
@@ -237,8 +238,9 @@ class Conversation:
                 yield from text.pieces([token])
             yield from text.pieces([])
         finally:
-            if hasattr(tokens, "close"):
-                tokens.close()
+            tokens.close()
+            if self.engine is None and len(lockstep.rows) == 1:  # the kept row's keys/values serve the next turn
+                self._prompt_scorer.keep(lockstep.cache, (ids + generated)[: lockstep.position])
             self._record(strip_reply(generated, self.fmt.eos_id))
 
     def choose(self, ids: Sequence[int], replies: Sequence[Sequence[int]], finished: Sequence[bool],
@@ -259,7 +261,7 @@ class Conversation:
         ranked = rank_candidates(self.decoder, self.fmt, ids, reference, replies, bot_turns, self.goal,
                                  labeler=self._labeler(), scorer=self._reference_scorer, finished=finished,
                                  conditioned=None if conditioned is None else list(conditioned),
-                                 checker=self.checker, asked=asked)
+                                 checker=self.checker, asked=asked, **({"weights": self.weights} if self.weights else {}))
         return ranked[0].index
 
     def _labeler(self):

@@ -74,6 +74,10 @@ class PrefixScorer:
         self.ids = list(prompt)
         return self.cache, out if raw else torch.log_softmax(out.float(), -1)
 
+    def keep(self, cache: ReservedCache, ids: Sequence[int]) -> None:
+        """Adopt a one-row cache holding ``ids`` (a committed candidate's: its reply then need not be re-encoded)."""
+        self.cache, self.ids = cache, list(ids)
+
 
 def _rows(cache: ReservedCache, rows: Sequence[int]) -> ReservedCache:
     """A cache of the given rows of ``cache`` (a committed candidate goes on alone)."""
@@ -283,7 +287,8 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
     ends = [True] * len(replies) if finished is None else list(finished)
     if conditioned is None:
         conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id, finished=ends).tolist()
-    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends)
+    pmi_weight = weights.persona if goal is None else weights.goal
+    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends) if pmi_weight else None
     negated = None
     if contrast is not None and weights.contrast > 0:
         negated = reply_logprobs(model, contrast, replies, fmt.eos_id, contrast_scorer, ends)
@@ -291,7 +296,7 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
     for i, reply in enumerate(replies):
         text = fmt.decode(reply)
         length = max(len(reply) + ends[i], 1)
-        scores = {"pmi": float(conditioned[i] - unconditioned[i]) / length,
+        scores = {"pmi": float(conditioned[i] - unconditioned[i]) / length if pmi_weight else 0.0,
                   "fluency": float(conditioned[i]) / length,
                   "repetition": repetition(text, bot_turns)}
         total = weights.fluency * scores["fluency"] - weights.repetition * scores["repetition"]

@@ -34,6 +34,13 @@ def serve(
     device: DeviceOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log (one line per request); the "
                                                               "start-up lines and errors still show.")] = False,
+    upstream: Annotated[Optional[str], typer.Option(
+        "--upstream", metavar="URL", help="Generate with an OpenAI-compatible engine serving a PersonaGPT export "
+        "(vLLM, llama.cpp's llama-server, Ollama), e.g. http://localhost:8001/v1; this server adds the persona and "
+        "goal API, the page and self-play in front of it. No local model is loaded.")] = None,
+    upstream_model: Annotated[Optional[str], typer.Option(
+        "--upstream-model", metavar="NAME", help="The model name the upstream serves (default: the first one "
+        "its /v1/models lists).")] = None,
 ) -> None:
     """Serve the bot over HTTP: OpenAI-compatible /v1/chat/completions (with persona and goal extensions,
     streaming), /v1/goals, /v1/personas/random, /v1/selfplay, /health, /metrics, API docs at /docs.
@@ -47,6 +54,13 @@ def serve(
         from personagpt.heap import return_freed_memory
         from personagpt.serve import ServerSettings, create_app
 
+        if upstream is not None:
+            if model is not None:
+                raise UserError("--model and --upstream exclude each other: the upstream engine holds the model")
+            if not upstream.startswith(("http://", "https://")):
+                raise UserError(f"--upstream must be an http(s) URL, e.g. http://localhost:8001/v1; not {upstream!r}")
+        if upstream_model is not None and upstream is None:
+            raise UserError("--upstream-model names the model of an --upstream engine; give --upstream too")
         if precision not in ("auto", "no", "bf16"):
             raise UserError("--precision must be auto, no or bf16")
         if personas_path is not None and not Path(personas_path).is_file():
@@ -56,7 +70,8 @@ def serve(
         settings = ServerSettings(model=model, device=device, precision=precision, max_batch=max_batch,
                                   max_queue=max_queue, max_context=max_context,
                                   prefix_cache_tokens=prefix_cache_tokens, api_key=api_key,
-                                  cors_origins=list(cors_origin or []), personas_path=personas_path)
+                                  cors_origins=list(cors_origin or []), personas_path=personas_path,
+                                  upstream=upstream, upstream_model=upstream_model)
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
 
         def ready(health: dict) -> None:
@@ -68,6 +83,7 @@ def serve(
             typer.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
 
         app = create_app(settings, on_ready=ready, access_log=None if quiet else access)
-        typer.echo(f"PersonaGPT server on http://{shown}:{port}/ (API docs: /docs). Loading the model; /health "
-                   "answers 200 once it is ready. Ctrl-C stops.", err=True)
+        loading = f"generating with {upstream}" if upstream else "Loading the model; /health answers 200 once it is ready"
+        typer.echo(f"PersonaGPT server on http://{shown}:{port}/ (API docs: /docs). {loading}. Ctrl-C stops.",
+                   err=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
