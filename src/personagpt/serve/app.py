@@ -7,7 +7,6 @@ serve any turn; the engine's prefix cache makes resending the history cheap.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import threading
@@ -32,9 +31,9 @@ from personagpt.serve.completions import BestOfNJob, Reply, TextReply
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
 from personagpt.serve.metrics import Metrics
-from personagpt.serve.schemas import (MAX_REPLY_TOKENS, ChatRequest, CompletionRequest, SelfPlayRequest,
-                                      resolve_goal, split_system, unsupported_field)
-from personagpt.text import for_people, to_model
+from personagpt.serve.requests import conversation_of, policy_of, refuse_unsupported, sampling_of
+from personagpt.serve.schemas import MAX_REPLY_TOKENS, ChatRequest, CompletionRequest, SelfPlayRequest
+from personagpt.text import for_people
 
 API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatible API over one persona bot.
 
@@ -201,15 +200,15 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         lines)."""
         from personagpt.serve.completions import UpstreamReply
 
-        _refuse_unsupported(body)
+        refuse_unsupported(body)
         for name, asked in (("candidates", "candidates" in body.model_fields_set and body.candidates > 1),
                             ("logprobs", bool(body.logprobs))):
             if asked:
                 raise ApiError(400, f"{name} needs PersonaGPT's own engine (it scores with the model's "
                                     "probabilities); this server generates with an upstream engine (--upstream): "
                                     f"leave {name} out", param=name)
-        facts, turns = _conversation(body, state.personas)
-        cfg = replace(_sampling(body), num_candidates=1)
+        facts, turns = conversation_of(body, state.personas)
+        cfg = replace(sampling_of(body), num_candidates=1)
         job = await state.upstream.chat(state.upstream.messages(facts, body.goal, turns), cfg, body.seed)
         reply = UpstreamReply(job, None, body.stop or [], state.model_name, metrics,
                               goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
@@ -256,9 +255,9 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         if state.upstream is not None:
             return await upstream_chat(body, http)
         eng = engine()
-        _refuse_unsupported(body)
-        facts, turns = _conversation(body, state.personas)
-        cfg = _sampling(body)
+        refuse_unsupported(body)
+        facts, turns = conversation_of(body, state.personas)
+        cfg = sampling_of(body)
         if cfg.num_candidates > min(eng.max_batch, eng.max_queue):  # N rows must fit the batch side by side
             cfg = replace(cfg, num_candidates=min(eng.max_batch, eng.max_queue))
         try:
@@ -288,8 +287,8 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
             return StreamingResponse(response.aiter_raw(), status_code=response.status_code,
                                      media_type=response.headers.get("content-type"), background=response.aclose)
         eng = engine()
-        _refuse_unsupported(body)
-        cfg = _sampling(body)
+        refuse_unsupported(body)
+        cfg = sampling_of(body)
         if isinstance(body.prompt, str):
             prompt = eng.fmt.tokenizer.encode(body.prompt, add_special_tokens=False)
             echo = body.prompt if body.echo else ""
@@ -318,8 +317,8 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         if "candidates" in body.model_fields_set and body.candidates > 1:
             raise ApiError(400, "candidates needs PersonaGPT's own engine; this server generates with an upstream "
                                 "engine (--upstream): leave candidates out", param="candidates")
-        events = selfplay_events(state.upstream, persona, _policy(body), body.turns,
-                                 replace(_sampling(body), num_candidates=1), body.seed)
+        events = selfplay_events(state.upstream, persona, policy_of(body), body.turns,
+                                 replace(sampling_of(body), num_candidates=1), body.seed)
         if body.stream:
             async def stream():
                 async for event in events:
@@ -343,85 +342,11 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
     return app
 
 
-def _refuse_unsupported(body) -> None:
-    name = unsupported_field(body.model_extra or {})
-    if name is not None:
-        raise ApiError(400, f"{name} is not supported: this server's model writes plain-text replies only; leave "
-                            f"{name} out of the request", param=name)
-
-
-def _conversation(body: ChatRequest, personas: list[list[str]]) -> tuple[list[str], list[str]]:
-    """(persona facts, turns in the model's style) from the messages; wrong shapes are 400s naming the problem.
-    With no persona given, the bot gets one from ``personas``, chosen by the conversation's first message so
-    that every turn of one conversation keeps it."""
-    system = [m for m in body.messages if m.role == "system"]
-    dialogue = [m for m in body.messages if m.role != "system"]
-    parsed = [split_system(m.content) for m in system]
-    written_goal = next((goal for _, goal in parsed if goal), None)
-    if body.goal is None and written_goal:  # the chat template's "goal: TEXT" system line
-        try:
-            body.goal = resolve_goal(written_goal)
-        except ValueError as e:
-            raise ApiError(400, str(e), param="messages") from None
-    if not body.messages and body.goal is None:
-        raise ApiError(400, 'messages is empty: send at least the user\'s message, e.g. [{"role": "user", '
-                            '"content": "hi!"}] (only a request with a goal may open the conversation)',
-                       param="messages")
-    if any(m.role == "system" for m in body.messages[len(system):]):
-        raise ApiError(400, "system messages go first (the persona), before the user and assistant turns",
-                       param="messages")
-    for i, (a, b) in enumerate(zip(dialogue, dialogue[1:]), len(system) + 1):
-        if a.role == b.role:
-            raise ApiError(400, f"messages[{i}]: user and assistant messages must alternate (two {a.role} messages "
-                                "in a row)", param=f"messages[{i}]")
-    if dialogue and dialogue[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's: the assistant speaks next",
-                       param=f"messages[{len(body.messages) - 1}]")
-    if not dialogue and body.goal is None:
-        raise ApiError(400, "no user message: add one (without a goal, the bot answers a user)", param="messages")
-    for i, m in enumerate(body.messages):
-        if m.role != "system" and not m.content.strip():
-            raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
-                           param=f"messages[{i}].content")
-    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines]
-    if len(facts) > 5:
-        raise ApiError(400, f"at most 5 persona facts, got {len(facts)}", param="persona")
-    if not facts and body.goal is None and personas:
-        opening = dialogue[0].content if dialogue else ""
-        digest = hashlib.sha256(to_model(opening).encode()).digest()
-        facts = personas[int.from_bytes(digest[:8], "big") % len(personas)]
-    return [f.strip() for f in facts], [to_model(m.content) for m in dialogue]
-
-
-def _sampling(body) -> SamplingConfig:
-    defaults = SamplingConfig()
-    greedy = body.temperature == 0
-    min_tokens = getattr(body, "min_tokens", 0)
-    limit = getattr(body, "reply_limit", body.max_tokens)
-    if min_tokens > (limit or defaults.max_new_tokens):
-        raise ApiError(400, "min_tokens must not exceed max_tokens", param="min_tokens")
-    return SamplingConfig(do_sample=not greedy, top_k=defaults.top_k if body.top_k is None else body.top_k,
-                          top_p=body.top_p or defaults.top_p,
-                          temperature=body.temperature if body.temperature else defaults.temperature,
-                          repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
-                          max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
-                          num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
-                          commit_tokens=getattr(body, "commit_tokens", 0))
-
-
-def _policy(body: SelfPlayRequest):
-    from personagpt.selfplay import FixedPolicy, RandomPolicy
-
-    if body.policy == "fixed" and not body.goals:
-        raise ApiError(400, "the fixed policy needs goals", param="goals")
-    return FixedPolicy(body.goals) if body.goals and body.policy != "random" else RandomPolicy(seed=body.seed)
-
-
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):
     from personagpt.selfplay import self_play
 
-    policy = _policy(body)
-    cfg = _sampling(body)
+    policy = policy_of(body)
+    cfg = sampling_of(body)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()

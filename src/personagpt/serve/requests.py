@@ -1,0 +1,85 @@
+"""What a request asks for: the persona, goal and turns of a chat request, its sampling settings, a self-play
+policy, and the fields this server refuses. Wrong shapes are 400s that name the problem."""
+
+from __future__ import annotations
+
+import hashlib
+
+from personagpt.sampling import SamplingConfig
+from personagpt.serve.errors import ApiError
+from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
+from personagpt.text import to_model
+
+
+def refuse_unsupported(body) -> None:
+    name = unsupported_field(body.model_extra or {})
+    if name is not None:
+        raise ApiError(400, f"{name} is not supported: this server's model writes plain-text replies only; leave "
+                            f"{name} out of the request", param=name)
+
+
+def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[str], list[str]]:
+    """(persona facts, turns in the model's style) from the messages; wrong shapes are 400s naming the problem.
+    With no persona given, the bot gets one from ``personas``, chosen by the conversation's first message so
+    that every turn of one conversation keeps it."""
+    system = [m for m in body.messages if m.role == "system"]
+    dialogue = [m for m in body.messages if m.role != "system"]
+    parsed = [split_system(m.content) for m in system]
+    written_goal = next((goal for _, goal in parsed if goal), None)
+    if body.goal is None and written_goal:  # the chat template's "goal: TEXT" system line
+        try:
+            body.goal = resolve_goal(written_goal)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="messages") from None
+    if not body.messages and body.goal is None:
+        raise ApiError(400, 'messages is empty: send at least the user\'s message, e.g. [{"role": "user", '
+                            '"content": "hi!"}] (only a request with a goal may open the conversation)',
+                       param="messages")
+    if any(m.role == "system" for m in body.messages[len(system):]):
+        raise ApiError(400, "system messages go first (the persona), before the user and assistant turns",
+                       param="messages")
+    for i, (a, b) in enumerate(zip(dialogue, dialogue[1:]), len(system) + 1):
+        if a.role == b.role:
+            raise ApiError(400, f"messages[{i}]: user and assistant messages must alternate (two {a.role} messages "
+                                "in a row)", param=f"messages[{i}]")
+    if dialogue and dialogue[-1].role != "user":
+        raise ApiError(400, "the last message must be the user's: the assistant speaks next",
+                       param=f"messages[{len(body.messages) - 1}]")
+    if not dialogue and body.goal is None:
+        raise ApiError(400, "no user message: add one (without a goal, the bot answers a user)", param="messages")
+    for i, m in enumerate(body.messages):
+        if m.role != "system" and not m.content.strip():
+            raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
+                           param=f"messages[{i}].content")
+    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines]
+    if len(facts) > 5:
+        raise ApiError(400, f"at most 5 persona facts, got {len(facts)}", param="persona")
+    if not facts and body.goal is None and personas:
+        opening = dialogue[0].content if dialogue else ""
+        digest = hashlib.sha256(to_model(opening).encode()).digest()
+        facts = personas[int.from_bytes(digest[:8], "big") % len(personas)]
+    return [f.strip() for f in facts], [to_model(m.content) for m in dialogue]
+
+
+def sampling_of(body) -> SamplingConfig:
+    defaults = SamplingConfig()
+    greedy = body.temperature == 0
+    min_tokens = getattr(body, "min_tokens", 0)
+    limit = getattr(body, "reply_limit", body.max_tokens)
+    if min_tokens > (limit or defaults.max_new_tokens):
+        raise ApiError(400, "min_tokens must not exceed max_tokens", param="min_tokens")
+    return SamplingConfig(do_sample=not greedy, top_k=defaults.top_k if body.top_k is None else body.top_k,
+                          top_p=body.top_p or defaults.top_p,
+                          temperature=body.temperature if body.temperature else defaults.temperature,
+                          repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
+                          max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
+                          num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
+                          commit_tokens=getattr(body, "commit_tokens", 0))
+
+
+def policy_of(body: SelfPlayRequest):
+    from personagpt.selfplay import FixedPolicy, RandomPolicy
+
+    if body.policy == "fixed" and not body.goals:
+        raise ApiError(400, "the fixed policy needs goals", param="goals")
+    return FixedPolicy(body.goals) if body.goals and body.policy != "random" else RandomPolicy(seed=body.seed)
