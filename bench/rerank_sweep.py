@@ -97,7 +97,7 @@ def replies_at(model, fmt, dialogues, pool, sampling: SamplingConfig, hits_dialo
             hits += reply_hits(model, fmt, d.p2_facts, others, d.turns[:t], reply)
     return {"replies": len(replies), "f1": 100 * sum(f1) / len(f1), "distinct_1": distinct_n(replies, 1),
             "distinct_2": distinct_n(replies, 2), "repeat_share": 100 * repeats / len(replies),
-            "hits1_reply": 100 * hits / min(hits_dialogues, len(replies)), "seconds_per_reply": seconds / len(replies),
+            "hits1_reply": 100 * hits / min(hits_dialogues, len(replies)) if hits_dialogues else None, "seconds_per_reply": seconds / len(replies),
             "samples": [{"gold": d.turns[t], "generated": r} for (d, t), r in list(zip(picks, replies))[:5]]}
 
 
@@ -163,7 +163,8 @@ def markdown(results: dict) -> str:
         probe = r.get("persona_questions")
         asked = f"{probe['recall']:.1f} / {probe['contradiction']:.1f}" if probe else "-"
         lines.append(f"| {_name(n)} | {r['f1']:.2f} | {r['distinct_1']:.3f} | "
-                     f"{r['distinct_2']:.3f} | {r['repeat_share']:.1f} | {r['hits1_reply']:.1f} | {asked} | "
+                     f"{r['distinct_2']:.3f} | {r['repeat_share']:.1f} | "
+                     f"{'-' if r['hits1_reply'] is None else format(r['hits1_reply'], '.1f')} | {asked} | "
                      f"{r['control']['overall']:.1f} | {goals[weakest]:.0f} ({weakest.rstrip('.')}) | "
                      f"{r['seconds_per_reply']:.2f} |")
     goal_names = [g for g in next(iter(results.values()))["control"] if g != "overall"]

@@ -9,7 +9,11 @@ The server runs in its own process (``personagpt serve``, one per batching mode)
 Before the servers start, one decoding step's memory-bandwidth floor is estimated: bytes of weights read per
 token / measured copy bandwidth.
 
-    python bench/serve.py [--users 1 4 16] [--turns 8] [--tokens 16] [--model NAME]
+    python bench/serve.py [--users 1 4 16] [--turns 8] [--tokens 16] [--model NAME] [--candidates 1 4]
+        [--batched-only]
+
+``--candidates`` runs the load once per value (the request's best-of-N; 4, chosen after 8 tokens, is the server's
+default): a request's N rows count against the batch.
 """
 
 from __future__ import annotations
@@ -84,7 +88,8 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def user(url: str, persona: list[str], user_turns: list[str], tokens: int, results: list, errors: list) -> None:
+def user(url: str, persona: list[str], user_turns: list[str], tokens: int, results: list, errors: list,
+         candidates: int = 1) -> None:
     messages = [{"role": "system", "content": "\n".join(persona)}]
     with httpx.Client(timeout=600) as client:
         for turn, text in enumerate(user_turns, 1):
@@ -94,7 +99,7 @@ def user(url: str, persona: list[str], user_turns: list[str], tokens: int, resul
             try:
                 with client.stream("POST", url + "/v1/chat/completions", json={
                         "messages": messages, "stream": True, "max_tokens": tokens, "min_tokens": tokens,
-                        "seed": turn}) as response:
+                        "seed": turn, "candidates": candidates}) as response:
                     if response.status_code != 200:
                         errors.append(response.status_code)
                         return
@@ -116,10 +121,10 @@ def user(url: str, persona: list[str], user_turns: list[str], tokens: int, resul
             messages.append({"role": "assistant", "content": reply})
 
 
-def run_load(url: str, users: int, turns: int, tokens: int, dialogues) -> dict:
+def run_load(url: str, users: int, turns: int, tokens: int, dialogues, candidates: int = 1) -> dict:
     results, errors = [], []
     threads = [threading.Thread(target=user, args=(url, d.p2_facts or d.p1_facts, d.turns[0::2][:turns], tokens,
-                                                   results, errors)) for d in dialogues[:users]]
+                                                   results, errors, candidates)) for d in dialogues[:users]]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -131,7 +136,7 @@ def run_load(url: str, users: int, turns: int, tokens: int, dialogues) -> dict:
         values = sorted(values)
         return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
-    row = {"users": users, "wall_s": wall, "tok_s": sum(r["tokens"] for r in results) / wall, "errors": len(errors)}
+    row = {"users": users, "candidates": candidates, "wall_s": wall, "tok_s": sum(r["tokens"] for r in results) / wall, "errors": len(errors)}
     for turn in (1, turns):
         at = [r for r in results if r["turn"] == turn]
         row[f"ttft{turn}_p50"] = statistics.median(r["ttft"] for r in at) if at else float("nan")
@@ -147,6 +152,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16, help="tokens per reply (fixed)")
     parser.add_argument("--model", default=None, help="model to serve (default: the bundled one)")
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1], help="best-of-N per request")
+    parser.add_argument("--batched-only", action="store_true", help="skip the max-batch 1 server")
     args = parser.parse_args()
 
     from personagpt.data import load_dialogues
@@ -157,12 +164,13 @@ def main() -> None:
     print(f"weights read per token: {floor['weights_mb']:.0f} MB; copy bandwidth {floor['copy_gb_s']:.1f} GB/s "
           f"(read+write); memory-bandwidth floor of one decoding step: {floor['floor_ms']:.1f} ms")
     rows = []
-    for label, max_batch in (("batched (max-batch 16)", 16), ("unbatched (max-batch 1)", 1)):
+    servers = [("batched (max-batch 16)", 16)] + ([] if args.batched_only else [("unbatched (max-batch 1)", 1)])
+    for label, max_batch in servers:
         proc, url = start_server(args.model, max_batch)
         try:
-            for users in args.users:
-                row = run_load(url, users, args.turns, args.tokens, dialogues)
-                row["server"] = label
+            for candidates, users in [(c, u) for c in args.candidates for u in args.users]:
+                row = run_load(url, users, args.turns, args.tokens, dialogues, candidates)
+                row["server"] = label if candidates == 1 else f"{label}, best of {candidates}"
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             rss = peak_rss_mb(proc.pid)
@@ -179,7 +187,7 @@ def main() -> None:
         print(f"| {r['server']} | {r['users']} | {r['tok_s']:.1f} | {r['ttft1_p50']:.2f} / {r['ttft1_p95']:.2f} | "
               f"{r[f'ttft{t}_p50']:.2f} / {r[f'ttft{t}_p95']:.2f} | {r['turn1_p50']:.2f} / {r['turn1_p95']:.2f} | "
               f"{r[f'turn{t}_p50']:.2f} / {r[f'turn{t}_p95']:.2f} | {r['errors']} | {r['rss_mb']:.0f} |")
-    by = {(r["server"][:3], r["users"]): r for r in rows}
+    by = {(r["server"][:3], r["users"]): r for r in rows if r["candidates"] == 1}
     top = max(args.users)
     if ("bat", top) in by and ("unb", top) in by:
         print(f"\n{top} users: batched {by[('bat', top)]['tok_s']:.1f} tok/s vs unbatched "

@@ -244,7 +244,7 @@ def interact(
         prompter = Prompter()
         facts = persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
         loaded, fmt = load(model, device)  # before asking for facts: a bad --model fails before any typing
-        say_decoding(loaded, compile)
+        say_decoding(loaded, compile, sampling)
         check_context_budget(loaded, fmt, facts, max_length, sampling)
         if mode == 0 and facts is None:
             facts = ask_persona(prompter)

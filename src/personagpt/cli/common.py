@@ -111,11 +111,14 @@ def load(model_name: str | None, device: str | None, trainable: bool = False, to
     return load_chat_model(model_name, device=device, trainable=trainable, tokenizer=tokenizer)
 
 
-def say_decoding(model, compiled: bool = False) -> None:
-    """One line on stderr: which decoding path this CPU gets (see personagpt.fastpath)."""
+def say_decoding(model, compiled: bool = False, sampling=None) -> None:
+    """One line on stderr: which decoding path this CPU gets (see personagpt.fastpath), and best-of-N if on."""
     from personagpt.fastpath import choose_fast_path
 
     what = "torch.compile over the reference model (--compile)" if compiled else choose_fast_path(None, model).describe()
+    if sampling is not None and sampling.num_candidates > 1 and sampling.do_sample:
+        when = f"after {sampling.commit_tokens} tokens" if sampling.commit_tokens else "among whole replies"
+        what += f"; replies best of {sampling.num_candidates}, chosen {when} (--candidates 1: one sample)"
     typer.echo(f"Decoding: {what}", err=True)
 
 

@@ -54,7 +54,7 @@ def selfplay(
             pool = load_personas(resolve_personas_path(personas_path))
             personas = [rng.choice(pool) for _ in range(num_convos)]
         loaded, fmt = load(model, device)
-        say_decoding(loaded)
+        say_decoding(loaded, sampling=sampling)
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far
