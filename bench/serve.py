@@ -12,8 +12,8 @@ token / measured copy bandwidth.
     python bench/serve.py [--users 1 4 16] [--turns 8] [--tokens 16] [--model NAME] [--candidates 1 4]
         [--batched-only]
 
-``--candidates`` runs the load once per value (the request's best-of-N; 4, chosen after 8 tokens, is the server's
-default): a request's N rows count against the batch.
+``--candidates`` runs the load once per value (the request's best-of-N; 0: the field left out, so the server's
+default applies: best of 4 while the batch has room for the 4 rows, else one sample).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def user(url: str, persona: list[str], user_turns: list[str], tokens: int, resul
             try:
                 with client.stream("POST", url + "/v1/chat/completions", json={
                         "messages": messages, "stream": True, "max_tokens": tokens, "min_tokens": tokens,
-                        "seed": turn, "candidates": candidates}) as response:
+                        "seed": turn, **({"candidates": candidates} if candidates else {})}) as response:
                     if response.status_code != 200:
                         errors.append(response.status_code)
                         return
@@ -170,7 +170,7 @@ def main() -> None:
         try:
             for candidates, users in [(c, u) for c in args.candidates for u in args.users]:
                 row = run_load(url, users, args.turns, args.tokens, dialogues, candidates)
-                row["server"] = label if candidates == 1 else f"{label}, best of {candidates}"
+                row["server"] = label + {1: "", 0: ", server default"}.get(candidates, f", best of {candidates}")
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             rss = peak_rss_mb(proc.pid)

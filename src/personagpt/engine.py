@@ -250,10 +250,14 @@ class Engine:
                     loop: asyncio.AbstractEventLoop | None = None) -> list[Request]:
         """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
         encoded once (best-of-N candidates). All or none are queued."""
+        # each candidate samples from its own generator, seeded from ``generator``: its tokens then do not depend
+        # on how many draws the others made before they were cancelled (a seeded request stays reproducible)
+        seeds = torch.randint(2 ** 62, (count,), generator=generator).tolist() if generator is not None else None
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds] if seeds else [None] * count
         with self._lock:  # reentrant: submit() takes it again
             if len(self._waiting) + count > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
-            return [self.submit(prompt, sampling, generator, loop=loop) for _ in range(count)]
+            return [self.submit(prompt, sampling, g, loop=loop) for g in generators]
 
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:

@@ -247,7 +247,7 @@ class Conversation:
                conditioned: Sequence[float] | None = None) -> int:
         """The index of the best of ``replies`` to the prompt ``ids`` (whole or, where not ``finished``, begun),
         scored by :func:`~personagpt.rerank.rank_candidates` against this conversation's persona or goal."""
-        from personagpt.rerank import PrefixScorer, rank_candidates
+        from personagpt.rerank import PrefixScorer, RerankWeights, rank_candidates
 
         if self._reference_scorer is None:
             self._reference_scorer = PrefixScorer(self.decoder)
@@ -261,7 +261,7 @@ class Conversation:
         ranked = rank_candidates(self.decoder, self.fmt, ids, reference, replies, bot_turns, self.goal,
                                  labeler=self._labeler(), scorer=self._reference_scorer, finished=finished,
                                  conditioned=None if conditioned is None else list(conditioned),
-                                 checker=self.checker, asked=asked, **({"weights": self.weights} if self.weights else {}))
+                                 checker=self.checker, asked=asked, weights=self.weights or RerankWeights())
         return ranked[0].index
 
     def _labeler(self):

@@ -30,6 +30,7 @@ from personagpt.serve.access import AccessLog
 from personagpt.serve.completions import BestOfNJob, Reply, TextReply
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
+from personagpt.rerank import RerankWeights
 from personagpt.serve.metrics import Metrics
 from personagpt.serve.requests import conversation_of, policy_of, refuse_unsupported, sampling_of
 from personagpt.serve.schemas import MAX_REPLY_TOKENS, ChatRequest, CompletionRequest, SelfPlayRequest
@@ -41,7 +42,9 @@ API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatib
   or sentence) or the `persona` field (up to 5 facts); without either it gets one from the packaged Persona-Chat
   list, the same for every turn of a conversation (chosen by its first message), named in the response's
   `persona` field. A `goal` (an action code's text, its index 0-10, or free text) steers the reply. Replies use
-  natural spacing; what you send back is converted to the model's training style.
+  natural spacing; what you send back is converted to the model's training style. Replies are best-of-4 by
+  default (`candidates`): 4 samples side by side, the best for persona consistency and the goal chosen after
+  `commit_tokens` (8) tokens, then streamed; `candidates: 1` samples once.
 * `POST /v1/completions`: raw text completion of a prompt in the model's own format (special tokens such as
   `<|p2|>` are read as such).
 * Limits: `max_tokens` (or `max_completion_tokens`) at most {MAX_REPLY_TOKENS}; prompt plus reply within the
@@ -192,6 +195,11 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         except QueueFullError as e:
             metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+        # Without the persona/goal PMI: a stateless request has no reference cache from its previous turn, so that
+        # pass would re-encode the whole history in a worker thread beside the engine (16 users at best of 4: a
+        # turn's p95 went to 48 s; bench/README.md, "Best replies by default"). Consistency, goal, repetition and
+        # fluency cost no model pass.
+        conversation.weights = RerankWeights(persona=0.0, goal=0.0)
         return BestOfNJob(requests, cfg.commit_tokens, eng.fmt.eos_id,
                           lambda replies, finished: conversation.choose(prompt, replies, finished))
 
@@ -260,6 +268,9 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
         cfg = sampling_of(body)
         if cfg.num_candidates > min(eng.max_batch, eng.max_queue):  # N rows must fit the batch side by side
             cfg = replace(cfg, num_candidates=min(eng.max_batch, eng.max_queue))
+        busy = eng.active + eng.queue_depth + cfg.num_candidates > eng.max_batch
+        if cfg.num_candidates > 1 and busy and "candidates" not in body.model_fields_set:
+            cfg = replace(cfg, num_candidates=1)  # the default best-of-N uses spare rows only, never queues for them
         try:
             conversation = Conversation.from_turns(eng.model, eng.fmt, turns, persona=facts, goal=body.goal,
                                                    sampling=cfg, engine=eng, seed=body.seed)
