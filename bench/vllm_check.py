@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--export", type=Path, required=True, help="personagpt export --format hf output")
     parser.add_argument("--dtype", default="float32", help="vLLM's --dtype (float32: comparable to our fp32)")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--memory-fraction", type=float, default=0.3, help="vLLM's --gpu-memory-utilization, which "
+                        "on its CPU backend is the share of the NUMA node's memory it reserves (its 0.92 default "
+                        "fails to start on a machine whose other processes hold more than 8%%)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/vllm_check.json"))
     args = parser.parse_args()
 
@@ -83,7 +86,7 @@ def main() -> None:
 
     command = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(args.export),
                "--served-model-name", "personagpt", "--dtype", args.dtype, "--max-model-len", "1024",
-               "--port", str(args.port)]
+               "--port", str(args.port), "--gpu-memory-utilization", str(args.memory_fraction)]
     print("starting:", " ".join(command), flush=True)
     started = time.monotonic()
     vllm = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open("/tmp/vllm_check.log", "w"))
