@@ -4,7 +4,7 @@ The set (``bench/data/consistency_cases.jsonl``, built by ``bench/consistency_ca
 is a test set: no detector below was tuned on it. Each detector says "contradiction" or not for a case (persona,
 history ending with a question about one fact, reply); a contradiction is the positive class.
 
-* ``contrast`` (what the reranker uses): the bundled model's log p(reply | persona with its facts negated,
+* ``contrast``: the bundled model's log p(reply | persona with its facts negated,
   history) - log p(reply | persona, history) > 0, a threshold fixed before looking at the set;
 * ``question`` (what the reranker uses first): :class:`personagpt.consistency.ConsistencyChecker` finds which
   persona fact the last turn's yes/no question is about (MiniLM, not told the asked fact) and the reply's opening

@@ -28,8 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import openai
+
+from peer import wait_ready  # bench/peer.py: start-up polling shared by the engine benches
 
 from personagpt.data import load_dialogues
 from personagpt.generation import Conversation, SamplingConfig
@@ -37,21 +38,6 @@ from personagpt.models import describe_hardware, load_chat_model
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 GOAL = "ask about kids."
-
-
-def wait_for(url: str, process: subprocess.Popen, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{what} exited with status {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    process.terminate()
-    raise SystemExit(f"{what} did not come up in {seconds:.0f} s")
 
 
 def agreement(fmt, ours: str, theirs: str) -> int:
@@ -92,7 +78,7 @@ def main() -> None:
     vllm = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open("/tmp/vllm_check.log", "w"))
     ours_server = None
     try:
-        wait_for(f"http://127.0.0.1:{args.port}/health", vllm, 600, "vLLM")
+        wait_ready(f"http://127.0.0.1:{args.port}/health", vllm, 600)
         print(f"vLLM ready after {time.monotonic() - started:.0f} s", flush=True)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{args.port}/v1", api_key="unused")
         rows = []
@@ -119,7 +105,7 @@ def main() -> None:
         ours_server = subprocess.Popen([sys.executable, "-m", "personagpt.cli", "serve", "--port", str(port),
                                         "--upstream", f"http://127.0.0.1:{args.port}/v1", "--quiet"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(f"http://127.0.0.1:{port}/health", ours_server, 120, "personagpt serve --upstream")
+        wait_ready(f"http://127.0.0.1:{port}/health", ours_server, 120)
         fronted = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
         through = fronted.chat.completions.create(model="any", temperature=0, max_tokens=32,
                                                   messages=[{"role": "user", "content": cases[0]["user"]}],

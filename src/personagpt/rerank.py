@@ -3,6 +3,8 @@
 Inference compute instead of training compute: single samples of a small model repeat stock lines and drift from
 the persona, but among a few samples there is often a better one. Scores (higher is better):
 
+* **denial**: the reply answers a yes/no question about a persona fact against the fact (a large penalty;
+  :mod:`personagpt.consistency`);
 * **persona** (persona mode): how much the persona explains the reply, log p(reply | persona, history) −
   log p(reply | history without persona), per token (pointwise mutual information);
 * **goal** (action mode): whether the goal labeler accepts the reply for the goal (a large bonus), then the same
@@ -10,6 +12,8 @@ the persona, but among a few samples there is often a better one. Scores (higher
 * **repetition**: the share of the reply's word 4-grams already said in the bot's earlier turns or earlier in the
   reply (a penalty);
 * **fluency**: mean token log-probability of the reply (its eos included) under the prompt.
+
+Candidates may be scored on their first tokens (:func:`best_of_n_lockstep`: choose, then stream the rest).
 
 The weights are settings (:class:`RerankWeights`). The persona-mode defaults (persona, repetition, fluency) were
 chosen by ``bench/rerank_tune.py`` on 150 contexts of the training split (best-of-8, picks re-weighted offline):
@@ -37,7 +41,6 @@ class RerankWeights:
     repetition: float = 8.0
     fluency: float = 0.5
     denial: float = 10.0  # the reply denies the persona fact it was asked about (first, like an accepted goal)
-    contrast: float = 0.0  # > 0: also penalise log p(reply | negated persona) - log p(reply | persona) above 0
 
 
 @dataclass
@@ -208,7 +211,8 @@ def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg:
         cut = [r for r in range(n) if not lockstep.finished[r]]
         if cut:  # their eos was never sampled: score it too
             final = torch.log_softmax(lockstep.model(
-                torch.tensor([lockstep.replies[r][-1] for r in range(n)], device=model.device).unsqueeze(1),
+                torch.tensor([fmt.eos_id if lockstep.finished[r] else lockstep.replies[r][-1] for r in range(n)],
+                             device=model.device).unsqueeze(1),
                 position_ids=torch.full((n, 1), lockstep.position, device=model.device), cache=lockstep.cache,
                 use_cache=True).logits[:, -1].float(), -1)
             for r in cut:
@@ -274,13 +278,11 @@ def default_labeler():
 def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: Sequence[int],
                     replies: Sequence[Sequence[int]], bot_turns: Sequence[str], goal: str | None = None,
                     weights: RerankWeights = RerankWeights(), labeler=None, conditioned: Sequence[float] | None = None,
-                    scorer: PrefixScorer | None = None, contrast: Sequence[int] | None = None,
-                    contrast_scorer: PrefixScorer | None = None,
-                    finished: Sequence[bool] | None = None, checker=None, asked=None) -> list[Candidate]:
-    """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal), and
-    ``contrast`` (optional) the same context with the persona's facts negated (:func:`contrast_facts`).
+                    scorer: PrefixScorer | None = None, finished: Sequence[bool] | None = None, checker=None,
+                    asked=None) -> list[Candidate]:
+    """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal).
     ``conditioned`` are the replies' log-likelihoods under ``prompt`` when already known (from sampling);
-    ``scorer`` and ``contrast_scorer`` keep those contexts' caches across turns; ``finished[i]`` False: reply i
+    ``scorer`` keeps the reference context's cache across turns; ``finished[i]`` False: reply i
     is still being written (scored as a prefix, without eos); ``asked`` (an
     :class:`~personagpt.consistency.AskedFact`) is the persona fact the last turn asked about, and ``checker``
     says whether a reply denies it. Returns the candidates, best first."""
@@ -289,9 +291,6 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
         conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id, finished=ends).tolist()
     pmi_weight = weights.persona if goal is None else weights.goal
     unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends) if pmi_weight else None
-    negated = None
-    if contrast is not None and weights.contrast > 0:
-        negated = reply_logprobs(model, contrast, replies, fmt.eos_id, contrast_scorer, ends)
     candidates = []
     for i, reply in enumerate(replies):
         text = fmt.decode(reply)
@@ -300,9 +299,6 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
                   "fluency": float(conditioned[i]) / length,
                   "repetition": repetition(text, bot_turns)}
         total = weights.fluency * scores["fluency"] - weights.repetition * scores["repetition"]
-        if negated is not None:  # > 0: the reply fits the negated persona better than the persona itself
-            scores["contradiction"] = float(negated[i] - conditioned[i])
-            total -= weights.contrast * max(0.0, scores["contradiction"])
         if asked is not None and checker is not None:
             scores["denies_fact"] = float(checker.denies(text, asked))
             total -= weights.denial * scores["denies_fact"]

@@ -83,3 +83,13 @@ def policy_of(body: SelfPlayRequest):
     if body.policy == "fixed" and not body.goals:
         raise ApiError(400, "the fixed policy needs goals", param="goals")
     return FixedPolicy(body.goals) if body.goals and body.policy != "random" else RandomPolicy(seed=body.seed)
+
+
+def refuse_local_only(body) -> None:
+    """A 400 for what needs PersonaGPT's own engine, on a server that generates with an upstream one."""
+    for name, asked in (("candidates", "candidates" in body.model_fields_set and body.candidates > 1),
+                        ("logprobs", bool(getattr(body, "logprobs", None)))):
+        if asked:
+            raise ApiError(400, f"{name} needs PersonaGPT's own engine (it scores with the model's probabilities); "
+                                f"this server generates with an upstream engine (--upstream): leave {name} out",
+                           param=name)
