@@ -41,7 +41,8 @@ def last_yes_no_question(turn: str) -> str | None:
     return text if _YES_NO.match(text) else None
 
 
-def _expected(fact: str) -> bool | None:
+def expected_answer(fact: str) -> bool | None:
+    """The answer ``fact`` implies to the yes/no question about it (True: yes), or None."""
     asked = question(fact)
     if asked is not None:
         return asked[1]
@@ -73,7 +74,7 @@ class ConsistencyChecker:
             words = set(asked.split()) - _STOP
             similarity = [len(words & (set(normalize(f).split()) - _STOP)) / 2 for f in facts]
         best = max(range(len(facts)), key=lambda i: similarity[i])
-        expected = _expected(facts[best])
+        expected = expected_answer(facts[best])
         if similarity[best] < self.threshold or expected is None:
             return None
         return AskedFact(facts[best], expected, float(similarity[best]))

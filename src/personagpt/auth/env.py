@@ -12,14 +12,14 @@ import random
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from personagpt.auth.identify import Identifier, LikelihoodIdentifier
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
-from personagpt.generation import Conversation, SamplingConfig
+from personagpt.generation import Conversation, SamplingConfig, generate_batch, strip_reply
 from personagpt.selfplay import Transcript
 
 IdentifierFactory = Callable[[list[list[str]]], Identifier]
@@ -64,6 +64,81 @@ class Episode:
                    value.get("scores", {}))
 
 
+@dataclass(frozen=True)
+class Question:
+    """An action that is the interviewer's turn itself, said as written (e.g. the yes/no question that checks one
+    candidate's fact), instead of a goal the interviewer generates a turn for."""
+
+    text: str
+    fact: str = ""
+
+    def __str__(self) -> str:
+        return f"ask: {self.text}"
+
+
+Action = str | Question | None  # a goal (action code or free text), a question said as written, or no goal
+
+
+class Lookahead:
+    """What a planner may try before the interviewer's turn, without knowing the truth: the question the
+    interviewer would generate for a goal, the partner's answers under any candidate persona, and the guide
+    identifier's scores after such a hypothetical exchange. Generation is batched (on the engine when there is one:
+    every request is queued before any is read). Simulated answers are cut at ``answer_tokens``: a yes or no and the
+    words after it are what identifies."""
+
+    def __init__(self, model, fmt: PromptFormat, turns: Sequence[str], identifier, sampling: SamplingConfig,
+                 engine=None, seed: int | None = None, answer_tokens: int = 16) -> None:
+        self.model, self.fmt, self.turns, self.identifier, self.engine = model, fmt, list(turns), identifier, engine
+        self.sampling, self.seed = sampling, seed
+        self.answer_sampling = replace(sampling, max_new_tokens=min(answer_tokens, sampling.max_new_tokens),
+                                       num_candidates=1)
+        self.asked: dict[str, str] = {}  # goal -> the question generated for it (reused if the goal is chosen)
+        self.rows = 0  # replies generated so far (its cost)
+
+    def _generate(self, contexts: list[list[int]], keys: list[str], sampling: SamplingConfig) -> list[str]:
+        self.rows += len(contexts)
+        seeds = [None if self.seed is None else zlib.crc32(f"{self.seed} {len(self.turns)} {k}".encode())
+                 for k in keys]
+        if self.engine is not None:
+            requests = [self.engine.submit(c, sampling, seed=s) for c, s in zip(contexts, seeds)]
+            replies = [strip_reply(list(r), self.fmt.eos_id) for r in requests]
+        else:
+            if seeds and seeds[0] is not None:
+                torch.manual_seed(seeds[0])
+            with torch.inference_mode():
+                replies = generate_batch(self.model, self.fmt, contexts, sampling)
+        return [self.fmt.decode(r) for r in replies]
+
+    def questions(self, goals: Sequence[str]) -> list[str]:
+        """The interviewer's turn for each goal, generated (once per goal and turn)."""
+        missing = [g for g in dict.fromkeys(goals) if g not in self.asked]
+        contexts = [Conversation.from_turns(self.model, self.fmt, self.turns, goal=g, max_context=self._limit())
+                    .context_ids(self.sampling.max_new_tokens) for g in missing]
+        self.asked.update(zip(missing, self._generate(contexts, [f"goal {g}" for g in missing], self.sampling)))
+        return [self.asked[g] for g in goals]
+
+    def answers(self, questions: Sequence[str], personas: Sequence[Sequence[str]]) -> list[list[str]]:
+        """[question][persona]: the partner's answer to each question had it each persona."""
+        contexts, keys = [], []
+        for q in questions:
+            for i, persona in enumerate(personas):
+                conversation = Conversation.from_turns(self.model, self.fmt, self.turns + [q], persona=persona,
+                                                       max_context=self._limit())
+                contexts.append(conversation.context_ids(self.answer_sampling.max_new_tokens))
+                keys.append(f"answer {q} {' '.join(persona)}")
+        flat = self._generate(contexts, keys, self.answer_sampling)
+        return [flat[i * len(personas):(i + 1) * len(personas)] for i in range(len(questions))]
+
+    def scores_after(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """[n, K]: the guide's scores after each (question, answer) exchange, nothing committed."""
+        if not hasattr(self.identifier, "preview_many"):
+            raise SettingsError("planning needs the sentence or exchange identifier as its guide")
+        return self.identifier.preview_many(questions, answers)
+
+    def _limit(self) -> int | None:
+        return self.engine.capacity if self.engine is not None else None
+
+
 @dataclass
 class View:
     """What a policy sees before the interviewer's turn ``turn`` (0-based)."""
@@ -73,6 +148,7 @@ class View:
     used: list[str | None]
     preview: Callable[[str], float] = lambda goal: 0.0
     candidates: list[list[str]] = field(default_factory=list)
+    lookahead: Lookahead | None = None
 
 
 def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[str]], k: int,
@@ -125,20 +201,27 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
             question = ask.respond()
             answer = Conversation.from_turns(model, fmt, turns_so_far + [question], persona=candidates[truth],
                                              seed=zlib.crc32(f'{seed} {turn} {goal} answer'.encode()), **kwargs).respond()
-            after, encoded = running[guide].preview(answer)
+            after, encoded = running[guide].preview(answer, question)
             previews[goal] = (question, answer, encoded)
             return float(torch.log_softmax(after, 0)[truth])
 
         scores = torch.tensor(episode.scores[guide][-1]) if turn and guide else torch.zeros(len(candidates))
-        view = View(turn, scores, episode.goals, preview, candidates)
+        lookahead = Lookahead(model, fmt, episode.transcript.turns, running.get(guide), sampling or SamplingConfig(),
+                              engine, seed)
+        view = View(turn, scores, episode.goals, preview, candidates, lookahead)
         goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
-        if goal in previews:
+        encoded = None
+        if isinstance(goal, Question) or goal in lookahead.asked:  # the turn is known: said, not generated
+            question = goal.text if isinstance(goal, Question) else lookahead.asked[goal]
+            interviewer.add_turn(question)
+            partner.add_turn(question)
+            answer = partner.respond()
+        elif goal in previews:
             question, answer, encoded = previews[goal]
             interviewer.add_turn(question)
             partner.add_turn(question)
             partner.add_turn(answer)
         else:
-            encoded = None
             if goal is None:
                 interviewer.set_persona([], speaker=1)
             else:
@@ -148,7 +231,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
             answer = partner.respond()
         interviewer.add_turn(answer)
         episode.transcript.turns += [question, answer]
-        episode.transcript.actions += [goal or "(no goal)", None]
+        episode.transcript.actions += [str(goal) if goal else "(no goal)", None]
         for name, identifier in running.items():
             extra = {"encoded": encoded} if name == guide and encoded is not None else {}
             episode.scores[name].append(identifier.add_exchange(question, answer, **extra).tolist())
@@ -172,49 +255,56 @@ def rescore(episodes: Sequence[Episode], name: str, make: IdentifierFactory,
 def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]], int]], policy, turns: int = 8,
                    sampling: SamplingConfig | None = None, seed: int = 0, engine=None, workers: int = 8,
                    identifiers: Mapping[str, IdentifierFactory] | None = None,
-                   on_episode: Callable[[Episode], None] | None = None) -> list[Episode]:
-    """Many interviews; with an ``engine`` they run side by side (their decoding steps batched)."""
+                   on_episode: Callable[[int, Episode], None] | None = None,
+                   indices: Sequence[int] | None = None) -> list[Episode]:
+    """Many interviews; with an ``engine`` they run side by side (their decoding steps batched). Interview ``i``
+    plays ``sets[i]`` with seed ``seed + i``; ``indices`` plays only those (a resumed run), and ``on_episode``
+    receives each index and interview as it finishes."""
     def one(i: int) -> Episode:
         episode = interview(model, fmt, *sets[i], policy, turns, sampling, seed + i, engine, identifiers)
         if on_episode:
-            on_episode(episode)
+            on_episode(i, episode)
         return episode
 
+    chosen = range(len(sets)) if indices is None else indices
     if engine is None:
-        return [one(i) for i in range(len(sets))]
+        return [one(i) for i in chosen]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, range(len(sets))))
+        return list(pool.map(one, chosen))
 
 
 class SelfPlay:
     """Interviews side by side over one engine (their decoding steps batched), scored after every exchange by the
-    sentence identifier (unless ``sentence=False``) and, when a head is given, the embedding identifier. A policy
-    sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored afterwards with
-    :func:`rescore`."""
+    sentence and exchange identifiers (unless ``sentence=False``) and, when a head is given, the embedding
+    identifier. A policy sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored
+    afterwards with :func:`rescore`."""
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
                  workers: int = 32, sentence: bool = True) -> None:
-        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, SentenceIdentifier
+        from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
+                                              SentenceIdentifier)
         from personagpt.engine import Engine
         from personagpt.models import serving_model
 
         self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
-        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=4096)
+        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=8192)
         self.identifiers: dict[str, IdentifierFactory] = {}
+        self.facts = None
         if sentence:
-            facts = FactEmbeddings()
+            facts = self.facts = FactEmbeddings()
             self.identifiers["sentence"] = lambda candidates: SentenceIdentifier(facts, candidates)
+            self.identifiers["exchange"] = lambda candidates: ExchangeIdentifier(facts, candidates)
         if head is not None:
             encoder = PooledEncoder(model, fmt)
             self.identifiers["embedding"] = lambda candidates: EmbeddingIdentifier(encoder, head, candidates)
-
     def play(self, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int = 0,
-             on_episode: Callable[[Episode], None] | None = None, guide: str | None = None) -> list[Episode]:
+             on_episode: Callable[[int, Episode], None] | None = None, guide: str | None = None,
+             indices: Sequence[int] | None = None) -> list[Episode]:
         if guide is not None and guide not in self.identifiers:
             raise SettingsError(f"the {guide} identifier is not available here")
         ordered = {name: self.identifiers[name] for name in sorted(self.identifiers, key=lambda n: n != guide)}
         return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
-                              self.workers, ordered, on_episode)
+                              self.workers, ordered, on_episode, indices)
 
     def close(self) -> None:
         self.engine.close()

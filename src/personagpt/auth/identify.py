@@ -132,7 +132,7 @@ class EmbeddingIdentifier:
             t = nn.functional.normalize(self.head.turn_tower((total / count).unsqueeze(0)), dim=-1)
             return (self.head.log_scale.exp() * t @ self.personas.T)[0]
 
-    def preview(self, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def preview(self, answer: str, question: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """The scores after ``answer`` and its encoding, without committing it (lookahead)."""
         encoded = self.encoder.turns([answer])[0]
         return self.scores_for(self.total + encoded, self.count + 1), encoded
@@ -162,9 +162,15 @@ class FactEmbeddings:
         return cached_rows(self._facts, self._lock, list(facts), self.embedder.encode)
 
     def sentences(self, text: str) -> torch.Tensor:
+        return self.sentences_of([text])[0]
+
+    def sentences_of(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """Each text's sentence embeddings, all encoded in one batch."""
         from personagpt.control import sentences
 
-        return self.embedder.encode(sentences(text.lower()) or [text or " "])
+        split = [sentences(t.lower()) or [t or " "] for t in texts]
+        encoded = self.embedder.encode([s for parts in split for s in parts])
+        return list(encoded.split([len(parts) for parts in split]))
 
 
 class SentenceIdentifier:
@@ -180,16 +186,74 @@ class SentenceIdentifier:
         self.k = len(candidates)
         self.total = torch.zeros(self.k)
 
-    def gain(self, answer: str) -> torch.Tensor:
-        """[K]: each candidate's best (answer sentence, fact) cosine."""
-        best_per_fact = (self.encoder.sentences(answer) @ self.facts.T).max(dim=0).values
+    def gain(self, answer: str, question: str = "", sentences: torch.Tensor | None = None) -> torch.Tensor:
+        """[K]: each candidate's best (answer sentence, fact) cosine (the question is not read here);
+        ``sentences``: the answer's sentence embeddings when already encoded."""
+        sentences = self.encoder.sentences(answer) if sentences is None else sentences
+        best_per_fact = (sentences @ self.facts.T).max(dim=0).values
         return torch.full((self.k,), -1.0).scatter_reduce(0, self.owner, best_per_fact, "amax")
 
-    def preview(self, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def preview(self, answer: str, question: str = "") -> tuple[torch.Tensor, torch.Tensor]:
         """The scores after ``answer`` and its gain, without committing it (lookahead)."""
-        gain = self.gain(answer)
+        gain = self.gain(answer, question)
         return self.scale * (self.total + gain), gain
 
+    def preview_many(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """[n, K]: the scores after each hypothetical exchange (a planner's simulated answers)."""
+        if not answers:
+            return torch.zeros(0, self.k)
+        encoded = self.encoder.sentences_of(answers)
+        return self.scale * (self.total + torch.stack([self.gain(a, q, e) for q, a, e in zip(questions, answers, encoded)]))
+
     def add_exchange(self, question: str, answer: str, encoded: torch.Tensor | None = None) -> torch.Tensor:
-        self.total = self.total + (encoded if encoded is not None else self.gain(answer))
+        self.total = self.total + (encoded if encoded is not None else self.gain(answer, question))
         return self.scale * self.total
+
+
+class ExchangeIdentifier(SentenceIdentifier):
+    """The sentence identifier plus the answer read with its question. When the interviewer's turn ends with a
+    yes/no question and the answer opens with yes or no (:func:`personagpt.facts.answer_polarity`), each candidate's
+    fact nearest the question (cosine above ``floor``) adds ``weight`` x its closeness (0 at ``floor``, 1 at
+    cosine 1) when the answer agrees with what that fact implies, and subtracts it when it disagrees; candidates
+    with no such fact are left alone. The question check of the best-replies work found the asked fact this way
+    (precision 89.5 / recall 81.0 on its hand-labelled set)."""
+
+    def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 5.0,
+                 weight: float = 1.0, floor: float = 0.5) -> None:
+        from personagpt.consistency import expected_answer
+
+        super().__init__(encoder, candidates, scale)
+        self.weight, self.floor = weight, floor
+        implied = [expected_answer(f) for c in candidates for f in c]
+        self.implies_yes = torch.tensor([1.0 if e else -1.0 if e is False else 0.0 for e in implied])
+        self._questions: dict[str, torch.Tensor | None] = {}
+
+    def _closeness(self, question: str) -> torch.Tensor | None:
+        """Per fact, how close it is to ``question``'s closing yes/no question (None: it has none)."""
+        if question not in self._questions:
+            from personagpt.consistency import last_yes_no_question
+
+            asked = last_yes_no_question(question)
+            if asked is None:
+                self._questions[question] = None
+            else:
+                cosine = self.encoder.embedder.encode([asked])[0] @ self.facts.T
+                self._questions[question] = ((cosine - self.floor) / (1 - self.floor)).clamp(0, 1)
+        return self._questions[question]
+
+    def gain(self, answer: str, question: str = "", sentences: torch.Tensor | None = None) -> torch.Tensor:
+        from personagpt.facts import answer_polarity
+
+        gain = super().gain(answer, question, sentences)
+        polarity = answer_polarity(answer) if question else None
+        closeness = self._closeness(question) if polarity is not None else None
+        if closeness is None:
+            return gain
+        # per candidate, its fact nearest the question decides: agreement (+1 / -1) times closeness
+        nearest = torch.full((self.k,), -1.0).scatter_reduce(0, self.owner, closeness, "amax")
+        sign = self.implies_yes * (1.0 if polarity else -1.0)
+        is_nearest = closeness == nearest[self.owner]
+        support = torch.zeros(self.k).index_add_(0, self.owner, torch.where(is_nearest, sign * closeness,
+                                                                            torch.zeros_like(closeness)))
+        count = torch.zeros(self.k).index_add_(0, self.owner, is_nearest.float()).clamp_min(1)
+        return gain + self.weight * support / count

@@ -140,3 +140,83 @@ def error_rates(scores: Sequence[float], genuine: Sequence[bool], threshold: flo
     neg = [s for s, g in zip(scores, genuine) if not g]
     return {"false_accept": sum(s >= threshold for s in neg) / max(1, len(neg)),
             "false_reject": sum(s < threshold for s in pos) / max(1, len(pos))}
+
+
+def report(results: dict, paired: dict, candidates: int, interviews: dict[str, int]) -> list[str]:
+    """``auth eval``'s printed report: per identifier a Hits@1 table, the paired differences with random, and
+    verification. ``interviews``: how many interviews each identifier scored per policy."""
+    lines = []
+    for ident in dict.fromkeys(i for r in results.values() for i in r["by_turn"]):
+        table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
+        lines += [f"\n{ident} identifier: Hits@1 of {candidates} (%) after each turn, {interviews.get(ident, 0)} "
+                  "interviews per policy, 95% intervals:", markdown_table(table)]
+    if paired:
+        lines.append("\npaired with random (the same personas and distractors): Hits@1 difference in points "
+                     "[95% paired bootstrap]")
+        for key, rows in paired.items():
+            lines.append(f"| {key} | " + " | ".join(f"turn {r['turn']}: {r['points']:+.1f} [{r['low']:+.1f}, "
+                                                    f"{r['high']:+.1f}]" for r in rows) + " |")
+    lines += ["\nverification (half true claims, half false): ROC AUC; FAR / FRR at the calibrated threshold",
+              "| policy | identifier@turn | AUC | FAR | FRR |\n|---|---|---:|---:|---:|"]
+    for name, r in results.items():
+        for key, v in r["verification"].items():
+            rates = (f"{100 * v['false_accept']:.1f}% | {100 * v['false_reject']:.1f}%" if "false_accept" in v
+                     else "- | -")
+            lines.append(f"| {name} | {key} | {v['auc']:.3f} | {rates} |")
+    return lines
+
+
+def ranking_lines(probabilities, people: Sequence[Sequence[str]], truth: Sequence[str], mark: str,
+                  top: int = 3) -> list[str]:
+    """The ``top`` likeliest candidates with their probabilities, the true (or claimed) one marked."""
+    out = []
+    for rank, index in enumerate(probabilities.argsort(descending=True)[:top].tolist(), 1):
+        marked = f" ({mark})" if people[index] is truth else ""
+        out.append(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{marked}")
+    return out
+
+
+def verdict(probabilities, people: list[list[str]], truth: list[str], claimed: bool, answered: int,
+            calibrated: dict, candidates: int) -> str:
+    """An interview's last words: where the true (or claimed) persona ranks and, for a claim, ACCEPT or REJECT
+    with the probability against the calibrated threshold."""
+    if not answered:
+        return "\nNo answers, so no ranking and no verdict."
+    p = float(probabilities[people.index(truth)])
+    rank = 1 + int((probabilities > probabilities[people.index(truth)]).sum())
+    who = "the claimed persona" if claimed else "your persona"
+    lines = [f"\nFinal ranking after {answered} answer{'s' * (answered != 1)}: {who} is {rank} of {len(people)} "
+             f"with probability {100 * p:.1f}%."]
+    if claimed:
+        threshold = calibrated.get(str(answered))
+        if threshold is None:
+            lines.append(f"No verdict: no accept threshold is calibrated for K = {candidates} after {answered} "
+                         "answers (auth train calibrates them).")
+        else:
+            accept = p >= threshold
+            margin = p / threshold if accept else threshold / max(p, 1e-9)
+            lines.append(f"{'ACCEPT' if accept else 'REJECT'}: {100 * p:.1f}% against an accept threshold of "
+                         f"{100 * threshold:.1f}% (calibrated on held-out self-play), {margin:.1f}x "
+                         f"{'above' if accept else 'below'} it.")
+    return "\n".join(lines)
+
+
+def read_claim(path) -> list[str]:
+    """A persona as JSON: a list of fact strings, or an object with such a list under "persona"."""
+    import json
+    from pathlib import Path
+
+    from personagpt.data import persona_fact
+    from personagpt.errors import SettingsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(f"{path}: no such claim file")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SettingsError(f"{path}: not valid JSON ({e})") from None
+    facts = value.get("persona") if isinstance(value, dict) else value
+    if not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
+        raise SettingsError(f'{path}: a claim is a JSON list of persona facts (strings), or {{"persona": [...]}}')
+    return [persona_fact(f) for f in facts]

@@ -27,65 +27,20 @@ ThresholdsOpt = Annotated[Optional[Path], typer.Option(
     help="thresholds.json from `auth train` (default: the shipped one): the accept threshold per turn.")]
 GuideOpt = Annotated[str, typer.Option(
     help="The identifier the policy sees and is rewarded by: sentence (persona facts against the answers under a "
-         "sentence encoder; no training) or embedding (the trained head over the dialogue model's hidden states).")]
-IDENTIFIERS = ("sentence", "embedding", "likelihood")
+         "sentence encoder; no training), exchange (the same, also reading a yes or no with the question it answers) "
+         "or embedding (the trained head over the dialogue model's hidden states).")]
 PolicyPathOpt = Annotated[Optional[Path], typer.Option(
     "--policy-path", help="Learned policy (policy.pt from `auth train`; default: the one shipped, if any).")]
+DistilledOpt = Annotated[Optional[Path], typer.Option(
+    "--distilled", help="Distilled question policy (distilled.pt from `auth distill`; default: the one shipped, "
+                        "if any).")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="Interviews run side by side.")]
 
 
-def _head(path: Path | None, model_name: str | None, required: bool = True):
-    """The embedding identifier's head; without ``required``, None where there is none for this model."""
-    from personagpt.auth.identify import IdentifierHead, packaged_head_path
+def _bar(desc: str, total: int):
+    from tqdm.auto import tqdm
 
-    chosen = path or packaged_head_path()
-    if path is None and model_name is not None:
-        if not required:
-            return None
-        raise UserError("the shipped identifier head fits the bundled model only; pass --identifier "
-                        "(made by `personagpt auth train-identifier --model ...`)")
-    if not chosen.is_file():
-        raise UserError(f"{chosen}: no identifier head there (make one with `personagpt auth train-identifier`)")
-    try:
-        return IdentifierHead.load(chosen)
-    except Exception as e:  # a corrupt or foreign file
-        raise UserError(f"{chosen}: not an identifier head ({type(e).__name__})") from None
-
-
-def _policy_network(path: Path | None):
-    from personagpt.auth.policies import FEATURES, QNetwork, packaged_policy_path
-
-    chosen = path or packaged_policy_path()
-    if not chosen.is_file():
-        if path is not None:
-            raise UserError(f"{path}: no such policy file")
-        return None
-    try:
-        network = QNetwork.load(chosen)
-    except Exception as e:
-        raise UserError(f"{chosen}: not a policy file ({type(e).__name__})") from None
-    if network.config["features"] != FEATURES:
-        raise UserError(f"{chosen}: made by an older PersonaGPT (a state of {network.config['features']} features, "
-                        f"now {FEATURES}); train a new one with `personagpt auth train`")
-    return network
-
-
-def _pool(data: Path | None) -> tuple[Path, list[list[str]]]:
-    from personagpt.data import default_data_dir, distinct_personas, load_dialogues
-
-    split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
-    return split, distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
-
-
-def _training_personas(seed: int, held_out: int) -> tuple[list[list[str]], list[list[str]]]:
-    """The packaged training personas, shuffled by ``seed``: (held out for calibration, the rest for training)."""
-    import random
-
-    from personagpt.data import load_personas, resolve_personas_path
-
-    personas = load_personas(resolve_personas_path())
-    random.Random(seed).shuffle(personas)
-    cut = max(held_out, 20)
-    return personas[:cut], personas[cut:]
+    return tqdm(total=total, desc=desc, unit="interview", leave=False)
 
 
 @app.command("train-identifier")
@@ -109,64 +64,35 @@ def train_identifier(
     summary of someone's turns lands nearest their persona (InfoNCE). 10% of the personas are held out to report
     Hits@1 of 20 after 1, 4 and 7 turns (gold dialogues, and self-play when used)."""
     with friendly_errors():
-        import random
-
         from tqdm.auto import tqdm
 
-        from personagpt.auth.env import Episode, SelfPlay, candidate_sets
-        from personagpt.auth.identify import PooledEncoder
-        from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
+        from personagpt.auth.runs import identifier_selfplay, train_identifier as train_head
         from personagpt.data import default_data_dir, load_dialogues
-        from personagpt.selfplay import RandomPolicy
 
         split = data or default_data_dir() / "personachat" / "train_self_partial_no_cands.txt"
         everything = load_dialogues(split)[:dialogues]
-        personas = list(dict.fromkeys(tuple(d.p2_facts) for d in everything if d.p2_facts))
-        if len(personas) < 40:
-            raise UserError(f"{split}: {len(personas)} personas with turns; training needs at least 40")
-        held = set(random.Random(seed).sample(personas, max(20, len(personas) // 10)))
         loaded, fmt = load(model, device)
         loaded.eval()
         episodes = []
         if selfplay:
-            store = selfplay_file or out.with_name("selfplay.json")
-            if store.is_file():
-                episodes = [Episode.from_json(e) for e in json.loads(store.read_text())][:selfplay]
-            if len(episodes) < selfplay:
-                from personagpt.sampling import SamplingConfig
-
-                _, pool = _training_personas(seed, 200)
-                truths = random.Random(seed + 1).sample(pool, selfplay)
-                sets = candidate_sets(truths, pool, 2, seed + 1)[len(episodes):]
-                env = SelfPlay(loaded, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
-                               sentence=False)  # scored later by the head being trained
-                bar = tqdm(total=len(sets), desc="self-play", unit="interview")
-                try:
-                    episodes += env.play(sets, RandomPolicy(seed=seed), seed, lambda _: bar.update(1))
-                finally:
-                    env.close()
-                    bar.close()
-                store.parent.mkdir(parents=True, exist_ok=True)
-                store.write_text(json.dumps([e.to_json() for e in episodes]))
-        encoder = PooledEncoder(loaded, fmt)
-        cut = len(episodes) - len(episodes) // 10
-        bar = tqdm(total=len(everything) + len(episodes), desc="encoding turns", unit="dialogue")
-        train = TurnEmbeddings.encode(encoder, [d for d in everything if tuple(d.p2_facts) not in held], bar.update)
-        valid = {"gold": TurnEmbeddings.encode(encoder, [d for d in everything if tuple(d.p2_facts) in held], bar.update)}
-        if episodes:
-            train = train + TurnEmbeddings.from_episodes(encoder, episodes[:cut], bar.update)
-        if episodes[cut:]:
-            valid["self-play"] = TurnEmbeddings.from_episodes(encoder, episodes[cut:], bar.update)
-        bar.close()
-        bar = tqdm(total=steps, desc="training head", unit="step")
-        head = train_identifier_head(train, steps, seed=seed,
-                                     progress=lambda step, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.3f}")))
-        bar.close()
+            bar = _bar("self-play", selfplay)
+            try:
+                episodes = identifier_selfplay(loaded, fmt, selfplay, turns, max_new_tokens, workers, seed,
+                                               selfplay_file or out.with_name("selfplay.json"), bar.update)
+            finally:
+                bar.close()
+        encoding = tqdm(total=len(everything) + len(episodes), desc="encoding turns", unit="dialogue")
+        training = tqdm(total=steps, desc="training head", unit="step")
+        try:
+            head, report, trained_on = train_head(
+                loaded, fmt, everything, episodes, steps, seed, encoding.update,
+                lambda step, loss: (training.update(1), training.set_postfix(loss=f"{loss:.3f}")))
+        finally:
+            encoding.close()
+            training.close()
         head.save(out)
-        report = {name: {f"hits1_at_{t}": identification_hits(head, v, k=20, turns=t) for t in (1, 4, 7)}
-                  for name, v in valid.items() if len(v.personas) >= 20}
         out.with_suffix(".json").write_text(json.dumps({
-            "data": str(split), "selfplay_interviews": len(episodes), "train_personas": len(train.personas),
+            "data": str(split), "selfplay_interviews": len(episodes), "train_personas": trained_on,
             "steps": steps, "held_out": report}, indent=1))
         for name, hits in report.items():
             typer.echo(f"held-out {name} conversations, Hits@1 of 20: " + ", ".join(
@@ -175,18 +101,21 @@ def train_identifier(
 
 
 def _guide(name: str) -> str:
-    if name not in IDENTIFIERS[:2]:
-        raise UserError(f"--guide must be one of {', '.join(IDENTIFIERS[:2])}")
+    from personagpt.auth.runs import GUIDES
+
+    if name not in GUIDES:
+        raise UserError(f"--guide must be one of {', '.join(GUIDES)}")
     return name
 
 
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False):
-    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence identifier and, where a
-    head fits the model, the embedding identifier."""
+    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence and exchange identifiers
+    and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
+    from personagpt.auth.runs import load_head
     from personagpt.sampling import SamplingConfig
 
-    head = _head(head_path, model_name, required=need_head)
+    head = load_head(head_path, model_name, required=need_head)
     loaded, fmt = load(model_name, device)
     loaded.eval()
     return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
@@ -223,13 +152,13 @@ def train(
     with friendly_errors():
         import random
 
-        from tqdm.auto import tqdm
-
         from personagpt.auth.env import candidate_sets
         from personagpt.auth.learn import DQNConfig, plot_training, train_policy
+        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.auth.runs import calibrate, training_personas, warm_start_episodes
 
         guide = _guide(guide)
-        held, pool = _training_personas(seed, 200)
+        held, pool = training_personas(seed, 200)
         if len(pool) < candidates:
             raise UserError(f"only {len(pool)} training personas; -k must be at most that")
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, need_head=guide == "embedding")
@@ -237,28 +166,19 @@ def train(
             def collect(policy, count, round_index):
                 truths = random.Random(seed + round_index).sample(pool, count)
                 sets = candidate_sets(truths, pool, candidates, seed + round_index)
-                bar = tqdm(total=count, desc=f"round {round_index + 1}/{rounds}", unit="interview", leave=False)
-                episodes_ = env.play(sets, policy, seed + 1000 * round_index, lambda _: bar.update(1), guide)
-                bar.close()
-                return episodes_
+                bar = _bar(f"round {round_index + 1}/{rounds}", count)
+                try:
+                    return env.play(sets, policy, seed + 1000 * round_index, lambda *_: bar.update(1), guide)
+                finally:
+                    bar.close()
 
             warm = []
             if warm_start is not None:
-                from personagpt.auth.env import Episode, rescore
-
-                if not warm_start.is_file():
-                    raise UserError(f"{warm_start}: no such file")
+                bar = _bar("scoring warm-start interviews", 0)
                 try:
-                    warm = [Episode.from_json(e) for e in json.loads(warm_start.read_text())]
-                except (ValueError, KeyError, TypeError):
-                    raise UserError(f"{warm_start}: not a self-play file from `auth train-identifier`") from None
-                warm = [e for e in warm if len(e.candidates) >= 2]
-                warm_sets = candidate_sets([e.candidates[e.truth] for e in warm], pool, candidates, seed + 3)
-                for e, (c, t) in zip(warm, warm_sets):  # the answers do not depend on the candidates: draw K of them
-                    e.candidates, e.truth = c, t
-                bar = tqdm(total=len(warm), desc="scoring warm-start interviews", unit="interview")
-                rescore(warm, guide, env.identifiers[guide], bar.update)
-                bar.close()
+                    warm = warm_start_episodes(warm_start, env, guide, pool, candidates, seed, bar.update)
+                finally:
+                    bar.close()
             config = DQNConfig(rounds=rounds, episodes_per_round=episodes, updates_per_round=updates, seed=seed)
             network = train_policy(collect, out, guide, config, resume=resume, warm_start=warm,
                                    progress=lambda e: typer.echo(
@@ -268,34 +188,16 @@ def train(
             log = json.loads((out / "log.json").read_text())
             plot_training(log, out / "training.png")
             if calibration:
-                _calibrate(env, network, held[:calibration], held + pool, candidates, turns, false_accept, seed,
-                           out / "thresholds.json")
+                bar = _bar("calibrating", calibration)
+                try:
+                    calibrate(env, LearnedPolicy(network), network.guide, held[:calibration], held + pool,
+                              candidates, false_accept, seed, out / "thresholds.json", bar.update)
+                finally:
+                    bar.close()
         finally:
             env.close()
         typer.echo(f"Wrote {out / 'policy.pt'}, {out / 'training.png'}"
                    + (f", {out / 'thresholds.json'}" if calibration else ""), err=True)
-
-
-def _calibrate(env, network, truths, pool, candidates: int, turns: int, false_accept: float, seed: int,
-               path: Path) -> None:
-    """Accept thresholds per turn for every identifier, from interviews of ``truths`` (held out from training)
-    run by the learned policy: for each turn, the lowest claim probability that keeps false accepts at most
-    ``false_accept``."""
-    from tqdm.auto import tqdm
-
-    from personagpt.auth.env import candidate_sets
-    from personagpt.auth.measure import claims, threshold_for
-    from personagpt.auth.policies import LearnedPolicy
-
-    sets = candidate_sets(truths, pool, candidates, seed + 7)
-    bar = tqdm(total=len(sets), desc="calibrating", unit="interview")
-    episodes = env.play(sets, LearnedPolicy(network), seed + 7, lambda _: bar.update(1), network.guide)
-    bar.close()
-    thresholds = {name: {str(t): threshold_for(*claims(episodes, name, t, seed), false_accept)
-                         for t in range(1, turns + 1)} for name in env.identifiers}
-    path.write_text(json.dumps({"identifier": network.guide, "k": candidates, "false_accept": false_accept,
-                                "interviews": len(episodes), "by_turn": thresholds[network.guide],
-                                "by_identifier": thresholds}, indent=1))
 
 
 @app.command("refit")
@@ -325,11 +227,13 @@ def refit(
         from tqdm.auto import tqdm
 
         from personagpt.auth.learn import DQNConfig, refit_policy
+        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.auth.runs import calibrate, load_policy_network, training_personas
 
         checkpoint = run / "checkpoint.pt"
         if not checkpoint.is_file():
             raise UserError(f"{checkpoint}: no such file (run `personagpt auth train --out {run}` first)")
-        recorded = _policy_network(run / "policy.pt") if (run / "policy.pt").is_file() else None
+        recorded = load_policy_network(run / "policy.pt") if (run / "policy.pt").is_file() else None
         bar = tqdm(total=updates, desc="fitting", unit="update")
         try:
             network, losses = refit_policy(checkpoint, DQNConfig(gamma=gamma, seed=seed), updates,
@@ -345,26 +249,27 @@ def refit(
                                                     "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}))
         typer.echo(f"Wrote {out / 'policy.pt'} (guide: {network.guide}, gamma {gamma}, {updates} updates)", err=True)
         if calibration:
-            held, pool = _training_personas(seed, 200)
+            held, pool = training_personas(seed, 200)
             env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
                              need_head=network.guide == "embedding")
+            bar = _bar("calibrating", calibration)
             try:
-                _calibrate(env, network, held[:calibration], held + pool, candidates, turns, false_accept, seed,
-                           out / "thresholds.json")
+                calibrate(env, LearnedPolicy(network), network.guide, held[:calibration], held + pool, candidates,
+                          false_accept, seed, out / "thresholds.json", bar.update)
             finally:
+                bar.close()
                 env.close()
             typer.echo(f"Wrote {out / 'thresholds.json'}", err=True)
-
-
-POLICIES = ("random", "round-robin", "no-goal", "learned", "lookahead")
 
 
 @app.command("eval")
 def evaluate(
     model: ModelOpt = None,
-    policy: Annotated[Optional[list[str]], typer.Option("--policy", help=f"{', '.join(POLICIES)} (repeatable; "
-                      "default: all but lookahead, learned only when a policy is shipped or given). lookahead tries "
-                      "all 11 goals every turn and keeps the best for the truth: an 11x dearer oracle.")] = None,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", help="random, round-robin, no-goal, learned, "
+                      "random-question, planner, distilled, lookahead (repeatable; default: the cheap ones: random, "
+                      "round-robin, no-goal, random-question, and learned / distilled when one is shipped or given). "
+                      "planner simulates every candidate question's answers under the likeliest personas (about "
+                      "7x random's cost a turn); lookahead is an oracle that knows the truth.")] = None,
     conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (300 or more for figures worth comparing).")] = 300,
     likelihood: Annotated[int, typer.Option(min=0, help="Also rank with the likelihood identifier (the dialogue "
                                                         "model; K rows per turn: about a minute per interview on a "
@@ -375,11 +280,13 @@ def evaluate(
                                                       "(default: the Persona-Chat validation split).")] = None,
     identifier: IdentifierOpt = None,
     policy_path: PolicyPathOpt = None,
+    distilled: DistilledOpt = None,
     thresholds: ThresholdsOpt = None,
     max_new_tokens: MaxNewOpt = 32,
     seed: SeedOpt = 0,
-    out: Annotated[Path, typer.Option(help="Directory for results.json and the plots.")] = Path("runs/auth"),
-    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side.")] = 32,
+    out: Annotated[Path, typer.Option(help="Directory for results.json, the interviews and the plots; a rerun with "
+                                           "the same settings resumes the interviews already there.")] = Path("runs/auth"),
+    workers: WorkersOpt = 32,
     device: DeviceOpt = None,
 ) -> None:
     """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) per
@@ -388,128 +295,104 @@ def evaluate(
     with friendly_errors():
         import random
 
-        from tqdm.auto import tqdm
+        from personagpt.auth.env import candidate_sets
+        from personagpt.auth.measure import plot, report
+        from personagpt.auth.runs import (COSTLY, IDENTIFIERS, POLICIES, evaluate as run_evaluation,
+                                          load_distilled, load_policy_network, load_thresholds, make_policy,
+                                          validation_pool)
 
-        from personagpt.auth.env import candidate_sets, likelihood_identifiers, rescore
-        from personagpt.auth.measure import (claims, error_rates, hits_by_turn, markdown_table, paired_with, plot,
-                                             roc_auc)
-        from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
-
-        network = _policy_network(policy_path)
-        available = dict(baseline_policies(seed))
-        if network is not None:
-            available["learned"] = LearnedPolicy(network)
-        available["lookahead"] = LookaheadPolicy()
-        names = policy or [n for n in POLICIES if n in available and n != "lookahead"]
+        network = load_policy_network(policy_path)
+        scorer = load_distilled(distilled)
+        shipped = {"learned": network, "distilled": scorer}
+        names = policy or [n for n in POLICIES if n not in COSTLY and shipped.get(n, True) is not None]
         unknown = [n for n in names if n not in POLICIES]
         if unknown:
             raise UserError(f"unknown policy {', '.join(unknown)}; use {', '.join(POLICIES)}")
-        if "learned" in names and network is None:
-            raise UserError("no learned policy is shipped; train one with `personagpt auth train` and pass "
-                            "--policy-path")
-        split, pool = _pool(data)
+        split, pool = validation_pool(data)
         if conversations > len(pool):
             raise UserError(f"{split} has {len(pool)} personas; ask for at most that many --conversations")
         if candidates > len(pool):
             raise UserError(f"{split} has {len(pool)} personas; -k must be at most that")
-        calibrated = _thresholds(thresholds, candidates)
+        calibrated, note = load_thresholds(thresholds, candidates)
+        if note:
+            typer.echo(f"Note: {note}", err=True)
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
-        guides = {"learned": network.guide} if network is not None else {}
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
-                         need_head="embedding" in guides.values() and "learned" in names)
-        results, played, paired = {}, {}, {}
+                         need_head="learned" in names and network is not None and network.guide == "embedding")
+        bars = []
+
+        def progress(name: str, total: int):
+            bars.append(_bar(name, total))
+            return lambda *_: bars[-1].update(1)
+
         try:
-            for name in names:
-                bar = tqdm(total=conversations, desc=name, unit="interview")
-                episodes = env.play(sets, available[name], seed, lambda _: bar.update(1), guides.get(name))
-                bar.close()
-                if likelihood:
-                    bar = tqdm(total=min(likelihood, conversations), desc=f"{name}: likelihood ranking",
-                               unit="interview")
-                    rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
-                            bar.update)
-                    bar.close()
-                played[name] = episodes
-                results[name] = {"episodes": [e.to_json() for e in episodes], "by_turn": {}, "verification": {}}
-                for ident in IDENTIFIERS:
-                    scored = [e for e in episodes if ident in e.scores and e.scores[ident]]
-                    if not scored:
-                        continue
-                    results[name]["by_turn"][ident] = hits_by_turn(scored, ident)
-                    for t in sorted({min(4, turns), turns}):
-                        scores, genuine = claims(scored, ident, t, seed)
-                        row = {"interviews": len(scored), "auc": roc_auc(scores, genuine)}
-                        if ident in calibrated and str(t) in calibrated[ident]:
-                            row |= {"threshold": calibrated[ident][str(t)],
-                                    **error_rates(scores, genuine, calibrated[ident][str(t)])}
-                        results[name]["verification"][f"{ident}@{t}"] = row
-                paired = paired_with(played, "random")
-                out.mkdir(parents=True, exist_ok=True)  # after every policy: a stopped run keeps the finished ones
-                (out / "results.json").write_text(json.dumps({
-                    "conversations": conversations, "k": candidates, "turns": turns, "data": str(split),
-                    "results": results, "paired_vs_random": paired}, indent=1))
+            policies = {name: make_policy(name, env, seed, network, scorer) for name in names}
+            saved = run_evaluation(env, sets, policies, out, seed, likelihood, calibrated, progress,
+                                   {"conversations": conversations, "k": candidates, "turns": turns, "data": str(split)})
         finally:
+            for bar in bars:
+                bar.close()
             env.close()
+        results = saved["results"]
         for ident in IDENTIFIERS:
             table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
-            if not table:
-                continue
-            png = plot(table, out / f"hits_by_turn_{ident}.png", 1 / candidates)
-            shown = min(likelihood, conversations) if ident == "likelihood" else conversations
-            typer.echo(f"\n{ident} identifier: Hits@1 of {candidates} (%) after each turn, {shown} interviews per "
-                       "policy, 95% intervals:")
-            typer.echo(markdown_table(table))
-            typer.echo(f"(plot: {png})", err=True)
-        if paired:
-            typer.echo("\npaired with random (the same personas and distractors): Hits@1 difference in points "
-                       "[95% paired bootstrap]")
-            for key, rows in paired.items():
-                typer.echo(f"| {key} | " + " | ".join(f"turn {r['turn']}: {r['points']:+.1f} [{r['low']:+.1f}, "
-                                                      f"{r['high']:+.1f}]" for r in rows) + " |")
-        typer.echo("\nverification (half true claims, half false): ROC AUC; FAR / FRR at the calibrated threshold")
-        typer.echo("| policy | identifier@turn | AUC | FAR | FRR |\n|---|---|---:|---:|---:|")
-        for name, r in results.items():
-            for key, v in r["verification"].items():
-                rates = (f"{100 * v['false_accept']:.1f}% | {100 * v['false_reject']:.1f}%" if "false_accept" in v
-                         else "- | -")
-                typer.echo(f"| {name} | {key} | {v['auc']:.3f} | {rates} |")
+            if table:
+                typer.echo(f"(plot: {plot(table, out / f'hits_by_turn_{ident}.png', 1 / candidates)})", err=True)
+        counts = {ident: min(likelihood, conversations) if ident == "likelihood" else conversations
+                  for ident in IDENTIFIERS}
+        typer.echo("\n".join(report(results, saved["paired_vs_random"], candidates, counts)))
         typer.echo(f"Wrote {out / 'results.json'}", err=True)
 
 
-def _thresholds(path: Path | None, k: int) -> dict:
-    """{identifier: {turn: threshold}} calibrated for this K, or {} (with a note) when there is none."""
-    from personagpt.auth.identify import packaged_head_path
+@app.command("distill")
+def distill(
+    model: ModelOpt = None,
+    interviews: Annotated[int, typer.Option(min=2, help="Planner interviews of training personas to learn from "
+                                                        "(8 decisions each at 8 turns).")] = 150,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps (minibatches of 64 decisions).")] = 1500,
+    turns: TurnsOpt = 8,
+    candidates: KOpt = 20,
+    max_new_tokens: MaxNewOpt = 32,
+    workers: WorkersOpt = 32,
+    out: Annotated[Path, typer.Option(help="Run directory: the planner's decisions (decisions.jsonl; a rerun "
+                                           "resumes them), distilled.pt and distill.json.")] = Path("runs/auth/distill"),
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Distil the planner into a policy that runs at random's cost: the planner (expected information gain by
+    simulating answers under the likeliest candidates) interviews training personas, and a small network learns to
+    pick the question it picked from cheap features of each option (how the candidates' probability splits on it).
+    10% of the interviews are held out to report how often the two agree."""
+    with friendly_errors():
+        from tqdm.auto import tqdm
 
-    chosen = path or packaged_head_path().with_name("thresholds.json")
-    if not chosen.is_file():
-        if path is not None:
-            raise UserError(f"{path}: no such thresholds file")
-        return {}
-    try:
-        saved = json.loads(chosen.read_text())
-        if saved["k"] != k:
-            typer.echo(f"Note: {chosen} was calibrated for K = {saved['k']}, not {k}; no error rates.", err=True)
-            return {}
-        return saved.get("by_identifier") or {saved["identifier"]: saved["by_turn"]}
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{chosen}: not a thresholds file from `personagpt auth train`") from None
+        from personagpt.auth.plan import agreement, distill as fit
+        from personagpt.auth.runs import distillation_data
 
-
-def _read_claim(path: Path) -> list[str]:
-    """A persona as JSON: a list of fact strings, or an object with such a list under "persona"."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such claim file")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    facts = value.get("persona") if isinstance(value, dict) else value
-    if not isinstance(facts, list) or not facts or not all(isinstance(f, str) and f.strip() for f in facts):
-        raise UserError(f'{path}: a claim is a JSON list of persona facts (strings), or {{"persona": [...]}}')
-    from personagpt.data import persona_fact
-
-    return [persona_fact(f) for f in facts]
+        env = _self_play(model, device, None, turns, max_new_tokens, workers)
+        bar = _bar("planner interviews", interviews)
+        try:
+            decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
+                                          lambda: bar.update(1))
+        finally:
+            bar.close()
+            env.close()
+        cut = len(decisions) - len(decisions) // 10
+        fitting = tqdm(total=steps, desc="fitting", unit="step")
+        try:
+            scorer = fit(decisions[:cut], steps, seed,
+                         progress=lambda step, loss: (fitting.update(1), fitting.set_postfix(loss=f"{loss:.3f}")))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        finally:
+            fitting.close()
+        held = agreement(scorer, decisions[cut:])
+        scorer.save(out / "distilled.pt")
+        (out / "distill.json").write_text(json.dumps({"interviews": interviews, "decisions": len(decisions),
+                                                      "steps": steps, "held_out_agreement": held}, indent=1))
+        typer.echo(f"agrees with the planner on {100 * held:.1f}% of {len(decisions) - cut} held-out decisions")
+        typer.echo(f"Wrote {out / 'distilled.pt'}", err=True)
 
 
 @app.command("interact")
@@ -521,77 +404,57 @@ def interact(
     candidates: KOpt = 20,
     identifier: IdentifierOpt = None,
     policy_path: PolicyPathOpt = None,
+    distilled: DistilledOpt = None,
     thresholds: ThresholdsOpt = None,
     max_new_tokens: MaxNewOpt = 32,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
 ) -> None:
-    """Be interviewed: the interviewer asks (its goal from the learned policy, else a random goal), you answer, and
-    after every answer the three likeliest of K candidate personas are shown (judged by the policy's identifier,
-    else the sentence identifier). Without --claim you are given a persona to play; with
-    --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
+    """Be interviewed: the interviewer asks (the distilled question policy's choice when one is shipped or given,
+    else the learned goal policy's, else a random goal), you answer, and after every answer the three likeliest of
+    K candidate personas are shown (judged by the policy's identifier). Without --claim you are given a persona to
+    play; with --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
     with friendly_errors():
-        import random
-
-        import torch
-
-        from personagpt.auth.env import View
-        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, SentenceIdentifier
-        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.auth.measure import ranking_lines, read_claim, verdict
+        from personagpt.auth.runs import (LiveInterview, interview_people, load_distilled, load_head,
+                                          load_policy_network, load_thresholds)
         from personagpt.cli.common import Prompter
-        from personagpt.data import load_personas, resolve_personas_path
-        from personagpt.generation import Conversation
-        from personagpt.sampling import SamplingConfig
-        from personagpt.format import DEFAULT_ACTIONS
         from personagpt.text import for_people, to_model
 
-        claimed = _read_claim(claim) if claim is not None else None
+        claimed = read_claim(claim) if claim is not None else None
         with _loading("the persona list"):
-            pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
-        if candidates - 1 > len(pool):
-            raise UserError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
-        rng = random.Random(seed)
-        network = _policy_network(policy_path)
-        judge_name = network.guide if network is not None else "sentence"
-        head = _head(identifier, model) if judge_name == "embedding" else None
-        calibrated = _thresholds(thresholds, candidates).get(judge_name, {})
-        chosen = rng.sample(pool, candidates if claimed is None else candidates - 1)
-        truth = claimed or chosen[0]
-        people = [truth] + [p for p in chosen if p is not truth]
-        rng.shuffle(people)
+            people, truth = interview_people(candidates, claimed, seed)
+        scorer = load_distilled(distilled)
+        network = load_policy_network(policy_path) if scorer is None else None
+        guide = "exchange" if scorer is not None else network.guide if network is not None else "sentence"
+        head = load_head(identifier, model) if guide == "embedding" else None
+        calibrated, _ = load_thresholds(thresholds, candidates)
+        calibrated = calibrated.get(guide, {})
         if claimed is None:
             typer.echo("You play this persona (answer as this person would):\n  " + "\n  ".join(truth))
         elif not calibrated:
-            typer.echo("Note: no calibrated threshold for this K; the interview will not accept or reject.", err=True)
-        policy = LearnedPolicy(network) if network is not None else None
-        if network is None:
+            typer.echo(f"Note: no threshold calibrated for the {guide} identifier at this K; the interview will not "
+                       "accept or reject.", err=True)
+        if scorer is None and network is None:
             typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
         with _loading(None):  # load() names the model
             loaded, fmt = load(model, device)
             loaded.eval()
-        with _loading(f"the {judge_name} identifier and the {len(people)} candidates' facts"):
-            if head is not None:
-                judge = EmbeddingIdentifier(PooledEncoder(loaded, fmt), head, people)
-            else:
-                judge = SentenceIdentifier(FactEmbeddings(), people)
-        interviewer = Conversation.with_persona(loaded, fmt, [], speaker=1, seed=seed,
-                                                sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+        with _loading(f"the {guide} identifier and the {len(people)} candidates' facts"):
+            live = LiveInterview(loaded, fmt, people, guide, scorer=scorer, network=network, head=head,
+                                 max_new_tokens=max_new_tokens, seed=seed)
         typer.echo("Ready. The interviewer's first question follows; an empty line ends the interview.", err=True)
-        prompter, scores, used, answered = Prompter(), torch.zeros(len(people)), [], 0
-        for turn in range(turns):
-            goal = policy.choose(View(turn, scores, used, candidates=people)) if policy is not None else rng.choice(DEFAULT_ACTIONS)
-            used.append(goal)
-            interviewer.set_action(goal)
-            question = interviewer.respond()
-            typer.echo(f"\ninterviewer ({goal}) > {for_people(question)}")
+        prompter = Prompter()
+        for _ in range(turns):
+            action, question = live.ask()
+            typer.echo(f"\ninterviewer ({action}) > {for_people(question)}")
             answer = prompter.ask("you > ")
             if not answer:
                 break
-            interviewer.add_turn(to_model(answer))
-            scores = judge.add_exchange(question, to_model(answer))
-            answered += 1
-            _show_ranking(scores, people, truth, "claimed" if claimed else "you")
-        typer.echo(_verdict(scores, people, truth, claimed is not None, answered, calibrated, candidates))
+            probabilities = live.answer(to_model(answer))
+            typer.echo("\n".join(ranking_lines(probabilities, people, truth, "claimed" if claimed else "you")))
+        typer.echo(verdict(live.probabilities(), people, truth, claimed is not None, live.answered, calibrated,
+                           candidates))
 
 
 @contextmanager
@@ -602,40 +465,3 @@ def _loading(what: str | None):
     started = time.perf_counter()
     yield
     typer.echo(f"  done in {time.perf_counter() - started:.1f} s", err=True)
-
-
-def _show_ranking(scores, people: list[list[str]], truth: list[str], mark: str, top: int = 3) -> None:
-    import torch
-
-    probabilities = torch.softmax(scores, 0)
-    for rank, index in enumerate(probabilities.argsort(descending=True)[:top].tolist(), 1):
-        marked = f" ({mark})" if people[index] is truth else ""
-        typer.echo(f"  {rank}. {100 * float(probabilities[index]):5.1f}%  {' '.join(people[index])}{marked}")
-
-
-def _verdict(scores, people: list[list[str]], truth: list[str], claimed: bool, answered: int,
-             calibrated: dict, candidates: int) -> str:
-    """The interview's last words: where the true (or claimed) persona ranks and, for a claim, ACCEPT or REJECT
-    with the probability against the calibrated threshold."""
-    import torch
-
-    if not answered:
-        return "\nNo answers, so no ranking and no verdict."
-    probabilities = torch.softmax(scores, 0)
-    p = float(probabilities[people.index(truth)])
-    rank = 1 + int((probabilities > probabilities[people.index(truth)]).sum())
-    who = "the claimed persona" if claimed else "your persona"
-    lines = [f"\nFinal ranking after {answered} answer{'s' * (answered != 1)}: {who} is {rank} of {len(people)} "
-             f"with probability {100 * p:.1f}%."]
-    if claimed:
-        threshold = calibrated.get(str(answered))
-        if threshold is None:
-            lines.append(f"No verdict: no accept threshold is calibrated for K = {candidates} after {answered} "
-                         "answers (auth train calibrates them).")
-        else:
-            accept = p >= threshold
-            margin = p / threshold if accept else threshold / max(p, 1e-9)
-            lines.append(f"{'ACCEPT' if accept else 'REJECT'}: {100 * p:.1f}% against an accept threshold of "
-                         f"{100 * threshold:.1f}% (calibrated on held-out self-play), {margin:.1f}x "
-                         f"{'above' if accept else 'below'} it.")
-    return "\n".join(lines)

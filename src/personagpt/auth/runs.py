@@ -1,0 +1,425 @@
+"""What the ``personagpt auth`` commands do, as functions: the persona pools, loading what training made, the
+policies by name, evaluation with resume, and calibration. The CLI only parses arguments and prints."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from personagpt.auth.env import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore
+from personagpt.errors import SettingsError
+
+IDENTIFIERS = ("sentence", "exchange", "embedding", "likelihood")
+GUIDES = ("sentence", "exchange", "embedding")  # the identifiers a policy can be guided by
+POLICIES = ("random", "round-robin", "no-goal", "learned", "random-question", "planner", "distilled", "lookahead")
+COSTLY = ("planner", "lookahead")  # simulate answers every turn: not run unless asked for
+
+
+def validation_pool(data: Path | None = None) -> tuple[Path, list[list[str]]]:
+    """The held-out personas interviewed by ``auth eval`` (default: the Persona-Chat validation split's)."""
+    from personagpt.data import default_data_dir, distinct_personas, load_dialogues
+
+    split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
+    return split, distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
+
+
+def training_personas(seed: int, held_out: int) -> tuple[list[list[str]], list[list[str]]]:
+    """The packaged training personas, shuffled by ``seed``: (held out for calibration, the rest for training)."""
+    from personagpt.data import load_personas, resolve_personas_path
+
+    personas = load_personas(resolve_personas_path())
+    random.Random(seed).shuffle(personas)
+    cut = max(held_out, 20)
+    return personas[:cut], personas[cut:]
+
+
+# ---- loading what training made -------------------------------------------------------------------------------------
+
+def load_head(path: Path | None, model_name: str | None, required: bool = True):
+    """The embedding identifier's head; without ``required``, None where there is none for this model."""
+    from personagpt.auth.identify import IdentifierHead, packaged_head_path
+
+    chosen = path or packaged_head_path()
+    if path is None and model_name is not None:
+        if not required:
+            return None
+        raise SettingsError("the shipped identifier head fits the bundled model only; pass --identifier "
+                            "(made by `personagpt auth train-identifier --model ...`)")
+    if not chosen.is_file():
+        raise SettingsError(f"{chosen}: no identifier head there (make one with `personagpt auth train-identifier`)")
+    try:
+        return IdentifierHead.load(chosen)
+    except Exception as e:  # a corrupt or foreign file
+        raise SettingsError(f"{chosen}: not an identifier head ({type(e).__name__})") from None
+
+
+def load_policy_network(path: Path | None):
+    """The DQN policy (``auth train``) at ``path``, else the shipped one, else None."""
+    from personagpt.auth.policies import FEATURES, QNetwork, packaged_policy_path
+
+    chosen = path or packaged_policy_path()
+    if not chosen.is_file():
+        if path is not None:
+            raise SettingsError(f"{path}: no such policy file")
+        return None
+    try:
+        network = QNetwork.load(chosen)
+    except Exception as e:
+        raise SettingsError(f"{chosen}: not a policy file ({type(e).__name__})") from None
+    if network.config["features"] != FEATURES:
+        raise SettingsError(f"{chosen}: made by an older PersonaGPT (a state of {network.config['features']} "
+                            f"features, now {FEATURES}); train a new one with `personagpt auth train`")
+    return network
+
+
+def load_distilled(path: Path | None):
+    """The distilled question policy (``auth distill``) at ``path``, else the shipped one, else None."""
+    from personagpt.auth.plan import FEATURES, OptionScorer, packaged_distilled_path
+
+    chosen = path or packaged_distilled_path()
+    if not chosen.is_file():
+        if path is not None:
+            raise SettingsError(f"{path}: no such distilled policy file")
+        return None
+    try:
+        scorer = OptionScorer.load(chosen)
+    except Exception as e:
+        raise SettingsError(f"{chosen}: not a distilled policy file ({type(e).__name__})") from None
+    if scorer.config["features"] != FEATURES:
+        raise SettingsError(f"{chosen}: made by another PersonaGPT version; run `personagpt auth distill` again")
+    return scorer.eval()
+
+
+def load_thresholds(path: Path | None, k: int) -> tuple[dict, str | None]:
+    """({identifier: {turn: threshold}} calibrated for this K, or {}; a note saying why there are none)."""
+    from personagpt.auth.identify import packaged_head_path
+
+    chosen = path or packaged_head_path().with_name("thresholds.json")
+    if not chosen.is_file():
+        if path is not None:
+            raise SettingsError(f"{path}: no such thresholds file")
+        return {}, None
+    try:
+        saved = json.loads(chosen.read_text())
+        if saved["k"] != k:
+            return {}, f"{chosen} was calibrated for K = {saved['k']}, not {k}; no error rates."
+        return saved.get("by_identifier") or {saved["identifier"]: saved["by_turn"]}, None
+    except (ValueError, KeyError, TypeError):
+        raise SettingsError(f"{chosen}: not a thresholds file from `personagpt auth train`") from None
+
+
+def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled=None):
+    """A policy by its ``auth eval`` name, with the guide identifier it must be run with (None: the default)."""
+    from personagpt.auth.plan import DistilledPolicy, Planner, RandomQuestionPolicy
+    from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
+
+    baselines = baseline_policies(seed)
+    if name in baselines:
+        return baselines[name], None
+    if name == "learned":
+        if network is None:
+            raise SettingsError("no learned policy is shipped; train one with `personagpt auth train` and pass "
+                                "--policy-path")
+        return LearnedPolicy(network), network.guide
+    if name == "lookahead":
+        return LookaheadPolicy(), None
+    if env.facts is None:
+        raise SettingsError(f"the {name} policy needs the sentence encoder")
+    if name == "planner":
+        return Planner(env.facts), "exchange"
+    if name == "random-question":
+        return RandomQuestionPolicy(env.facts, seed=seed), "exchange"
+    if name == "distilled":
+        if distilled is None:
+            raise SettingsError("no distilled policy is shipped; make one with `personagpt auth distill` and pass "
+                                "--distilled")
+        return DistilledPolicy(distilled, env.facts), "exchange"
+    raise SettingsError(f"unknown policy {name}; use {', '.join(POLICIES)}")
+
+
+# ---- playing many interviews, resumably ------------------------------------------------------------------------------
+
+def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
+                   store: Path | None, progress: Callable[[], None] | None = None) -> list[Episode]:
+    """Play every set, each interview appended to ``store`` (JSON lines) as it finishes; interviews already there
+    are read back, not replayed, so a stopped run resumes where it was. Returns them in the sets' order."""
+    done: dict[int, Episode] = {}
+    if store is not None and store.is_file():
+        for line in store.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                done[row["index"]] = Episode.from_json(row["episode"])
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by an interruption
+    done = {i: e for i, e in done.items() if i < len(sets) and e.candidates == sets[i][0]}
+    lock = threading.Lock()
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
+    for _ in done:
+        if progress:
+            progress()
+
+    def finished(index: int, episode: Episode) -> None:
+        with lock:
+            done[index] = episode
+            if store is not None:
+                with store.open("a") as f:
+                    f.write(json.dumps({"index": index, "episode": episode.to_json()}) + "\n")
+        if progress:
+            progress()
+
+    missing = [i for i in range(len(sets)) if i not in done]
+    if missing:
+        env.play(sets, policy, seed, finished, guide, missing)
+    return [done[i] for i in range(len(sets))]
+
+
+def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policies: dict[str, tuple[object, str | None]],
+             out: Path, seed: int = 0, likelihood: int = 0, calibrated: dict | None = None,
+             progress: Callable[[str, int], Callable[[], None]] | None = None, meta: dict | None = None) -> dict:
+    """Interview every set with each policy (the same personas and distractors), score with every identifier,
+    and write ``out/results.json`` after each policy (interviews resume from ``out/episodes-<policy>.jsonl``).
+    Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
+    from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, roc_auc
+
+    calibrated = calibrated or {}
+    results, played, paired = {}, {}, {}
+    turns = env.turns
+    for name, (policy, guide) in policies.items():
+        tick = progress(name, len(sets)) if progress else None
+        episodes = play_resumable(env, sets, policy, seed, guide, out / f"episodes-{name}.jsonl", tick)
+        if likelihood:
+            rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
+                    (lambda _: tick()) if tick else None)
+        played[name] = episodes
+        results[name] = {"guide": guide, "by_turn": {}, "verification": {}}
+        for ident in IDENTIFIERS:
+            scored = [e for e in episodes if e.scores.get(ident)]
+            if not scored:
+                continue
+            results[name]["by_turn"][ident] = hits_by_turn(scored, ident)
+            for t in sorted({min(4, turns), turns}):
+                scores, genuine = claims(scored, ident, t, seed)
+                row = {"interviews": len(scored), "auc": roc_auc(scores, genuine)}
+                if str(t) in calibrated.get(ident, {}):
+                    row |= {"threshold": calibrated[ident][str(t)],
+                            **error_rates(scores, genuine, calibrated[ident][str(t)])}
+                results[name]["verification"][f"{ident}@{t}"] = row
+        paired = paired_with(played, "random")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({**(meta or {}), "results": results,
+                                                      "paired_vs_random": paired}, indent=1))
+    return {"results": results, "paired_vs_random": paired}
+
+
+def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, false_accept: float, seed: int,
+              path: Path, progress: Callable[[], None] | None = None) -> dict:
+    """Accept thresholds per turn for every identifier, from interviews of ``truths`` (held out from training) run
+    by ``policy``: for each turn, the lowest claim probability that keeps false accepts at most ``false_accept``."""
+    from personagpt.auth.measure import claims, threshold_for
+
+    sets = candidate_sets(truths, pool, candidates, seed + 7)
+    episodes = env.play(sets, policy, seed + 7, (lambda *_: progress()) if progress else None, guide)
+    thresholds = {name: {str(t): threshold_for(*claims(episodes, name, t, seed), false_accept)
+                         for t in range(1, env.turns + 1)} for name in env.identifiers}
+    saved = {"identifier": guide, "k": candidates, "false_accept": false_accept, "interviews": len(episodes),
+             "by_turn": thresholds[guide], "by_identifier": thresholds}
+    path.write_text(json.dumps(saved, indent=1))
+    return saved
+
+
+def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int, store: Path,
+                      progress: Callable[[], None] | None = None) -> list[dict]:
+    """The planner's decisions over ``interviews`` self-play interviews of training personas (kept in ``store``,
+    one JSON line per interview, so a stopped run resumes)."""
+    from personagpt.auth.plan import Planner
+
+    _, pool = training_personas(seed, 200)
+    truths = random.Random(seed + 11).sample(pool, min(interviews, len(pool)))
+    sets = candidate_sets(truths, pool, candidates, seed + 11)
+    decisions: dict[int, list[dict]] = {}
+    if store.is_file():
+        for line in store.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                decisions[row["index"]] = row["decisions"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    store.parent.mkdir(parents=True, exist_ok=True)
+    lock = threading.Lock()
+
+    class Recording:
+        """The planner, its decisions kept per interview (interviews run in threads)."""
+
+        def __init__(self) -> None:
+            self.by_thread: dict[int, list] = {}
+
+        def choose(self, view):
+            record = self.by_thread.setdefault(threading.get_ident(), [])
+            if view.turn == 0:
+                record.clear()
+            return Planner(env.facts, record=record).choose(view)
+
+    recording = Recording()
+
+    def finished(index: int, episode: Episode) -> None:
+        with lock:
+            decisions[index] = list(recording.by_thread.get(threading.get_ident(), []))
+            with store.open("a") as f:
+                f.write(json.dumps({"index": index, "decisions": decisions[index]}) + "\n")
+        if progress:
+            progress()
+
+    for _ in decisions:
+        if progress:
+            progress()
+    missing = [i for i in range(len(sets)) if i not in decisions]
+    if missing:
+        env.play(sets, recording, seed + 11, finished, "exchange", missing)
+    return [d for i in sorted(decisions) for d in decisions[i]]
+
+
+# ---- the embedding identifier ---------------------------------------------------------------------------------------
+
+def identifier_selfplay(model, fmt, count: int, turns: int, max_new_tokens: int, workers: int, seed: int,
+                        store: Path, progress: Callable[[], None] | None = None) -> list[Episode]:
+    """``count`` random-goal interviews of training personas (two candidates each: the answers do not depend on
+    them) for the identifier head to learn from, kept in ``store`` and read back from it when it exists."""
+    from personagpt.sampling import SamplingConfig
+    from personagpt.selfplay import RandomPolicy
+
+    episodes = [Episode.from_json(e) for e in json.loads(store.read_text())][:count] if store.is_file() else []
+    if len(episodes) < count:
+        _, pool = training_personas(seed, 200)
+        truths = random.Random(seed + 1).sample(pool, count)
+        sets = candidate_sets(truths, pool, 2, seed + 1)[len(episodes):]
+        env = SelfPlay(model, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
+                       sentence=False)  # scored later by the head being trained
+        try:
+            episodes += env.play(sets, RandomPolicy(seed=seed), seed, (lambda *_: progress()) if progress else None)
+        finally:
+            env.close()
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps([e.to_json() for e in episodes]))
+    return episodes
+
+
+def train_identifier(model, fmt, dialogues, episodes: Sequence[Episode], steps: int, seed: int,
+                     encoded: Callable[[int], None] | None = None,
+                     trained: Callable[[int, float], None] | None = None):
+    """Train the embedding identifier's head on the dialogues' p2 turns (and the self-play ``episodes``), 10% of
+    the personas held out; returns (head, {held-out set: Hits@1 of 20 after 1, 4 and 7 turns}, training personas)."""
+    from personagpt.auth.identify import PooledEncoder
+    from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
+
+    personas = list(dict.fromkeys(tuple(d.p2_facts) for d in dialogues if d.p2_facts))
+    if len(personas) < 40:
+        raise SettingsError(f"{len(personas)} personas with turns; training needs at least 40")
+    held = set(random.Random(seed).sample(personas, max(20, len(personas) // 10)))
+    encoder = PooledEncoder(model, fmt)
+    cut = len(episodes) - len(episodes) // 10
+    train = TurnEmbeddings.encode(encoder, [d for d in dialogues if tuple(d.p2_facts) not in held], encoded)
+    valid = {"gold": TurnEmbeddings.encode(encoder, [d for d in dialogues if tuple(d.p2_facts) in held], encoded)}
+    if episodes:
+        train = train + TurnEmbeddings.from_episodes(encoder, episodes[:cut], encoded)
+    if episodes[cut:]:
+        valid["self-play"] = TurnEmbeddings.from_episodes(encoder, episodes[cut:], encoded)
+    head = train_identifier_head(train, steps, seed=seed, progress=trained)
+    report = {name: {f"hits1_at_{t}": identification_hits(head, v, k=20, turns=t) for t in (1, 4, 7)}
+              for name, v in valid.items() if len(v.personas) >= 20}
+    return head, report, len(train.personas)
+
+
+def warm_start_episodes(path: Path, env: SelfPlay, guide: str, pool, candidates: int, seed: int,
+                        progress: Callable[[int], None] | None = None) -> list[Episode]:
+    """Self-play interviews from ``auth train-identifier --selfplay`` as DQN warm-start data: each gets K
+    candidates drawn afresh (the answers do not depend on them), scored by the ``guide`` identifier."""
+    if not path.is_file():
+        raise SettingsError(f"{path}: no such file")
+    try:
+        warm = [Episode.from_json(e) for e in json.loads(path.read_text())]
+    except (ValueError, KeyError, TypeError):
+        raise SettingsError(f"{path}: not a self-play file from `auth train-identifier`") from None
+    warm = [e for e in warm if len(e.candidates) >= 2]
+    for e, (c, t) in zip(warm, candidate_sets([e.candidates[e.truth] for e in warm], pool, candidates, seed + 3)):
+        e.candidates, e.truth = c, t
+    rescore(warm, guide, env.identifiers[guide], progress)
+    return warm
+
+
+# ---- an interview with a person -------------------------------------------------------------------------------------
+
+def interview_people(candidates: int, claimed: list[str] | None, seed: int) -> tuple[list[list[str]], list[str]]:
+    """K candidate personas from the packaged list, one of them the one played (or claimed), in a random order;
+    returns (candidates, the true or claimed persona)."""
+    from personagpt.data import load_personas, resolve_personas_path
+
+    pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
+    if candidates - 1 > len(pool):
+        raise SettingsError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
+    rng = random.Random(seed)
+    chosen = rng.sample(pool, candidates if claimed is None else candidates - 1)
+    truth = claimed or chosen[0]
+    people = [truth] + [p for p in chosen if p is not truth]
+    rng.shuffle(people)
+    return people, truth
+
+
+class LiveInterview:
+    """The interviewer's side of an interview with a person: each question from the policy (the distilled
+    question policy, else the learned goal policy, else a random goal), the judge's probabilities after each
+    answer."""
+
+    def __init__(self, model, fmt, people: list[list[str]], guide: str, scorer=None, network=None, head=None,
+                 max_new_tokens: int = 32, seed: int = 0) -> None:
+        import torch
+
+        from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
+                                              SentenceIdentifier)
+        from personagpt.auth.plan import DistilledPolicy
+        from personagpt.auth.policies import LearnedPolicy
+        from personagpt.generation import Conversation
+        from personagpt.sampling import SamplingConfig
+
+        self.people, self.rng = people, random.Random(seed)
+        facts = FactEmbeddings() if guide != "embedding" or scorer is not None else None
+        if guide == "embedding":
+            self.judge = EmbeddingIdentifier(PooledEncoder(model, fmt), head, people)
+        else:
+            self.judge = (ExchangeIdentifier if guide == "exchange" else SentenceIdentifier)(facts, people)
+        self.policy = (DistilledPolicy(scorer, facts) if scorer is not None
+                       else LearnedPolicy(network) if network is not None else None)
+        self.interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=seed,
+                                                     sampling=SamplingConfig(max_new_tokens=max_new_tokens))
+        self.scores, self.used, self.answered, self.question = torch.zeros(len(people)), [], 0, ""
+
+    def ask(self) -> tuple[str, str]:
+        """(what the interviewer pursues, its question)."""
+        from personagpt.auth.env import Question, View
+        from personagpt.format import DEFAULT_ACTIONS
+
+        view = View(len(self.used), self.scores, self.used, candidates=self.people)
+        action = self.policy.choose(view) if self.policy is not None else self.rng.choice(DEFAULT_ACTIONS)
+        if isinstance(action, Question):
+            self.question = action.text
+            self.interviewer.add_turn(self.question)
+        else:
+            self.interviewer.set_action(action) if action else self.interviewer.set_persona([], speaker=1)
+            self.question = self.interviewer.respond()
+        self.used.append(str(action) if action else None)
+        return (f"checks: {action.fact}" if isinstance(action, Question) else action or "no goal"), self.question
+
+    def answer(self, text: str):
+        """Record the person's answer; the candidates' probabilities after it."""
+        self.interviewer.add_turn(text)
+        self.scores = self.judge.add_exchange(self.question, text)
+        self.answered += 1
+        return self.probabilities()
+
+    def probabilities(self):
+        import torch
+
+        return torch.softmax(self.scores, 0)
