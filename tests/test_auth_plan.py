@@ -1,0 +1,176 @@
+"""Questions that split the candidates: the exchange identifier, the options, the planner (expected information
+gain by simulation), the distilled policy, resumable evaluation, and the commands that run them."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from personagpt.auth.env import Episode, Lookahead, Question, View, candidate_sets, interview
+from personagpt.auth.identify import ExchangeIdentifier, FactEmbeddings, SentenceIdentifier
+from personagpt.auth.plan import (FEATURES, DistilledPolicy, OptionScorer, Planner, RandomQuestionPolicy, agreement,
+                                  distill, options)
+from personagpt.auth.runs import play_resumable
+from personagpt.cli import app
+from personagpt.generation import SamplingConfig
+from personagpt.selfplay import Transcript
+
+PEOPLE = [["i have a dog.", "i work in a bank."], ["i play the piano.", "i live in ohio."],
+          ["i have a dog.", "i play the piano."], ["i am a nurse.", "i love hiking."]]
+
+
+@pytest.fixture(scope="module")
+def facts():
+    return FactEmbeddings()
+
+
+def test_the_exchange_identifier_reads_yes_and_no_with_their_question(facts):
+    yes = ExchangeIdentifier(facts, PEOPLE).add_exchange("that is cool . do you have a dog ?", "yes i do .")
+    plain = SentenceIdentifier(facts, PEOPLE).add_exchange("that is cool . do you have a dog ?", "yes i do .")
+    assert yes[0] > yes[1] and yes[2] > yes[3]  # the dog owners gain on a bare "yes"
+    assert yes[0] - yes[1] > plain[0] - plain[1]  # which the sentence identifier alone cannot see
+    no = ExchangeIdentifier(facts, PEOPLE).add_exchange("do you have a dog ?", "no , i do not .")
+    assert no[0] < no[1] and no[2] < no[3]
+    neither = ExchangeIdentifier(facts, PEOPLE)
+    assert torch.allclose(neither.add_exchange("what do you do ?", "yes i do ."),
+                          SentenceIdentifier(facts, PEOPLE).add_exchange("what do you do ?", "yes i do ."))
+    # previews commit nothing and equal what committing gives
+    identifier = ExchangeIdentifier(facts, PEOPLE)
+    many = identifier.preview_many(["do you have a dog ?", "do you play the piano ?"], ["yes .", "no ."])
+    assert identifier.total.abs().sum() == 0
+    assert torch.allclose(many[1], identifier.add_exchange("do you play the piano ?", "no ."), atol=1e-5)
+
+
+def test_options_ask_the_likely_candidates_facts_that_split_them(facts):
+    scores = torch.tensor([2.0, 2.0, 0.0, -5.0])
+    view = View(0, scores, [], candidates=PEOPLE)
+    found = options(view, facts, count=3, top=2)
+    asked = [o.action for o in found]
+    assert all(isinstance(a, Question) for a in asked) and len(asked) == 3
+    assert all(a.fact in PEOPLE[0] + PEOPLE[1] for a in asked)
+    assert all(o.features.shape == (FEATURES,) for o in found)
+    dog = next(o for o in found if o.action.fact == "i have a dog.")
+    probabilities = torch.softmax(scores, 0)
+    assert float(dog.features[2]) == pytest.approx(float(probabilities[0] + probabilities[2]), abs=1e-5)
+    # a question asked already is not asked again; goal codes come after the questions, with their own features
+    again = options(View(1, scores, [str(dog.action)], candidates=PEOPLE), facts, count=6, top=2,
+                    codes=("ask about pets.",))
+    assert dog.action not in [o.action for o in again] and again[-1].action == "ask about pets."
+    assert again[-1].features[1] == 1.0
+
+
+class ScriptedLookahead:
+    """Answers by persona: the dog owners say yes to the dog question; every other question gets the same answer
+    from everyone (it tells nothing)."""
+
+    def __init__(self, identifier):
+        self.identifier, self.asked = identifier, {}
+
+    def questions(self, goals):
+        return [f"tell me about {g}" for g in goals]
+
+    def answers(self, questions, personas):
+        return [["yes i do ." if "dog" in q and "i have a dog." in p else "no ." if "dog" in q else "i see ."
+                 for p in personas] for q in questions]
+
+    def scores_after(self, questions, answers):
+        return self.identifier.preview_many(questions, answers)
+
+
+def test_the_planner_takes_the_question_whose_answers_split_the_candidates(facts):
+    view = View(0, torch.zeros(4), [], candidates=PEOPLE)
+    view.lookahead = ScriptedLookahead(ExchangeIdentifier(facts, PEOPLE))
+    record = []
+    chosen = Planner(facts, questions=6, top=4, codes=("ask about pets.",), record=record).choose(view)
+    assert isinstance(chosen, Question) and "dog" in chosen.text
+    decision = record[0]
+    assert decision["chosen"] == min(range(len(decision["expected_entropy"])),
+                                     key=decision["expected_entropy"].__getitem__)
+    assert len(decision["features"]) == len(decision["expected_entropy"]) > 1
+
+
+def test_an_interview_says_a_question_action_as_written(tiny_model, fmt, facts):
+    (candidates, truth), = candidate_sets([PEOPLE[0]], PEOPLE, k=4, seed=0)
+    identifiers = {"exchange": lambda c: ExchangeIdentifier(facts, c)}
+    sampling = SamplingConfig(max_new_tokens=4)
+    episode = interview(tiny_model, fmt, candidates, truth, RandomQuestionPolicy(facts), turns=2, sampling=sampling,
+                        seed=0, identifiers=identifiers)
+    questions = episode.transcript.turns[::2]
+    assert all(g.startswith("ask: ") and g[len("ask: "):] == q for g, q in zip(episode.goals, questions))
+    assert questions[0] != questions[1]  # not asked twice
+    # the planner over the real lookahead (a tiny random model, no engine): it runs and costs simulated replies
+    planned = interview(tiny_model, fmt, candidates, truth, Planner(facts, questions=2, top=2), turns=1,
+                        sampling=sampling, seed=0, identifiers=identifiers)
+    assert planned.goals[0].startswith("ask: ") and len(planned.scores["exchange"]) == 1
+    lookahead = Lookahead(tiny_model, fmt, [], ExchangeIdentifier(facts, candidates), sampling, seed=1)
+    answers = lookahead.answers(["do you have a dog ?", "are you a nurse ?"], candidates[:3])
+    assert len(answers) == 2 and all(len(row) == 3 for row in answers) and lookahead.rows == 6
+
+
+def test_distillation_learns_which_option_the_planner_picks(facts, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    decisions = []
+    for _ in range(300):  # the planner's pick: the option whose mass is nearest one half
+        features = torch.rand(5, FEATURES, generator=g)
+        features[:, 3] = 4 * features[:, 2] * (1 - features[:, 2])
+        decisions.append({"features": features.tolist(), "chosen": int(features[:, 3].argmax())})
+    scorer = distill(decisions[:250], steps=300)
+    assert agreement(scorer, decisions[250:]) > 0.8
+    restored = OptionScorer.load(scorer.save(tmp_path / "distilled.pt"))
+    view = View(0, torch.tensor([2.0, 2.0, 0.0, -5.0]), [], candidates=PEOPLE)
+    assert isinstance(DistilledPolicy(restored, facts).choose(view), Question)
+    with pytest.raises(ValueError, match="no decision"):
+        distill([{"features": [[0.0] * FEATURES], "chosen": 0}])
+
+
+class CountingEnv:
+    """Plays scripted interviews and counts which indices it was asked to play."""
+
+    turns = 1
+
+    def __init__(self):
+        self.played = []
+
+    def play(self, sets, policy, seed, on_episode, guide, indices):
+        out = []
+        for i in indices:
+            self.played.append(i)
+            episode = Episode(sets[i][0], sets[i][1], Transcript([]), {"x": [[float(i)]]})
+            on_episode(i, episode)
+            out.append(episode)
+        return out
+
+
+def test_a_stopped_evaluation_resumes_without_replaying(tmp_path):
+    sets = [([["a"], [str(i)]], 0) for i in range(5)]
+    store = tmp_path / "episodes.jsonl"
+    env = CountingEnv()
+    first = play_resumable(env, sets[:3], None, 0, None, store)
+    store.write_text(store.read_text() + '{"index": 4, "epis')  # a line cut short by the interruption
+    again = CountingEnv()
+    everything = play_resumable(again, sets, None, 0, None, store)
+    assert env.played == [0, 1, 2] and again.played == [3, 4]
+    assert [e.scores["x"] for e in everything[:3]] == [e.scores["x"] for e in first]
+    assert [e.candidates for e in everything] == [s[0] for s in sets]
+
+
+def test_distill_and_eval_commands(tmp_path):
+    runner = CliRunner()
+    common = ["--model", "random:2x64", "--max-new-tokens", "4", "--turns", "2", "-k", "4"]
+    made = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20",
+                               "--out", str(tmp_path / "distill")])
+    assert made.exit_code == 0, made.output
+    assert "agrees with the planner on" in made.output
+    assert len((tmp_path / "distill" / "decisions.jsonl").read_text().splitlines()) == 4
+    result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
+                                 "--policy", "planner", "--policy", "distilled", "--distilled",
+                                 str(tmp_path / "distill" / "distilled.pt"), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "| planner - random, exchange | turn 1: " in result.output and "exchange identifier" in result.output
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(saved["results"]) == {"random", "planner", "distilled"}
+    assert saved["results"]["planner"]["guide"] == "exchange"
+    missing = runner.invoke(app, ["auth", "eval", *common, "--policy", "distilled", "--distilled",
+                                  str(tmp_path / "nowhere.pt")])
+    assert missing.exit_code == 2 and "no such distilled policy file" in missing.output
