@@ -87,7 +87,7 @@ class Lookahead:
     words after it are what identifies."""
 
     def __init__(self, model, fmt: PromptFormat, turns: Sequence[str], identifier, sampling: SamplingConfig,
-                 engine=None, seed: int | None = None, answer_tokens: int = 16) -> None:
+                 engine=None, seed: int | None = None, answer_tokens: int = 10) -> None:
         self.model, self.fmt, self.turns, self.identifier, self.engine = model, fmt, list(turns), identifier, engine
         self.sampling, self.seed = sampling, seed
         self.answer_sampling = replace(sampling, max_new_tokens=min(answer_tokens, sampling.max_new_tokens),
@@ -96,6 +96,8 @@ class Lookahead:
         self.rows = 0  # replies generated so far (its cost)
 
     def _generate(self, contexts: list[list[int]], keys: list[str], sampling: SamplingConfig) -> list[str]:
+        if not contexts:
+            return []
         self.rows += len(contexts)
         seeds = [None if self.seed is None else zlib.crc32(f"{self.seed} {len(self.turns)} {k}".encode())
                  for k in keys]
@@ -118,15 +120,19 @@ class Lookahead:
         return [self.asked[g] for g in goals]
 
     def answers(self, questions: Sequence[str], personas: Sequence[Sequence[str]]) -> list[list[str]]:
-        """[question][persona]: the partner's answer to each question had it each persona."""
+        """[question][persona]: the partner's answer to each question had it each persona. On an engine the first
+        question goes alone: once its answers are done, the engine's prefix cache holds each persona's prompt and
+        history, and the other questions encode only their own words."""
         contexts, keys = [], []
         for q in questions:
-            for i, persona in enumerate(personas):
+            for persona in personas:
                 conversation = Conversation.from_turns(self.model, self.fmt, self.turns + [q], persona=persona,
                                                        max_context=self._limit())
                 contexts.append(conversation.context_ids(self.answer_sampling.max_new_tokens))
                 keys.append(f"answer {q} {' '.join(persona)}")
-        flat = self._generate(contexts, keys, self.answer_sampling)
+        first = len(personas) if self.engine is not None else 0
+        flat = (self._generate(contexts[:first], keys[:first], self.answer_sampling)
+                + self._generate(contexts[first:], keys[first:], self.answer_sampling))
         return [flat[i * len(personas):(i + 1) * len(personas)] for i in range(len(questions))]
 
     def scores_after(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
@@ -287,7 +293,8 @@ class SelfPlay:
         from personagpt.models import serving_model
 
         self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
-        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=8192)
+        # a planner's simulated answers reuse each candidate's prompt and history from the cache: room for them
+        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=8192, prefix_cache_tokens=65536)
         self.identifiers: dict[str, IdentifierFactory] = {}
         self.facts = None
         if sentence:

@@ -45,7 +45,7 @@ def _asked_before(view: View) -> list[str]:
     return [u[len("ask: "):] for u in view.used if u and u.startswith("ask: ")]
 
 
-def options(view: View, facts: FactEmbeddings, count: int = 6, top: int = 4,
+def options(view: View, facts: FactEmbeddings, count: int = 4, top: int = 3,
             codes: Sequence[str] = ()) -> list[Option]:
     """The actions worth considering now: up to ``count`` facts of the ``top`` likeliest candidates, asked as yes/no
     questions, those whose probability mass (the candidates holding a fact like it) is nearest one half first; a
@@ -95,7 +95,7 @@ class Planner:
     every option; their probabilities, renormalised, weigh the entropies after each answer. Each decision (the
     options' features and their expected entropies) is appended to ``record`` when it is given (distillation)."""
 
-    def __init__(self, facts: FactEmbeddings, questions: int = 6, top: int = 4, codes: Sequence[str] = (),
+    def __init__(self, facts: FactEmbeddings, questions: int = 4, top: int = 3, codes: Sequence[str] = (),
                  record: list | None = None) -> None:
         self.facts, self.questions, self.top, self.codes, self.record = facts, questions, top, tuple(codes), record
 
@@ -125,7 +125,7 @@ class Planner:
 class OptionScorer(ConfigModule, nn.Module):
     """A score per option from its features (two small layers); the policy takes the highest."""
 
-    def __init__(self, features: int = FEATURES, hidden: int = 32, questions: int = 6, codes: Sequence[str] = ()) -> None:
+    def __init__(self, features: int = FEATURES, hidden: int = 32, questions: int = 4, codes: Sequence[str] = ()) -> None:
         super().__init__()
         self.config = {"features": features, "hidden": hidden, "questions": questions, "codes": list(codes)}
         self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -151,7 +151,7 @@ class DistilledPolicy:
 class RandomQuestionPolicy:
     """A random one of the same options the planner weighs (a baseline: does planning matter, or the questions?)."""
 
-    def __init__(self, facts: FactEmbeddings, questions: int = 6, codes: Sequence[str] = (), seed: int = 0) -> None:
+    def __init__(self, facts: FactEmbeddings, questions: int = 4, codes: Sequence[str] = (), seed: int = 0) -> None:
         self.facts, self.questions, self.codes, self.seed = facts, questions, tuple(codes), seed
 
     def choose(self, view: View) -> Action:
@@ -162,7 +162,7 @@ class RandomQuestionPolicy:
         return random.Random(key).choice(choices).action
 
 
-def distill(decisions: Sequence[dict], steps: int = 2000, seed: int = 0, questions: int = 6,
+def distill(decisions: Sequence[dict], steps: int = 2000, seed: int = 0, questions: int = 4,
             codes: Sequence[str] = (), progress=None) -> OptionScorer:
     """Train an :class:`OptionScorer` to pick the planner's choice (cross-entropy over each decision's options)."""
     torch.manual_seed(seed)
@@ -182,7 +182,7 @@ def distill(decisions: Sequence[dict], steps: int = 2000, seed: int = 0, questio
         loss.backward()
         optimizer.step()
         if progress:
-            progress(step + 1, float(loss))
+            progress(step + 1, loss.item())
     return scorer.eval()
 
 

@@ -183,7 +183,7 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     """Interview every set with each policy (the same personas and distractors), score with every identifier,
     and write ``out/results.json`` after each policy (interviews resume from ``out/episodes-<policy>.jsonl``).
     Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
-    from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, roc_auc
+    from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, plot, roc_auc
 
     calibrated = calibrated or {}
     results, played, paired = {}, {}, {}
@@ -212,7 +212,12 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({**(meta or {}), "results": results,
                                                       "paired_vs_random": paired}, indent=1))
-    return {"results": results, "paired_vs_random": paired}
+    plots = []
+    for ident in IDENTIFIERS:
+        table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
+        if table:
+            plots.append(plot(table, out / f"hits_by_turn_{ident}.png", 1 / len(sets[0][0])))
+    return {"results": results, "paired_vs_random": paired, "plots": plots}
 
 
 def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, false_accept: float, seed: int,
@@ -423,3 +428,22 @@ class LiveInterview:
         import torch
 
         return torch.softmax(self.scores, 0)
+
+
+def distill_policy(decisions: Sequence[dict], steps: int, seed: int, out: Path,
+                   progress: Callable[[int, float], None] | None = None) -> dict:
+    """Fit the distilled policy on 90% of the planner's decisions, report its agreement with the planner on the
+    rest, and write ``out/distilled.pt`` and ``out/distill.json``."""
+    from personagpt.auth.plan import agreement, distill
+
+    cut = len(decisions) - len(decisions) // 10
+    try:
+        scorer = distill(decisions[:cut], steps, seed, progress=progress)
+    except ValueError as e:
+        raise SettingsError(str(e)) from None
+    report = {"decisions": len(decisions), "steps": steps, "held_out_decisions": len(decisions) - cut,
+              "held_out_agreement": agreement(scorer, decisions[cut:])}
+    out.mkdir(parents=True, exist_ok=True)
+    scorer.save(out / "distilled.pt")
+    (out / "distill.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -35,6 +35,8 @@ DistilledOpt = Annotated[Optional[Path], typer.Option(
     "--distilled", help="Distilled question policy (distilled.pt from `auth distill`; default: the one shipped, "
                         "if any).")]
 WorkersOpt = Annotated[int, typer.Option(min=1, help="Interviews run side by side.")]
+FalseAcceptOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
+                                                                      "calibrated for.")]
 
 
 def _bar(desc: str, total: int):
@@ -134,13 +136,12 @@ def train(
     max_new_tokens: MaxNewOpt = 32,
     calibration: Annotated[int, typer.Option(min=0, help="Interviews (held-out training personas) to calibrate the "
                                                          "accept threshold on, after training.")] = 200,
-    false_accept: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
-                                                                       "calibrated for.")] = 0.05,
+    false_accept: FalseAcceptOpt = 0.05,
     resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when it exists.")] = True,
     warm_start: Annotated[Optional[Path], typer.Option(help="Self-play interviews (the selfplay.json of "
                                                             "`auth train-identifier --selfplay`) to fill the replay "
                                                             "buffer with before the first round.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side.")] = 32,
+    workers: WorkersOpt = 32,
     out: Annotated[Path, typer.Option(help="Run directory: checkpoint, log, curves, policy.pt, thresholds.json.")] = Path("runs/auth/policy"),
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -214,8 +215,8 @@ def refit(
     max_new_tokens: MaxNewOpt = 32,
     calibration: Annotated[int, typer.Option(min=0, help="Interviews (held-out training personas) to calibrate "
                                                          "the accept threshold on, with the refitted policy.")] = 200,
-    false_accept: Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate to calibrate for.")] = 0.05,
-    workers: Annotated[int, typer.Option(min=1, help="Interviews run side by side (calibration).")] = 32,
+    false_accept: FalseAcceptOpt = 0.05,
+    workers: WorkersOpt = 32,
     out: Annotated[Path, typer.Option(help="Where policy.pt (and thresholds.json) go.")] = Path("runs/auth/refit"),
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -296,7 +297,7 @@ def evaluate(
         import random
 
         from personagpt.auth.env import candidate_sets
-        from personagpt.auth.measure import plot, report
+        from personagpt.auth.measure import report
         from personagpt.auth.runs import (COSTLY, IDENTIFIERS, POLICIES, evaluate as run_evaluation,
                                           load_distilled, load_policy_network, load_thresholds, make_policy,
                                           validation_pool)
@@ -334,14 +335,11 @@ def evaluate(
             for bar in bars:
                 bar.close()
             env.close()
-        results = saved["results"]
-        for ident in IDENTIFIERS:
-            table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
-            if table:
-                typer.echo(f"(plot: {plot(table, out / f'hits_by_turn_{ident}.png', 1 / candidates)})", err=True)
+        for png in saved["plots"]:
+            typer.echo(f"(plot: {png})", err=True)
         counts = {ident: min(likelihood, conversations) if ident == "likelihood" else conversations
                   for ident in IDENTIFIERS}
-        typer.echo("\n".join(report(results, saved["paired_vs_random"], candidates, counts)))
+        typer.echo("\n".join(report(saved["results"], saved["paired_vs_random"], candidates, counts)))
         typer.echo(f"Wrote {out / 'results.json'}", err=True)
 
 
@@ -367,8 +365,7 @@ def distill(
     with friendly_errors():
         from tqdm.auto import tqdm
 
-        from personagpt.auth.plan import agreement, distill as fit
-        from personagpt.auth.runs import distillation_data
+        from personagpt.auth.runs import distill_policy, distillation_data
 
         env = _self_play(model, device, None, turns, max_new_tokens, workers)
         bar = _bar("planner interviews", interviews)
@@ -378,20 +375,14 @@ def distill(
         finally:
             bar.close()
             env.close()
-        cut = len(decisions) - len(decisions) // 10
         fitting = tqdm(total=steps, desc="fitting", unit="step")
         try:
-            scorer = fit(decisions[:cut], steps, seed,
-                         progress=lambda step, loss: (fitting.update(1), fitting.set_postfix(loss=f"{loss:.3f}")))
-        except ValueError as e:
-            raise UserError(str(e)) from None
+            report = distill_policy(decisions, steps, seed, out, lambda step, loss: (
+                fitting.update(1), fitting.set_postfix(loss=f"{loss:.3f}")))
         finally:
             fitting.close()
-        held = agreement(scorer, decisions[cut:])
-        scorer.save(out / "distilled.pt")
-        (out / "distill.json").write_text(json.dumps({"interviews": interviews, "decisions": len(decisions),
-                                                      "steps": steps, "held_out_agreement": held}, indent=1))
-        typer.echo(f"agrees with the planner on {100 * held:.1f}% of {len(decisions) - cut} held-out decisions")
+        typer.echo(f"agrees with the planner on {100 * report['held_out_agreement']:.1f}% of "
+                   f"{report['held_out_decisions']} held-out decisions")
         typer.echo(f"Wrote {out / 'distilled.pt'}", err=True)
 
 
