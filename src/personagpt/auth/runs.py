@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -190,12 +191,17 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     turns = env.turns
     for name, (policy, guide) in policies.items():
         tick = progress(name, len(sets)) if progress else None
-        episodes = play_resumable(env, sets, policy, seed, guide, out / f"episodes-{name}.jsonl", tick)
+        store = out / f"episodes-{name}.jsonl"
+        before = len(store.read_text().splitlines()) if store.is_file() else 0
+        started = time.perf_counter()
+        episodes = play_resumable(env, sets, policy, seed, guide, store, tick)
+        seconds = time.perf_counter() - started
         if likelihood:
             rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
                     (lambda _: tick()) if tick else None)
         played[name] = episodes
-        results[name] = {"guide": guide, "by_turn": {}, "verification": {}}
+        results[name] = {"guide": guide, "by_turn": {}, "verification": {},
+                         "played": {"interviews": len(sets) - min(before, len(sets)), "seconds": round(seconds, 1)}}
         for ident in IDENTIFIERS:
             scored = [e for e in episodes if e.scores.get(ident)]
             if not scored:

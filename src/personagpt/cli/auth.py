@@ -110,14 +110,15 @@ def _guide(name: str) -> str:
     return name
 
 
-def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False):
+def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
+               embedding: bool = True):
     """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence and exchange identifiers
     and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
     from personagpt.auth.runs import load_head
     from personagpt.sampling import SamplingConfig
 
-    head = load_head(head_path, model_name, required=need_head)
+    head = load_head(head_path, model_name, required=need_head) if embedding or need_head else None
     loaded, fmt = load(model_name, device)
     loaded.eval()
     return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
@@ -282,6 +283,8 @@ def evaluate(
     identifier: IdentifierOpt = None,
     policy_path: PolicyPathOpt = None,
     distilled: DistilledOpt = None,
+    embedding: Annotated[bool, typer.Option(help="Also score with the embedding identifier (one forward pass of the "
+                                                 "dialogue model per answer).")] = True,
     thresholds: ThresholdsOpt = None,
     max_new_tokens: MaxNewOpt = 32,
     seed: SeedOpt = 0,
@@ -319,7 +322,7 @@ def evaluate(
             typer.echo(f"Note: {note}", err=True)
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
-        env = _self_play(model, device, identifier, turns, max_new_tokens, workers,
+        env = _self_play(model, device, identifier, turns, max_new_tokens, workers, embedding=embedding,
                          need_head="learned" in names and network is not None and network.guide == "embedding")
         bars = []
 
@@ -367,7 +370,7 @@ def distill(
 
         from personagpt.auth.runs import distill_policy, distillation_data
 
-        env = _self_play(model, device, None, turns, max_new_tokens, workers)
+        env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False)
         bar = _bar("planner interviews", interviews)
         try:
             decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
