@@ -28,6 +28,7 @@ from pathlib import Path
 from personagpt.data import load_dialogues
 from personagpt.export import export_gguf
 from personagpt.generation import Conversation, SamplingConfig
+from personagpt.kvcache import shared_prefix
 from personagpt.models import describe_hardware, load_chat_model
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -39,13 +40,10 @@ import json, sys
 import llama_cpp.llama_cpp as low
 from llama_cpp import Llama
 job = json.load(sys.stdin)
-if job["no_repack"]:  # what llama-server's --no-repack does: no extra buffer types (CPU repacking, AMX)
-    defaults = low.llama_model_default_params
-    def without_extra_buffers():
-        params = defaults()
-        params.use_extra_bufts = False
-        return params
-    low.llama_model_default_params = without_extra_buffers
+sys.path.insert(0, job["bench"])
+from peer_llama import without_repacking  # what llama-server's --no-repack does: no repacked or AMX kernels
+if job["no_repack"]:
+    without_repacking()
 llm = Llama(model_path=job["path"], n_ctx=1024, n_threads=2, verbose=False, seed=0, n_batch=512)
 out = []
 for prompt in job["prompts"]:
@@ -58,13 +56,6 @@ for prompt in job["prompts"]:
     out.append(tokens)
 print(json.dumps({"replies": out, "vocab": llm.n_vocab(), "system": low.llama_print_system_info().decode()}))
 """
-
-
-def leading_agreement(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def main() -> None:
@@ -94,7 +85,7 @@ def main() -> None:
             row = {"dtype": dtype, "size_mb": round(path.stat().st_size / 2 ** 20, 1)}
             for no_repack in (False, True):
                 job = json.dumps({"path": str(path), "prompts": prompts, "eos": fmt.eos_id, "tokens": TOKENS,
-                                  "no_repack": no_repack})
+                                  "no_repack": no_repack, "bench": str(Path(__file__).resolve().parent)})
                 child = subprocess.run([args.llama_python, "-c", CHILD], input=job, capture_output=True, text=True,
                                        timeout=900)
                 row["exit" if not no_repack else "exit_no_repack"] = child.returncode
@@ -108,7 +99,7 @@ def main() -> None:
             answer = json.loads(child.stdout.strip().splitlines()[-1])
             theirs, row["llama_cpp_system"] = answer["replies"], answer["system"]
             row["cases"] = [{"ours": fmt.decode(a), "llama.cpp": fmt.decode(b), "equal": a == b,
-                             "leading_tokens_equal": leading_agreement(a, b), "tokens": len(a)}
+                             "leading_tokens_equal": shared_prefix(a, b), "tokens": len(a)}
                             for a, b in zip(ours, theirs)]
             row["equal"] = sum(c["equal"] for c in row["cases"])
             row["leading_tokens_equal"] = sum(c["leading_tokens_equal"] for c in row["cases"])

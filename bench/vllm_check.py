@@ -34,6 +34,7 @@ from peer import wait_ready  # bench/peer.py: start-up polling shared by the eng
 
 from personagpt.data import load_dialogues
 from personagpt.generation import Conversation, SamplingConfig
+from personagpt.kvcache import shared_prefix
 from personagpt.models import describe_hardware, load_chat_model
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -41,11 +42,8 @@ GOAL = "ask about kids."
 
 
 def agreement(fmt, ours: str, theirs: str) -> int:
-    a, b = fmt.text(ours), fmt.text(theirs)
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
+    """Leading tokens two replies have in common."""
+    return shared_prefix(fmt.text(ours), fmt.text(theirs))
 
 
 def main() -> None:

@@ -146,11 +146,11 @@ def test_a_stopped_evaluation_resumes_without_replaying(tmp_path):
     sets = [([["a"], [str(i)]], 0) for i in range(5)]
     store = tmp_path / "episodes.jsonl"
     env = CountingEnv()
-    first = play_resumable(env, sets[:3], None, 0, None, store)
+    first, played = play_resumable(env, sets[:3], None, 0, None, store)
     store.write_text(store.read_text() + '{"index": 4, "epis')  # a line cut short by the interruption
     again = CountingEnv()
-    everything = play_resumable(again, sets, None, 0, None, store)
-    assert env.played == [0, 1, 2] and again.played == [3, 4]
+    everything, played_again = play_resumable(again, sets, None, 0, None, store)
+    assert env.played == [0, 1, 2] and again.played == [3, 4] and (played, played_again) == (3, 2)
     assert [e.scores["x"] for e in everything[:3]] == [e.scores["x"] for e in first]
     assert [e.candidates for e in everything] == [s[0] for s in sets]
 

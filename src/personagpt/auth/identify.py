@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -148,6 +149,9 @@ def packaged_head_path() -> Path:
     return Path(__file__).resolve().parents[1] / "resources" / "auth" / "identifier.pt"
 
 
+RECENT_SENTENCES = 4096
+
+
 class FactEmbeddings:
     """A sentence encoder with its persona facts' embeddings kept (an evaluation pool repeats the same facts)."""
 
@@ -156,6 +160,8 @@ class FactEmbeddings:
 
         self.embedder = embedder or SentenceEmbedder()
         self._facts: dict[str, torch.Tensor] = {}
+        # recent answer sentences: the sentence and exchange identifiers read every answer, a planner's previews too
+        self._sentences: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def facts(self, facts: Sequence[str]) -> torch.Tensor:
@@ -169,8 +175,17 @@ class FactEmbeddings:
         from personagpt.control import sentences
 
         split = [sentences(t.lower()) or [t or " "] for t in texts]
-        encoded = self.embedder.encode([s for parts in split for s in parts])
-        return list(encoded.split([len(parts) for parts in split]))
+        wanted = list(dict.fromkeys(s for parts in split for s in parts))
+        with self._lock:
+            have = {s: self._sentences[s] for s in wanted if s in self._sentences}
+        missing = [s for s in wanted if s not in have]
+        if missing:
+            have.update(zip(missing, self.embedder.encode(missing)))
+            with self._lock:
+                self._sentences.update((s, have[s]) for s in missing)
+                while len(self._sentences) > RECENT_SENTENCES:
+                    self._sentences.popitem(last=False)
+        return [torch.stack([have[s] for s in parts]) for parts in split]
 
 
 class SentenceIdentifier:

@@ -60,12 +60,13 @@ def options(view: View, facts: FactEmbeddings, count: int = 4, top: int = 3,
     common = [float(probs.max()), float(_entropy(probs) / math.log(max(2, k))), min(view.turn, 8) / 8]
     ranked = probs.argsort(descending=True).tolist()
     out: list[Option] = []
-    asked = set(_asked_before(view))
+    seen = set(_asked_before(view))  # a question asked already, or already an option, is not offered again
     pool = []
     for index in ranked[:top]:
         for fact in view.candidates[index]:
             made = fact_question(fact)
-            if made is not None and made[0] not in asked and made[0] not in {q.text for q, _ in pool}:
+            if made is not None and made[0] not in seen:
+                seen.add(made[0])
                 pool.append((Question(made[0], fact), index))
     if pool:
         everyone = [f for c in view.candidates for f in c]

@@ -57,41 +57,39 @@ def load_head(path: Path | None, model_name: str | None, required: bool = True):
         raise SettingsError(f"{chosen}: not an identifier head ({type(e).__name__})") from None
 
 
+def _saved_module(path: Path | None, shipped: Path, cls, what: str, current: int, redo: str):
+    """A small saved network at ``path``, else the shipped one, else None; a missing, unreadable or outdated file
+    (its ``features`` not ``current``) says so and how to make another."""
+    chosen = path or shipped
+    if not chosen.is_file():
+        if path is not None:
+            raise SettingsError(f"{path}: no such {what} file")
+        return None
+    try:
+        module = cls.load(chosen)
+    except Exception as e:  # a corrupt or foreign file
+        raise SettingsError(f"{chosen}: not a {what} file ({type(e).__name__})") from None
+    if module.config["features"] != current:
+        raise SettingsError(f"{chosen}: made by another PersonaGPT version (a state of {module.config['features']} "
+                            f"features, now {current}); {redo}")
+    return module
+
+
 def load_policy_network(path: Path | None):
     """The DQN policy (``auth train``) at ``path``, else the shipped one, else None."""
     from personagpt.auth.policies import FEATURES, QNetwork, packaged_policy_path
 
-    chosen = path or packaged_policy_path()
-    if not chosen.is_file():
-        if path is not None:
-            raise SettingsError(f"{path}: no such policy file")
-        return None
-    try:
-        network = QNetwork.load(chosen)
-    except Exception as e:
-        raise SettingsError(f"{chosen}: not a policy file ({type(e).__name__})") from None
-    if network.config["features"] != FEATURES:
-        raise SettingsError(f"{chosen}: made by an older PersonaGPT (a state of {network.config['features']} "
-                            f"features, now {FEATURES}); train a new one with `personagpt auth train`")
-    return network
+    return _saved_module(path, packaged_policy_path(), QNetwork, "policy", FEATURES,
+                         "train a new one with `personagpt auth train`")
 
 
 def load_distilled(path: Path | None):
     """The distilled question policy (``auth distill``) at ``path``, else the shipped one, else None."""
     from personagpt.auth.plan import FEATURES, OptionScorer, packaged_distilled_path
 
-    chosen = path or packaged_distilled_path()
-    if not chosen.is_file():
-        if path is not None:
-            raise SettingsError(f"{path}: no such distilled policy file")
-        return None
-    try:
-        scorer = OptionScorer.load(chosen)
-    except Exception as e:
-        raise SettingsError(f"{chosen}: not a distilled policy file ({type(e).__name__})") from None
-    if scorer.config["features"] != FEATURES:
-        raise SettingsError(f"{chosen}: made by another PersonaGPT version; run `personagpt auth distill` again")
-    return scorer.eval()
+    scorer = _saved_module(path, packaged_distilled_path(), OptionScorer, "distilled policy", FEATURES,
+                           "run `personagpt auth distill` again")
+    return scorer.eval() if scorer is not None else None
 
 
 def load_thresholds(path: Path | None, k: int) -> tuple[dict, str | None]:
@@ -143,39 +141,58 @@ def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled
 
 # ---- playing many interviews, resumably ------------------------------------------------------------------------------
 
-def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
-                   store: Path | None, progress: Callable[[], None] | None = None) -> list[Episode]:
-    """Play every set, each interview appended to ``store`` (JSON lines) as it finishes; interviews already there
-    are read back, not replayed, so a stopped run resumes where it was. Returns them in the sets' order."""
-    done: dict[int, Episode] = {}
+def _play_stored(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
+                 store: Path | None, progress: Callable[[], None] | None, key: str,
+                 save: Callable[[int, Episode], object],
+                 restore: Callable[[int, object], object]) -> tuple[dict[int, object], int]:
+    """Play the sets not yet in ``store`` (JSON lines of ``{"index": i, key: value}``), appending ``save(index, episode)``
+    for each interview as it finishes, so a stopped run resumes where it was. Every value, read back or new, is
+    kept as ``restore(index, value)`` (None when read back: it no longer fits its set, play it again). Returns
+    ({index: kept}, how many were played now)."""
+    done: dict[int, object] = {}
     if store is not None and store.is_file():
         for line in store.read_text().splitlines():
             try:
                 row = json.loads(line)
-                done[row["index"]] = Episode.from_json(row["episode"])
+                index, value = row["index"], restore(row["index"], row[key]) if row["index"] < len(sets) else None
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by an interruption
-    done = {i: e for i, e in done.items() if i < len(sets) and e.candidates == sets[i][0]}
-    lock = threading.Lock()
+            if value is not None:
+                done[index] = value
     if store is not None:
         store.parent.mkdir(parents=True, exist_ok=True)
     for _ in done:
         if progress:
             progress()
+    lock = threading.Lock()
 
     def finished(index: int, episode: Episode) -> None:
+        value = save(index, episode)
         with lock:
-            done[index] = episode
+            done[index] = restore(index, value)
             if store is not None:
                 with store.open("a") as f:
-                    f.write(json.dumps({"index": index, "episode": episode.to_json()}) + "\n")
+                    f.write(json.dumps({"index": index, key: value}) + "\n")
         if progress:
             progress()
 
     missing = [i for i in range(len(sets)) if i not in done]
     if missing:
         env.play(sets, policy, seed, finished, guide, missing)
-    return [done[i] for i in range(len(sets))]
+    return done, len(missing)
+
+
+def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
+                   store: Path | None, progress: Callable[[], None] | None = None) -> tuple[list[Episode], int]:
+    """Play every set, each interview appended to ``store`` (JSON lines) as it finishes; interviews already there
+    are read back, not replayed. Returns the interviews in the sets' order and how many were played now."""
+    def restore(index: int, value: dict) -> Episode | None:
+        episode = Episode.from_json(value)
+        return episode if episode.candidates == sets[index][0] else None
+
+    done, played = _play_stored(env, sets, policy, seed, guide, store, progress, "episode", lambda _, e: e.to_json(),
+                                restore)
+    return [done[i] for i in range(len(sets))], played
 
 
 def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policies: dict[str, tuple[object, str | None]],
@@ -191,17 +208,15 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     turns = env.turns
     for name, (policy, guide) in policies.items():
         tick = progress(name, len(sets)) if progress else None
-        store = out / f"episodes-{name}.jsonl"
-        before = len(store.read_text().splitlines()) if store.is_file() else 0
         started = time.perf_counter()
-        episodes = play_resumable(env, sets, policy, seed, guide, store, tick)
+        episodes, played_now = play_resumable(env, sets, policy, seed, guide, out / f"episodes-{name}.jsonl", tick)
         seconds = time.perf_counter() - started
         if likelihood:
             rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
                     (lambda _: tick()) if tick else None)
         played[name] = episodes
         results[name] = {"guide": guide, "by_turn": {}, "verification": {},
-                         "played": {"interviews": len(sets) - min(before, len(sets)), "seconds": round(seconds, 1)}}
+                         "played": {"interviews": played_now, "seconds": round(seconds, 1)}}
         for ident in IDENTIFIERS:
             scored = [e for e in episodes if e.scores.get(ident)]
             if not scored:
@@ -251,16 +266,6 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
     _, pool = training_personas(seed, 200)
     truths = random.Random(seed + 11).sample(pool, min(interviews, len(pool)))
     sets = candidate_sets(truths, pool, candidates, seed + 11)
-    decisions: dict[int, list[dict]] = {}
-    if store.is_file():
-        for line in store.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                decisions[row["index"]] = row["decisions"]
-            except (ValueError, KeyError, TypeError):
-                continue
-    store.parent.mkdir(parents=True, exist_ok=True)
-    lock = threading.Lock()
 
     class Recording:
         """The planner, its decisions kept per interview (interviews run in threads)."""
@@ -275,21 +280,9 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
             return Planner(env.facts, record=record).choose(view)
 
     recording = Recording()
-
-    def finished(index: int, episode: Episode) -> None:
-        with lock:
-            decisions[index] = list(recording.by_thread.get(threading.get_ident(), []))
-            with store.open("a") as f:
-                f.write(json.dumps({"index": index, "decisions": decisions[index]}) + "\n")
-        if progress:
-            progress()
-
-    for _ in decisions:
-        if progress:
-            progress()
-    missing = [i for i in range(len(sets)) if i not in decisions]
-    if missing:
-        env.play(sets, recording, seed + 11, finished, "exchange", missing)
+    decisions, _ = _play_stored(env, sets, recording, seed + 11, "exchange", store, progress, "decisions",
+                                lambda *_: list(recording.by_thread.get(threading.get_ident(), [])),
+                                lambda _, value: value)
     return [d for i in sorted(decisions) for d in decisions[i]]
 
 
