@@ -9,10 +9,11 @@ from typer.testing import CliRunner
 
 from personagpt.auth.env import Episode, Lookahead, Question, View, candidate_sets, interview
 from personagpt.auth.identify import ExchangeIdentifier, FactEmbeddings, SentenceIdentifier
-from personagpt.auth.plan import (FEATURES, DistilledPolicy, OptionScorer, Planner, RandomQuestionPolicy, agreement,
-                                  distill, options)
+from personagpt.auth.plan import (FEATURES, TOPIC_QUESTIONS, DistilledPolicy, Gated, Option, OptionScorer, Planner,
+                                  RandomQuestionPolicy, agreement, distill, options)
 from personagpt.auth.runs import play_resumable
 from personagpt.cli import app
+from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import SamplingConfig
 from personagpt.selfplay import Transcript
 
@@ -85,9 +86,53 @@ def test_the_planner_takes_the_question_whose_answers_split_the_candidates(facts
     chosen = Planner(facts, questions=6, top=4, codes=("ask about pets.",), record=record).choose(view)
     assert isinstance(chosen, Question) and "dog" in chosen.text
     decision = record[0]
-    assert decision["chosen"] == min(range(len(decision["expected_entropy"])),
-                                     key=decision["expected_entropy"].__getitem__)
-    assert len(decision["features"]) == len(decision["expected_entropy"]) > 1
+    assert decision["chosen"] == min(range(len(decision["expected"])),
+                                     key=decision["expected"].__getitem__)
+    assert len(decision["features"]) == len(decision["expected"]) > 1
+
+
+class EchoingLookahead(ScriptedLookahead):
+    """Everyone answers the dog question with a dog (an echo: it tells nothing), and the open question with the
+    answering persona's own last fact (it tells who answers)."""
+
+    def answers(self, questions, personas):
+        return [["i have a dog ." if "dog" in q else p[-1] for p in personas] for q in questions]
+
+
+def test_the_truth_criterion_is_not_fooled_by_answers_that_echo_the_question(facts, monkeypatch):
+    view = View(0, torch.zeros(4), [], candidates=PEOPLE)
+    view.lookahead = EchoingLookahead(SentenceIdentifier(facts, PEOPLE))
+    echo, open_question = Question("do you have a dog ?", "i have a dog."), Question("what do you do for fun ?")
+    offered = [Option(echo, torch.zeros(FEATURES)), Option(open_question, torch.zeros(FEATURES))]
+    monkeypatch.setattr("personagpt.auth.plan.options", lambda *args, **kwargs: offered)
+    truth, entropy = [], []
+    assert Planner(facts, top=4, criterion="truth", record=truth).choose(view) == open_question
+    Planner(facts, top=4, criterion="entropy", record=entropy).choose(view)
+    # the echo leaves a low entropy (the mass on the dog owners) but makes the two who answered it unlikely
+    assert truth[0]["expected"][0] > entropy[0]["expected"][0] + 1
+    assert truth[0]["expected"][1] < truth[0]["expected"][0]
+    with pytest.raises(ValueError, match="criterion"):
+        Planner(facts, criterion="luck")
+
+
+def test_open_topic_questions_are_offered_once_those_the_likely_candidates_talk_about_first(facts):
+    view = View(0, torch.tensor([3.0, 0.0, 3.0, 0.0]), [], candidates=PEOPLE)
+    found = options(view, facts, count=0, topics=2)
+    assert [o.action for o in found][0] == Question(TOPIC_QUESTIONS["ask about pets."])  # both likely have a dog
+    assert len(found) == 2 and all(o.features[1] == 1.0 for o in found)
+    later = options(View(1, view.scores, [str(found[0].action)], candidates=PEOPLE), facts, count=0, topics=11)
+    assert found[0].action not in [o.action for o in later] and len(later) == len(TOPIC_QUESTIONS) - 1
+
+
+def test_a_gated_policy_pursues_random_goals_until_the_likely_candidates_hold_half_the_mass(facts):
+    class Asking:
+        def choose(self, view):
+            return Question("do you have a dog ?")
+
+    gated = Gated(Asking(), mass=0.6, top=2, seed=3)  # flat: the two likeliest hold 0.5
+    flat = View(0, torch.zeros(4), [], candidates=PEOPLE)
+    assert gated.choose(flat) in DEFAULT_ACTIONS and gated.choose(flat) == gated.choose(flat)  # seeded
+    assert gated.choose(View(2, torch.tensor([3.0, 0.0, 0.0, 0.0]), [], candidates=PEOPLE)) == Question("do you have a dog ?")
 
 
 def test_an_interview_says_a_question_action_as_written(tiny_model, fmt, facts):

@@ -24,9 +24,26 @@ from personagpt.auth.env import Action, Question, View
 from personagpt.auth.identify import FactEmbeddings
 from personagpt.checkpoints import ConfigModule
 from personagpt.facts import question as fact_question
+from personagpt.format import DEFAULT_ACTIONS
 
 MATCH = 0.6  # cosine at which two facts say the same thing (the question check's threshold)
 FEATURES = 10
+
+# An open question per goal code, said as written: its answer names the partner's own fact on the topic ("i have a
+# dog"), where a yes/no question about one candidate's fact draws an answer that echoes the question whoever answers.
+TOPIC_QUESTIONS = {
+    "ask about kids.": "do you have any kids ?",
+    "ask about pets.": "do you have any pets ?",
+    "talk about work.": "what do you do for a living ?",
+    "ask about marital status.": "are you married ?",
+    "talk about travel.": "where do you like to travel ?",
+    "ask about age and gender.": "how old are you ?",
+    "ask about hobbies.": "what do you like to do for fun ?",
+    "ask about favorite food.": "what is your favorite food ?",
+    "talk about movies.": "what kind of movies do you like ?",
+    "talk about music.": "what kind of music do you like ?",
+    "talk about politics.": "what do you think about politics ?",
+}
 
 
 @dataclass
@@ -46,10 +63,12 @@ def _asked_before(view: View) -> list[str]:
 
 
 def options(view: View, facts: FactEmbeddings, count: int = 4, top: int = 3,
-            codes: Sequence[str] = ()) -> list[Option]:
+            codes: Sequence[str] = (), topics: int = 0) -> list[Option]:
     """The actions worth considering now: up to ``count`` facts of the ``top`` likeliest candidates, asked as yes/no
     questions, those whose probability mass (the candidates holding a fact like it) is nearest one half first; a
-    fact already asked is not asked again. Then ``codes`` (goal codes), each with its topic's mass.
+    fact already asked is not asked again. Then up to ``topics`` open topic questions (:data:`TOPIC_QUESTIONS`, not
+    asked yet), those most of the likely candidates have a fact on first. Then ``codes`` (goal codes), each with its
+    topic's mass (a topic question's features are its code's).
 
     Features: [is a fact question, is a goal, mass m, 4 m (1 - m), the likeliest candidate holds it, the second
     holds it, already used, the top probability, normalised entropy, turn / 8]."""
@@ -80,30 +99,44 @@ def options(view: View, facts: FactEmbeddings, count: int = 4, top: int = 3,
             m = float(mass[i])
             out.append(Option(pool[i][0], torch.tensor([1.0, 0.0, m, 4 * m * (1 - m), float(holds[i, ranked[0]]),
                                                         float(holds[i, ranked[1]]) if k > 1 else 0.0, 0.0, *common])))
-    if codes:
-        coverage = topic_coverage(probs, view.candidates, tuple(codes))
-        first = topic_coverage(torch.eye(k)[ranked[0]], view.candidates, tuple(codes))
-        second = topic_coverage(torch.eye(k)[ranked[1]], view.candidates, tuple(codes)) if k > 1 else first * 0
-        for j, code in enumerate(codes):
+    open_codes = [c for c in TOPIC_QUESTIONS if TOPIC_QUESTIONS[c] not in seen] if topics else []
+    every = tuple(dict.fromkeys([*open_codes, *codes]))
+    if every:
+        coverage = topic_coverage(probs, view.candidates, every)
+        first = topic_coverage(torch.eye(k)[ranked[0]], view.candidates, every)
+        second = topic_coverage(torch.eye(k)[ranked[1]], view.candidates, every) if k > 1 else first * 0
+
+        def option(action: Action, j: int) -> Option:
             c = float(coverage[j])
-            out.append(Option(code, torch.tensor([0.0, 1.0, c, 4 * c * (1 - c), float(first[j]),
-                                                  float(second[j]), float(code in view.used), *common])))
+            return Option(action, torch.tensor([0.0, 1.0, c, 4 * c * (1 - c), float(first[j]), float(second[j]),
+                                                float(str(action) in view.used), *common]))
+
+        most = sorted(range(len(open_codes)), key=lambda j: (-float(coverage[j]), j))[:topics]
+        out += [option(Question(TOPIC_QUESTIONS[open_codes[j]]), j) for j in most]
+        out += [option(code, every.index(code)) for code in codes]
     return out
 
 
 class Planner:
-    """Expected information gain by simulation (see the module's docstring). ``top`` candidate personas answer
-    every option; their probabilities, renormalised, weigh the entropies after each answer. Each decision (the
-    options' features and their expected entropies) is appended to ``record`` when it is given (distillation)."""
+    """Planning by simulation (see the module's docstring). ``top`` candidate personas answer every option; their
+    probabilities, renormalised, weigh what each answer leaves. ``criterion`` says what that is: ``"entropy"``, the
+    entropy over the K after the answer (expected information gain); ``"truth"``, minus the log-probability of the
+    candidate that answered (expected log score). The two differ where the guide can be misled: a "no, i do not have
+    a dog" still lifts every dog owner for the sentence identifier, which lowers the entropy but not the answering
+    candidate's probability. Each decision (the options' features and their expected values) is appended to
+    ``record`` when it is given (distillation)."""
 
     def __init__(self, facts: FactEmbeddings, questions: int = 4, top: int = 3, codes: Sequence[str] = (),
-                 record: list | None = None) -> None:
+                 record: list | None = None, topics: int = 0, criterion: str = "entropy") -> None:
+        if criterion not in ("entropy", "truth"):
+            raise ValueError(f"unknown planning criterion {criterion!r}")
         self.facts, self.questions, self.top, self.codes, self.record = facts, questions, top, tuple(codes), record
+        self.topics, self.criterion = topics, criterion
 
     def choose(self, view: View) -> Action:
         if view.lookahead is None:
             raise ValueError("the planner needs the environment's lookahead")
-        choices = options(view, self.facts, self.questions, self.top, self.codes)
+        choices = options(view, self.facts, self.questions, self.top, self.codes, self.topics)
         if not choices:
             return None
         probs = torch.softmax(view.scores.float(), 0)
@@ -114,13 +147,36 @@ class Planner:
         texts = [o.action.text if isinstance(o.action, Question) else generated[o.action] for o in choices]
         answers = view.lookahead.answers(texts, [view.candidates[i] for i in likeliest])
         after = view.lookahead.scores_after([t for t in texts for _ in likeliest], [a for row in answers for a in row])
-        entropies = _entropy(torch.softmax(after.float(), -1)).view(len(choices), len(likeliest))
-        expected = entropies @ weights
+        after = after.float().view(len(choices), len(likeliest), -1)
+        if self.criterion == "entropy":
+            left = _entropy(torch.softmax(after, -1))
+        else:  # [option, answering candidate]: minus its log-probability after its own answer
+            left = -torch.log_softmax(after, -1)[:, range(len(likeliest)), likeliest]
+        expected = left @ weights
         best = int(expected.argmin())
         if self.record is not None:
             self.record.append({"features": torch.stack([o.features for o in choices]).tolist(),
-                                 "expected_entropy": expected.tolist(), "chosen": best})
+                                 "expected": expected.tolist(), "chosen": best})
         return choices[best].action
+
+
+class Gated:
+    """A question policy that waits until it has something to ask about: while its ``top`` likeliest candidates
+    hold less than ``mass`` of the probability, the interviewer pursues a random goal code (an open exchange, which
+    reveals more than a question about a few of 20 near-equally likely candidates); then ``policy`` decides. On
+    random-goal interviews (training and validation personas alike) the truth was among the 3 likeliest 85-100% of
+    the time when they held half the mass or more, and about half the time when they held less."""
+
+    def __init__(self, policy, mass: float = 0.5, top: int = 3, seed: int = 0,
+                 actions: Sequence[str] = DEFAULT_ACTIONS) -> None:
+        self.policy, self.mass, self.top, self.seed, self.actions = policy, mass, top, seed, tuple(actions)
+
+    def choose(self, view: View) -> Action:
+        probs = torch.softmax(view.scores.float(), 0)
+        if float(probs.topk(min(self.top, len(probs))).values.sum()) >= self.mass:
+            return self.policy.choose(view)
+        key = "\x1f".join([str(self.seed), str(view.turn), *(" ".join(c) for c in view.candidates), *map(str, view.used)])
+        return random.Random(key).choice(self.actions)
 
 
 class OptionScorer(ConfigModule, nn.Module):
@@ -152,11 +208,12 @@ class DistilledPolicy:
 class RandomQuestionPolicy:
     """A random one of the same options the planner weighs (a baseline: does planning matter, or the questions?)."""
 
-    def __init__(self, facts: FactEmbeddings, questions: int = 4, codes: Sequence[str] = (), seed: int = 0) -> None:
-        self.facts, self.questions, self.codes, self.seed = facts, questions, tuple(codes), seed
+    def __init__(self, facts: FactEmbeddings, questions: int = 4, codes: Sequence[str] = (), seed: int = 0,
+                 topics: int = 0) -> None:
+        self.facts, self.questions, self.codes, self.seed, self.topics = facts, questions, tuple(codes), seed, topics
 
     def choose(self, view: View) -> Action:
-        choices = options(view, self.facts, self.questions, codes=self.codes)
+        choices = options(view, self.facts, self.questions, codes=self.codes, topics=self.topics)
         if not choices:
             return None
         key = "\x1f".join([str(self.seed), str(view.turn), *(" ".join(c) for c in view.candidates), *map(str, view.used)])

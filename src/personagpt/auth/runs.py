@@ -112,7 +112,7 @@ def load_thresholds(path: Path | None, k: int) -> tuple[dict, str | None]:
 
 def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled=None):
     """A policy by its ``auth eval`` name, with the guide identifier it must be run with (None: the default)."""
-    from personagpt.auth.plan import DistilledPolicy, Planner, RandomQuestionPolicy
+    from personagpt.auth.plan import DistilledPolicy, Gated, Planner, RandomQuestionPolicy
     from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
 
     baselines = baseline_policies(seed)
@@ -127,15 +127,16 @@ def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled
         return LookaheadPolicy(), None
     if env.facts is None:
         raise SettingsError(f"the {name} policy needs the sentence encoder")
+    # the question policies open with random goals until the likeliest candidates hold half the mass (plan.Gated)
     if name == "planner":
-        return Planner(env.facts), "exchange"
+        return Gated(Planner(env.facts), seed=seed), "exchange"
     if name == "random-question":
-        return RandomQuestionPolicy(env.facts, seed=seed), "exchange"
+        return Gated(RandomQuestionPolicy(env.facts, seed=seed), seed=seed), "exchange"
     if name == "distilled":
         if distilled is None:
             raise SettingsError("no distilled policy is shipped; make one with `personagpt auth distill` and pass "
                                 "--distilled")
-        return DistilledPolicy(distilled, env.facts), "exchange"
+        return Gated(DistilledPolicy(distilled, env.facts), seed=seed), "exchange"
     raise SettingsError(f"unknown policy {name}; use {', '.join(POLICIES)}")
 
 
