@@ -261,8 +261,9 @@ def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, 
 def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int, store: Path,
                       progress: Callable[[], None] | None = None) -> list[dict]:
     """The planner's decisions over ``interviews`` self-play interviews of training personas (kept in ``store``,
-    one JSON line per interview, so a stopped run resumes)."""
-    from personagpt.auth.plan import Planner
+    one JSON line per interview, so a stopped run resumes); the turns its gate gives to random goals are not
+    decisions."""
+    from personagpt.auth.plan import Gated, Planner
 
     _, pool = training_personas(seed, 200)
     truths = random.Random(seed + 11).sample(pool, min(interviews, len(pool)))
@@ -278,7 +279,7 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
             record = self.by_thread.setdefault(threading.get_ident(), [])
             if view.turn == 0:
                 record.clear()
-            return Planner(env.facts, record=record).choose(view)
+            return Gated(Planner(env.facts, record=record), seed=seed).choose(view)  # as `auth eval` plays it
 
     recording = Recording()
     decisions, _ = _play_stored(env, sets, recording, seed + 11, "exchange", store, progress, "decisions",

@@ -271,7 +271,9 @@ def evaluate(
                       "random-question, planner, distilled, lookahead (repeatable; default: the cheap ones: random, "
                       "round-robin, no-goal, random-question, and learned / distilled when one is shipped or given). "
                       "planner simulates every candidate question's answers under the likeliest personas (about "
-                      "7x random's cost a turn); lookahead is an oracle that knows the truth.")] = None,
+                      "2x random's play time); the question policies (random-question, planner, distilled) pursue "
+                      "random goals until the 3 likeliest candidates hold half the probability; lookahead is an "
+                      "oracle that knows the truth.")] = None,
     conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (300 or more for figures worth comparing).")] = 300,
     likelihood: Annotated[int, typer.Option(min=0, help="Also rank with the likelihood identifier (the dialogue "
                                                         "model; K rows per turn: about a minute per interview on a "
