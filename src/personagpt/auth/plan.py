@@ -58,6 +58,13 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
 
 
+def _seeded_choice(seed: int, view: View, items: Sequence):
+    """A random item, drawn from the seed and the interview so far: it does not depend on how interviews running
+    side by side interleave."""
+    key = "\x1f".join([str(seed), str(view.turn), *(" ".join(c) for c in view.candidates), *map(str, view.used)])
+    return random.Random(key).choice(items)
+
+
 def _asked_before(view: View) -> list[str]:
     return [u[len("ask: "):] for u in view.used if u and u.startswith("ask: ")]
 
@@ -175,8 +182,7 @@ class Gated:
         probs = torch.softmax(view.scores.float(), 0)
         if float(probs.topk(min(self.top, len(probs))).values.sum()) >= self.mass:
             return self.policy.choose(view)
-        key = "\x1f".join([str(self.seed), str(view.turn), *(" ".join(c) for c in view.candidates), *map(str, view.used)])
-        return random.Random(key).choice(self.actions)
+        return _seeded_choice(self.seed, view, self.actions)
 
 
 class OptionScorer(ConfigModule, nn.Module):
@@ -216,8 +222,7 @@ class RandomQuestionPolicy:
         choices = options(view, self.facts, self.questions, codes=self.codes, topics=self.topics)
         if not choices:
             return None
-        key = "\x1f".join([str(self.seed), str(view.turn), *(" ".join(c) for c in view.candidates), *map(str, view.used)])
-        return random.Random(key).choice(choices).action
+        return _seeded_choice(self.seed, view, choices).action
 
 
 def distill(decisions: Sequence[dict], steps: int = 2000, seed: int = 0, questions: int = 4,
