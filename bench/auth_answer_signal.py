@@ -1,0 +1,68 @@
+"""How much a fact question's answer tells: read from interviews already played (``episodes-<policy>.jsonl`` of
+``auth eval`` or ``bench/auth_planner_variants.py``), no generation.
+
+    python bench/auth_answer_signal.py runs/auth/plan-eval-gated/episodes-planner.jsonl [more.jsonl ...]
+
+For every interviewer turn that was a candidate's fact asked as a yes/no question (:func:`personagpt.facts.question`),
+split by whether the true persona holds that fact: how often the answer opens with yes or no, how often that
+yes/no is the one the asked fact implies ("i have a dog." -> yes; what the exchange identifier counts as support),
+the log-likelihood ratio such an answer and the opposite one carry, and the mean change in the truth's
+log-probability among the K under the sentence identifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from personagpt.facts import answer_polarity, question
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stores", type=Path, nargs="+")
+    args = parser.parse_args()
+
+    gains: dict[str, list[float]] = {"held": [], "not held": []}
+    matches: dict[str, list[bool]] = {"held": [], "not held": []}  # the answer is what the asked fact implies
+    for store in args.stores:
+        for line in store.read_text().splitlines():
+            episode = json.loads(line)["episode"]
+            truth = episode["truth"]
+            asked_of = {}  # question -> the answer each candidate's fact implies
+            for i, persona in enumerate(episode["candidates"]):
+                for made in filter(None, map(question, persona)):
+                    asked_of.setdefault(made[0], {})[i] = made[1]
+            actions, turns = episode["transcript"]["actions"][::2], episode["transcript"]["turns"]
+            scores = episode["scores"]["sentence"]
+            for t, action in enumerate(actions):
+                text = action[len("ask: "):] if action.startswith("ask: ") else None
+                if text not in asked_of:
+                    continue  # a goal, or an open topic question
+                kind = "held" if truth in asked_of[text] else "not held"
+                before = float(torch.log_softmax(torch.tensor(scores[t - 1]), 0)[truth]) if t else -math.log(len(scores[t]))
+                gains[kind].append(float(torch.log_softmax(torch.tensor(scores[t]), 0)[truth]) - before)
+                polarity = answer_polarity(turns[2 * t + 1])
+                if polarity is not None:
+                    implied = asked_of[text].get(truth, next(iter(asked_of[text].values())))
+                    matches[kind].append(polarity == implied)
+    rate = {k: sum(v) / max(1, len(v)) for k, v in matches.items()}
+    print("| the true persona holds the asked fact | turns | answers with yes/no | ... the one the fact implies | "
+          "mean change in log p(truth) |")
+    print("|---|---:|---:|---:|---:|")
+    for kind in gains:
+        n = len(gains[kind])
+        print(f"| {kind} | {n} | {100 * len(matches[kind]) / max(1, n):.0f}% | {100 * rate[kind]:.0f}% | "
+              f"{sum(gains[kind]) / max(1, n):+.3f} |")
+    if 0 < rate["not held"] < 1 and 0 < rate["held"] < 1:
+        print(f"log-likelihood ratio (held : not held) of the answer the fact implies: "
+              f"{math.log(rate['held'] / rate['not held']):+.2f}; of the opposite answer: "
+              f"{math.log((1 - rate['held']) / (1 - rate['not held'])):+.2f}")
+
+
+if __name__ == "__main__":
+    main()
