@@ -1,13 +1,15 @@
 """How much a fact question's answer tells: read from interviews already played (``episodes-<policy>.jsonl`` of
 ``auth eval`` or ``bench/auth_planner_variants.py``), no generation.
 
-    python bench/auth_answer_signal.py runs/auth/plan-eval-gated/episodes-planner.jsonl [more.jsonl ...]
+    python bench/auth_answer_signal.py runs/auth/plan-eval-gated/episodes-planner.jsonl [more.jsonl ...] \
+        [--weights 0 0.04 1]
 
 For every interviewer turn that was a candidate's fact asked as a yes/no question (:func:`personagpt.facts.question`),
 split by whether the true persona holds that fact: how often the answer opens with yes or no, how often that
 yes/no is the one the asked fact implies ("i have a dog." -> yes; what the exchange identifier counts as support),
 the log-likelihood ratio such an answer and the opposite one carry, and the mean change in the truth's
-log-probability among the K under the sentence identifier.
+log-probability among the K under the sentence identifier. With ``--weights``, every store is scored again by the
+exchange identifier at each weight (0: the sentence identifier) and Hits@1 after 4 and 8 turns is printed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from personagpt.facts import answer_polarity, question
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stores", type=Path, nargs="+")
+    parser.add_argument("--weights", type=float, nargs="*", default=[])
     args = parser.parse_args()
 
     gains: dict[str, list[float]] = {"held": [], "not held": []}
@@ -62,6 +65,26 @@ def main() -> None:
         print(f"log-likelihood ratio (held : not held) of the answer the fact implies: "
               f"{math.log(rate['held'] / rate['not held']):+.2f}; of the opposite answer: "
               f"{math.log((1 - rate['held']) / (1 - rate['not held'])):+.2f}")
+    if args.weights:
+        rescore_with(args.stores, args.weights)
+
+
+def rescore_with(stores: list[Path], weights: list[float]) -> None:
+    from personagpt.auth.env import Episode, rescore
+    from personagpt.auth.identify import ExchangeIdentifier, FactEmbeddings
+    from personagpt.auth.measure import claims, roc_auc
+
+    facts = FactEmbeddings()
+    print("| interviews | weight | Hits@1 t4 | Hits@1 last turn | AUC last turn |")
+    print("|---|---:|---:|---:|---:|")
+    for store in stores:
+        episodes = [Episode.from_json(json.loads(line)["episode"]) for line in store.read_text().splitlines()]
+        for weight in weights:
+            rescore(episodes, "w", lambda c: ExchangeIdentifier(facts, c, weight=weight))
+            last = min(len(e.scores["w"]) for e in episodes)
+            hits = [sum(e.ranks("w")[t - 1] == 0 for e in episodes) / len(episodes) for t in (min(4, last), last)]
+            print(f"| {store} ({len(episodes)}) | {weight} | {100 * hits[0]:.1f} | {100 * hits[1]:.1f} | "
+                  f"{roc_auc(*claims(episodes, 'w', last, 0)):.3f} |")
 
 
 if __name__ == "__main__":
