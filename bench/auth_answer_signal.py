@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("stores", type=Path, nargs="+")
     parser.add_argument("--weights", type=float, nargs="*", default=[])
     args = parser.parse_args()
+    missing = [str(s) for s in args.stores if not s.is_file()]
+    if missing:
+        parser.error(f"no such interview store: {', '.join(missing)}")
 
     gains: dict[str, list[float]] = {"held": [], "not held": []}
     matches: dict[str, list[bool]] = {"held": [], "not held": []}  # the answer is what the asked fact implies

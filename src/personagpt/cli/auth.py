@@ -271,7 +271,7 @@ def evaluate(
                       "random-question, planner, distilled, lookahead (repeatable; default: the cheap ones: random, "
                       "round-robin, no-goal, random-question, and learned / distilled when one is shipped or given). "
                       "planner simulates every candidate question's answers under the likeliest personas (about "
-                      "2x random's play time); the question policies (random-question, planner, distilled) pursue "
+                      "1.6x random's play time); the question policies (random-question, planner, distilled) pursue "
                       "random goals until the 3 likeliest candidates hold half the probability; lookahead is an "
                       "oracle that knows the truth.")] = None,
     conversations: Annotated[int, typer.Option(min=1, help="Interviews per policy (300 or more for figures worth comparing).")] = 300,
