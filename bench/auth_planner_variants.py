@@ -19,7 +19,7 @@ import torch
 
 from personagpt.auth.env import SelfPlay, candidate_sets
 from personagpt.auth.measure import report
-from personagpt.auth.plan import TOPIC_QUESTIONS, Planner, RandomQuestionPolicy
+from personagpt.auth.plan import TOPIC_QUESTIONS, Gated, Planner, RandomQuestionPolicy
 from personagpt.auth.runs import evaluate, training_personas
 from personagpt.models import describe_hardware, load_chat_model
 from personagpt.sampling import SamplingConfig
@@ -34,6 +34,7 @@ def variants(env: SelfPlay, seed: int) -> dict:
         "random-topic": (RandomQuestionPolicy(facts, questions=0, topics=len(TOPIC_QUESTIONS), seed=seed), "sentence"),
         "random-question": (RandomQuestionPolicy(facts, seed=seed), "exchange"),
         "planner-entropy-exchange": (Planner(facts), "exchange"),  # the first planner
+        "planner-gated": (Gated(Planner(facts), seed=seed), "exchange"),  # what `auth eval --policy planner` runs
         "planner-truth-sentence": (Planner(facts, criterion="truth"), "sentence"),
         "planner-topic-truth": (Planner(facts, questions=2, topics=3, criterion="truth"), "sentence"),
         "planner-topic-entropy": (Planner(facts, questions=2, topics=3), "sentence"),
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["random", "random-topic", "planner-topic-truth"])
     parser.add_argument("--out", type=Path, default=Path("runs/auth/variants"))
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--partner-candidates", type=int, default=1, help="the partner answers best-of-N")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -56,7 +58,8 @@ def main() -> None:
     _, pool = training_personas(0, 200)
     truths = random.Random(args.seed).sample(pool, args.interviews)
     sets = candidate_sets(truths, pool, 20, args.seed)
-    env = SelfPlay(model, fmt, None, args.turns, SamplingConfig(max_new_tokens=32), 32)
+    env = SelfPlay(model, fmt, None, args.turns, SamplingConfig(max_new_tokens=32), 32,
+                   partner_candidates=args.partner_candidates)
     known = variants(env, args.seed)
     unknown = [v for v in args.variants if v not in known]
     if unknown:
@@ -64,6 +67,7 @@ def main() -> None:
     try:
         saved = evaluate(env, sets, {v: known[v] for v in args.variants}, args.out, args.seed,
                          meta={"interviews": args.interviews, "turns": args.turns, "cpu": describe_hardware(),
+                               "partner_candidates": args.partner_candidates,
                                "personas": "training (packaged list, calibration 200 held out)"})
     finally:
         env.close()

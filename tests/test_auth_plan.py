@@ -153,6 +153,36 @@ def test_an_interview_says_a_question_action_as_written(tiny_model, fmt, facts):
     assert len(answers) == 2 and all(len(row) == 3 for row in answers) and lookahead.rows == 6
 
 
+def test_a_best_of_n_partner_is_simulated_by_its_denial_check(tiny_model, fmt, facts):
+    from personagpt.consistency import ConsistencyChecker
+
+    trucker, other = ["i drive a red truck.", "i live in ohio."], ["i play the piano.", "i am a nurse."]
+    lookahead = Lookahead(tiny_model, fmt, [], ExchangeIdentifier(facts, [trucker, other]), SamplingConfig(),
+                          partner_candidates=3, checker=ConsistencyChecker())
+    samples = ["no , i do not .", "yes i do .", "no ."]
+    assert lookahead._faithful(samples, "do you drive a red truck ?", trucker) == "yes i do ."
+    assert lookahead._faithful(samples, "do you drive a red truck ?", other) == "no , i do not ."  # no fact asked
+    answers = lookahead.answers(["do you drive a red truck ?", "are you a nurse ?"], [trucker, other])
+    assert [len(row) for row in answers] == [2, 2] and lookahead.rows == 12  # 3 samples for each answer
+
+    seen = []
+
+    class Recording(Planner):
+        def choose(self, view):
+            seen.append((view.lookahead.partner_candidates, view.lookahead.checker is not None))
+            return super().choose(view)
+
+    (candidates, truth), = candidate_sets([PEOPLE[0]], PEOPLE, k=4, seed=0)
+    sampling = SamplingConfig(max_new_tokens=4)
+    episode = interview(tiny_model, fmt, candidates, truth, Recording(facts, questions=2, top=2), turns=1,
+                        sampling=sampling, seed=0, identifiers={"exchange": lambda c: ExchangeIdentifier(facts, c)},
+                        partner_sampling=SamplingConfig(max_new_tokens=4, num_candidates=2))
+    assert seen == [(2, True)] and len(episode.transcript.turns) == 2
+    interview(tiny_model, fmt, candidates, truth, Recording(facts, questions=2, top=2), turns=1, sampling=sampling,
+              seed=0, identifiers={"exchange": lambda c: ExchangeIdentifier(facts, c)})
+    assert seen[-1] == (1, False)  # one sample: nothing to choose among
+
+
 def test_distillation_learns_which_option_the_planner_picks(facts, tmp_path):
     g = torch.Generator().manual_seed(0)
     decisions = []
@@ -216,6 +246,9 @@ def test_distill_and_eval_commands(tmp_path):
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved["results"]) == {"random", "planner", "distilled"}
     assert saved["results"]["planner"]["guide"] == "exchange"
+    other_partner = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
+                                        "--partner-candidates", "2", "--out", str(tmp_path / "eval")])
+    assert other_partner.exit_code == 2 and "played with partner candidates 1" in other_partner.output
     missing = runner.invoke(app, ["auth", "eval", *common, "--policy", "distilled", "--distilled",
                                   str(tmp_path / "nowhere.pt")])
     assert missing.exit_code == 2 and "no such distilled policy file" in missing.output

@@ -20,6 +20,7 @@ from personagpt.auth.identify import Identifier, LikelihoodIdentifier
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 from personagpt.generation import Conversation, SamplingConfig, generate_batch, strip_reply
+from personagpt.sampling import DEFAULT_COMMIT_TOKENS
 from personagpt.selfplay import Transcript
 
 IdentifierFactory = Callable[[list[list[str]]], Identifier]
@@ -84,14 +85,22 @@ class Lookahead:
     interviewer would generate for a goal, the partner's answers under any candidate persona, and the guide
     identifier's scores after such a hypothetical exchange. Generation is batched (on the engine when there is one:
     every request is queued before any is read). Simulated answers are cut at ``answer_tokens``: a yes or no and the
-    words after it are what identifies."""
+    words after it are what identifies.
+
+    A partner that answers best-of-N (``partner_candidates``) is simulated by the part of its choice that decides a
+    yes or no: N answers sampled, the first that does not deny the persona's fact asked about kept (``checker``, a
+    :class:`~personagpt.consistency.ConsistencyChecker`). The partner itself also weighs fluency, persona and
+    repetition, a forward pass per answer that the simulation saves."""
 
     def __init__(self, model, fmt: PromptFormat, turns: Sequence[str], identifier, sampling: SamplingConfig,
-                 engine=None, seed: int | None = None, answer_tokens: int = 10) -> None:
+                 engine=None, seed: int | None = None, answer_tokens: int = 10, partner_candidates: int = 1,
+                 checker=None) -> None:
         self.model, self.fmt, self.turns, self.identifier, self.engine = model, fmt, list(turns), identifier, engine
         self.sampling, self.seed = sampling, seed
         self.answer_sampling = replace(sampling, max_new_tokens=min(answer_tokens, sampling.max_new_tokens),
                                        num_candidates=1)
+        self.partner_candidates = partner_candidates if checker is not None else 1
+        self.checker = checker
         self.asked: dict[str, str] = {}  # goal -> the question generated for it (reused if the goal is chosen)
         self.rows = 0  # replies generated so far (its cost)
 
@@ -127,17 +136,29 @@ class Lookahead:
         question's few tokens, where with the history every persona's prompt is encoded anew each turn (measured:
         32 planner interviews had not finished one in 21 minutes that way on a 2-core EPYC). On an engine the first
         question goes alone, so that the others find each persona's prompt in the cache."""
+        n = self.partner_candidates
         contexts, keys = [], []
         for q in questions:
             for persona in personas:
                 conversation = Conversation.from_turns(self.model, self.fmt, (self.turns if history else []) + [q],
                                                        persona=persona, max_context=self._limit())
-                contexts.append(conversation.context_ids(self.answer_sampling.max_new_tokens))
-                keys.append(f"answer {q} {' '.join(persona)}")
-        first = len(personas) if self.engine is not None else 0
+                context = conversation.context_ids(self.answer_sampling.max_new_tokens)
+                key = f"answer {q} {' '.join(persona)}"
+                contexts += [context] * n
+                keys += [key] + [f"{key} {j}" for j in range(1, n)]
+        first = len(personas) * n if self.engine is not None else 0
         flat = (self._generate(contexts[:first], keys[:first], self.answer_sampling)
                 + self._generate(contexts[first:], keys[first:], self.answer_sampling))
-        return [flat[i * len(personas):(i + 1) * len(personas)] for i in range(len(questions))]
+        answers = [[self._faithful(flat[(i * len(personas) + j) * n:][:n], q, persona)
+                    for j, persona in enumerate(personas)] for i, q in enumerate(questions)]
+        return answers
+
+    def _faithful(self, samples: list[str], question: str, persona: Sequence[str]) -> str:
+        """The first sample that does not deny the fact of ``persona`` that ``question`` asks about."""
+        if len(samples) == 1:
+            return samples[0]
+        asked = self.checker.asked_fact(question, persona)
+        return next((s for s in samples if not self.checker.denies(s, asked)), samples[0])
 
     def scores_after(self, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
         """[n, K]: the guide's scores after each (question, answer) exchange, nothing committed."""
@@ -185,9 +206,11 @@ def likelihood_identifiers(model, fmt: PromptFormat) -> dict[str, IdentifierFact
 def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int, policy, turns: int = 8,
               sampling: SamplingConfig | None = None, seed: int | None = None, engine=None,
               identifiers: Mapping[str, IdentifierFactory] | None = None,
-              on_turn: Callable[[Episode], None] | None = None) -> Episode:
+              on_turn: Callable[[Episode], None] | None = None,
+              partner_sampling: SamplingConfig | None = None) -> Episode:
     """Run one interview. The policy's ``choose(view)`` (or a baseline's ``next_goal(transcript)``) gives each
-    interviewer turn's goal (None: no goal, the interviewer chats freely); ``view`` follows the first identifier."""
+    interviewer turn's goal (None: no goal, the interviewer chats freely); ``view`` follows the first identifier.
+    The partner answers with ``partner_sampling`` (default: ``sampling``; e.g. best-of-N, as the chat does)."""
     identifiers = likelihood_identifiers(model, fmt) if identifiers is None else identifiers
     episode = Episode(candidates, truth, Transcript(p2_facts=list(candidates[truth])),
                       {name: [] for name in identifiers})
@@ -197,7 +220,8 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
     interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=None if seed is None else 2 * seed,
                                             **kwargs)
     partner = Conversation.with_persona(model, fmt, candidates[truth], seed=None if seed is None else 2 * seed + 1,
-                                        **kwargs)
+                                        **(kwargs | {"sampling": partner_sampling or sampling}))
+    best_of = partner.sampling.num_candidates if partner.sampling.do_sample else 1
     for turn in range(turns):
         previews: dict[str, tuple] = {}
 
@@ -210,14 +234,16 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
                                           **kwargs)
             question = ask.respond()
             answer = Conversation.from_turns(model, fmt, turns_so_far + [question], persona=candidates[truth],
-                                             seed=zlib.crc32(f'{seed} {turn} {goal} answer'.encode()), **kwargs).respond()
+                                             seed=zlib.crc32(f'{seed} {turn} {goal} answer'.encode()),
+                                             **(kwargs | {"sampling": partner.sampling})).respond()
             after, encoded = running[guide].preview(answer, question)
             previews[goal] = (question, answer, encoded)
             return float(torch.log_softmax(after, 0)[truth])
 
         scores = torch.tensor(episode.scores[guide][-1]) if turn and guide else torch.zeros(len(candidates))
         lookahead = Lookahead(model, fmt, episode.transcript.turns, running.get(guide), sampling or SamplingConfig(),
-                              engine, seed)
+                              engine, seed, partner_candidates=best_of,
+                              checker=partner.checker if best_of > 1 else None)
         view = View(turn, scores, episode.goals, preview, candidates, lookahead)
         goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
         encoded = None
@@ -266,12 +292,14 @@ def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]
                    sampling: SamplingConfig | None = None, seed: int = 0, engine=None, workers: int = 8,
                    identifiers: Mapping[str, IdentifierFactory] | None = None,
                    on_episode: Callable[[int, Episode], None] | None = None,
-                   indices: Sequence[int] | None = None) -> list[Episode]:
+                   indices: Sequence[int] | None = None,
+                   partner_sampling: SamplingConfig | None = None) -> list[Episode]:
     """Many interviews; with an ``engine`` they run side by side (their decoding steps batched). Interview ``i``
     plays ``sets[i]`` with seed ``seed + i``; ``indices`` plays only those (a resumed run), and ``on_episode``
     receives each index and interview as it finishes."""
     def one(i: int) -> Episode:
-        episode = interview(model, fmt, *sets[i], policy, turns, sampling, seed + i, engine, identifiers)
+        episode = interview(model, fmt, *sets[i], policy, turns, sampling, seed + i, engine, identifiers,
+                            partner_sampling=partner_sampling)
         if on_episode:
             on_episode(i, episode)
         return episode
@@ -287,16 +315,22 @@ class SelfPlay:
     """Interviews side by side over one engine (their decoding steps batched), scored after every exchange by the
     sentence and exchange identifiers (unless ``sentence=False``) and, when a head is given, the embedding
     identifier. A policy sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored
-    afterwards with :func:`rescore`."""
+    afterwards with :func:`rescore`. The partner answers best-of-``partner_candidates`` (1: one sample), as the chat
+    does by default with 4: it then seldom denies a fact of its persona that it is asked about."""
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
-                 workers: int = 32, sentence: bool = True) -> None:
+                 workers: int = 32, sentence: bool = True, partner_candidates: int = 1) -> None:
         from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
                                               SentenceIdentifier)
         from personagpt.engine import Engine
         from personagpt.models import serving_model
 
         self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
+        if partner_candidates < 1:
+            raise SettingsError("partner_candidates must be >= 1")
+        self.partner_candidates = partner_candidates
+        self.partner_sampling = (replace(sampling or SamplingConfig(), num_candidates=partner_candidates,
+                                         commit_tokens=DEFAULT_COMMIT_TOKENS) if partner_candidates > 1 else None)
         # a planner's simulated answers reuse each candidate's prompt and history from the cache: room for them
         self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=8192, prefix_cache_tokens=65536)
         self.identifiers: dict[str, IdentifierFactory] = {}
@@ -315,7 +349,7 @@ class SelfPlay:
             raise SettingsError(f"the {guide} identifier is not available here")
         ordered = {name: self.identifiers[name] for name in sorted(self.identifiers, key=lambda n: n != guide)}
         return run_interviews(self.model, self.fmt, sets, policy, self.turns, self.sampling, seed, self.engine,
-                              self.workers, ordered, on_episode, indices)
+                              self.workers, ordered, on_episode, indices, self.partner_sampling)
 
     def close(self) -> None:
         self.engine.close()

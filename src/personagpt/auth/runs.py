@@ -205,6 +205,12 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, plot, roc_auc
 
     calibrated = calibrated or {}
+    before = out / "results.json"
+    if before.is_file() and meta and "partner_candidates" in meta:
+        was = json.loads(before.read_text()).get("partner_candidates", 1)
+        if was != meta["partner_candidates"]:
+            raise SettingsError(f"the interviews in {out} were played with partner candidates {was}; resume with "
+                                f"that or choose another output directory")
     results, played, paired = {}, {}, {}
     turns = env.turns
     for name, (policy, guide) in policies.items():

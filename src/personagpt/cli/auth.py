@@ -35,6 +35,9 @@ DistilledOpt = Annotated[Optional[Path], typer.Option(
     "--distilled", help="Distilled question policy (distilled.pt from `auth distill`; default: the one shipped, "
                         "if any).")]
 WorkersOpt = Annotated[int, typer.Option(min=1, help="Interviews run side by side.")]
+PartnerOpt = Annotated[int, typer.Option(
+    "--partner-candidates", min=1, help="The partner answers best-of-N, as the chat does by default with 4 (it then "
+                                        "seldom denies a fact of its persona it is asked about); 1: one sample.")]
 FalseAcceptOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
                                                                       "calibrated for.")]
 
@@ -111,7 +114,7 @@ def _guide(name: str) -> str:
 
 
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
-               embedding: bool = True):
+               embedding: bool = True, partner_candidates: int = 1):
     """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence and exchange identifiers
     and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
@@ -121,7 +124,8 @@ def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, ne
     head = load_head(head_path, model_name, required=need_head) if embedding or need_head else None
     loaded, fmt = load(model_name, device)
     loaded.eval()
-    return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers)
+    return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
+                    partner_candidates=partner_candidates)
 
 
 @app.command("train")
@@ -293,6 +297,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Directory for results.json, the interviews and the plots; a rerun with "
                                            "the same settings resumes the interviews already there.")] = Path("runs/auth"),
     workers: WorkersOpt = 32,
+    partner_candidates: PartnerOpt = 1,
     device: DeviceOpt = None,
 ) -> None:
     """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) per
@@ -325,7 +330,8 @@ def evaluate(
         truths = random.Random(seed).sample(pool, conversations)
         sets = candidate_sets(truths, pool, candidates, seed)
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, embedding=embedding,
-                         need_head="learned" in names and network is not None and network.guide == "embedding")
+                         need_head="learned" in names and network is not None and network.guide == "embedding",
+                         partner_candidates=partner_candidates)
         bars = []
 
         def progress(name: str, total: int):
@@ -335,7 +341,8 @@ def evaluate(
         try:
             policies = {name: make_policy(name, env, seed, network, scorer) for name in names}
             saved = run_evaluation(env, sets, policies, out, seed, likelihood, calibrated, progress,
-                                   {"conversations": conversations, "k": candidates, "turns": turns, "data": str(split)})
+                                   {"conversations": conversations, "k": candidates, "turns": turns, "data": str(split),
+                                    "partner_candidates": partner_candidates})
         finally:
             for bar in bars:
                 bar.close()
@@ -358,6 +365,7 @@ def distill(
     candidates: KOpt = 20,
     max_new_tokens: MaxNewOpt = 32,
     workers: WorkersOpt = 32,
+    partner_candidates: PartnerOpt = 1,
     out: Annotated[Path, typer.Option(help="Run directory: the planner's decisions (decisions.jsonl; a rerun "
                                            "resumes them), distilled.pt and distill.json.")] = Path("runs/auth/distill"),
     seed: SeedOpt = 0,
@@ -372,7 +380,8 @@ def distill(
 
         from personagpt.auth.runs import distill_policy, distillation_data
 
-        env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False)
+        env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False,
+                         partner_candidates=partner_candidates)
         bar = _bar("planner interviews", interviews)
         try:
             decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
