@@ -67,7 +67,6 @@ def main() -> None:
     try:
         saved = evaluate(env, sets, {v: known[v] for v in args.variants}, args.out, args.seed,
                          meta={"interviews": args.interviews, "turns": args.turns, "cpu": describe_hardware(),
-                               "partner_candidates": args.partner_candidates,
                                "personas": "training (packaged list, calibration 200 held out)"})
     finally:
         env.close()

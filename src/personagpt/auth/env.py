@@ -149,9 +149,8 @@ class Lookahead:
         first = len(personas) * n if self.engine is not None else 0
         flat = (self._generate(contexts[:first], keys[:first], self.answer_sampling)
                 + self._generate(contexts[first:], keys[first:], self.answer_sampling))
-        answers = [[self._faithful(flat[(i * len(personas) + j) * n:][:n], q, persona)
-                    for j, persona in enumerate(personas)] for i, q in enumerate(questions)]
-        return answers
+        return [[self._faithful(flat[(i * len(personas) + j) * n:][:n], q, persona)
+                 for j, persona in enumerate(personas)] for i, q in enumerate(questions)]
 
     def _faithful(self, samples: list[str], question: str, persona: Sequence[str]) -> str:
         """The first sample that does not deny the fact of ``persona`` that ``question`` asks about."""

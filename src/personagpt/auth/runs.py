@@ -205,10 +205,11 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, plot, roc_auc
 
     calibrated = calibrated or {}
+    partner = env.partner_candidates  # how the partner answered: interviews played otherwise are not resumed
     before = out / "results.json"
-    if before.is_file() and meta and "partner_candidates" in meta:
+    if before.is_file():
         was = json.loads(before.read_text()).get("partner_candidates", 1)
-        if was != meta["partner_candidates"]:
+        if was != partner:
             raise SettingsError(f"the interviews in {out} were played with partner candidates {was}; resume with "
                                 f"that or choose another output directory")
     results, played, paired = {}, {}, {}
@@ -238,8 +239,8 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                 results[name]["verification"][f"{ident}@{t}"] = row
         paired = paired_with(played, "random")
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({**(meta or {}), "results": results,
-                                                      "paired_vs_random": paired}, indent=1))
+        (out / "results.json").write_text(json.dumps({**(meta or {}), "partner_candidates": partner,
+                                                      "results": results, "paired_vs_random": paired}, indent=1))
     plots = []
     for ident in IDENTIFIERS:
         table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}

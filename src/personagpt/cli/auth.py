@@ -341,8 +341,7 @@ def evaluate(
         try:
             policies = {name: make_policy(name, env, seed, network, scorer) for name in names}
             saved = run_evaluation(env, sets, policies, out, seed, likelihood, calibrated, progress,
-                                   {"conversations": conversations, "k": candidates, "turns": turns, "data": str(split),
-                                    "partner_candidates": partner_candidates})
+                                   {"conversations": conversations, "k": candidates, "turns": turns, "data": str(split)})
         finally:
             for bar in bars:
                 bar.close()
