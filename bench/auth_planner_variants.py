@@ -34,7 +34,9 @@ def variants(env: SelfPlay, seed: int) -> dict:
         "random-topic": (RandomQuestionPolicy(facts, questions=0, topics=len(TOPIC_QUESTIONS), seed=seed), "sentence"),
         "random-question": (RandomQuestionPolicy(facts, seed=seed), "exchange"),
         "planner-entropy-exchange": (Planner(facts), "exchange"),  # the first planner
-        "planner-gated": (Gated(Planner(facts), seed=seed), "exchange"),  # what `auth eval --policy planner` runs
+        "planner-gated": (Gated(Planner(facts), seed=seed), "exchange"),
+        # what `auth eval --policy planner` runs: yes and no weighed by what this partner's are worth
+        "planner-gated-calibrated": (Gated(Planner(facts), seed=seed), "calibrated"),
         "planner-truth-sentence": (Planner(facts, criterion="truth"), "sentence"),
         "planner-topic-truth": (Planner(facts, questions=2, topics=3, criterion="truth"), "sentence"),
         "planner-topic-entropy": (Planner(facts, questions=2, topics=3), "sentence"),

@@ -2,6 +2,7 @@
 gain by simulation), the distilled policy, resumable evaluation, and the commands that run them."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -135,6 +136,45 @@ def test_a_gated_policy_pursues_random_goals_until_the_likely_candidates_hold_ha
     assert gated.choose(View(2, torch.tensor([3.0, 0.0, 0.0, 0.0]), [], candidates=PEOPLE)) == Question("do you have a dog ?")
 
 
+def test_until_its_gate_opens_a_gated_interview_is_the_random_baselines(tiny_model, fmt, facts):
+    from personagpt.selfplay import RandomPolicy
+
+    class Asking:
+        def choose(self, view):
+            return Question("do you have a dog ?")
+
+    (candidates, truth), = candidate_sets([PEOPLE[0]], PEOPLE, k=4, seed=0)
+    played = {}
+    for name, policy in {"random": RandomPolicy(seed=7), "never": Gated(Asking(), mass=1.1, seed=7),
+                         "at once": Gated(Asking(), mass=0.0, seed=7)}.items():
+        played[name] = interview(tiny_model, fmt, candidates, truth, policy, turns=3,
+                                 sampling=SamplingConfig(max_new_tokens=4), seed=2,
+                                 identifiers={"exchange": lambda c: ExchangeIdentifier(facts, c)})
+    assert played["never"].transcript.actions == played["random"].transcript.actions
+    assert played["never"].transcript.turns == played["random"].transcript.turns  # the same goals, said the same
+    assert played["at once"].goals == ["ask: do you have a dog ?"] * 3
+
+
+def test_calibrated_rates_weigh_a_yes_less_than_a_no(facts):
+    from personagpt.auth.identify import partner_answer_rates
+
+    assert partner_answer_rates(4)[0] == pytest.approx(0.959, abs=1e-3) and partner_answer_rates(1)[1] == 0.5
+    question = "do you have a dog ?"
+
+    def lift(answer, rates):  # what reading the answer with its question adds to the sentence identifier
+        return (ExchangeIdentifier(facts, PEOPLE, rates=rates).add_exchange(question, answer)
+                - SentenceIdentifier(facts, PEOPLE).add_exchange(question, answer))
+
+    yes, no = lift("yes , i love my dog .", (0.97, 0.47)), lift("no , i do not .", (0.97, 0.47))
+    assert yes[0] > 0 and yes[0] == yes[2] and yes[1] == yes[3] == 0  # only the dog owners move
+    # by each answer's log-likelihood ratio, times how near their fact is to the question
+    assert float(no[0] / yes[0]) == pytest.approx(math.log(0.03 / 0.53) / math.log(0.97 / 0.47), rel=1e-3)
+    assert torch.allclose(lift("yes .", (0.5, 0.5)), torch.zeros(4))  # answers that tell holders from none: nothing
+    # an answer that is not a yes or a no is read as the exchange identifier reads it
+    assert torch.allclose(ExchangeIdentifier(facts, PEOPLE, rates=(0.97, 0.47)).add_exchange("what do you do ?", "i bank ."),
+                          ExchangeIdentifier(facts, PEOPLE).add_exchange("what do you do ?", "i bank ."))
+
+
 def test_an_interview_says_a_question_action_as_written(tiny_model, fmt, facts):
     (candidates, truth), = candidate_sets([PEOPLE[0]], PEOPLE, k=4, seed=0)
     identifiers = {"exchange": lambda c: ExchangeIdentifier(facts, c)}
@@ -204,14 +244,14 @@ class CountingEnv:
 
     turns = 1
 
-    def __init__(self):
-        self.played = []
+    def __init__(self, identifiers=None):
+        self.played, self.identifiers = [], identifiers or {}
 
     def play(self, sets, policy, seed, on_episode, guide, indices):
         out = []
         for i in indices:
             self.played.append(i)
-            episode = Episode(sets[i][0], sets[i][1], Transcript([]), {"x": [[float(i)]]})
+            episode = Episode(sets[i][0], sets[i][1], Transcript([], ["hi ?", f"i am {i} ."]), {"x": [[float(i)]]})
             on_episode(i, episode)
             out.append(episode)
         return out
@@ -223,10 +263,18 @@ def test_a_stopped_evaluation_resumes_without_replaying(tmp_path):
     env = CountingEnv()
     first, played = play_resumable(env, sets[:3], None, 0, None, store)
     store.write_text(store.read_text() + '{"index": 4, "epis')  # a line cut short by the interruption
-    again = CountingEnv()
+    class Length:  # an identifier added after the first run
+        def __init__(self, candidates):
+            pass
+
+        def add_exchange(self, question, answer):
+            return torch.tensor([float(len(answer))])
+
+    again = CountingEnv({"x": None, "added": Length})
     everything, played_again = play_resumable(again, sets, None, 0, None, store)
     assert env.played == [0, 1, 2] and again.played == [3, 4] and (played, played_again) == (3, 2)
     assert [e.scores["x"] for e in everything[:3]] == [e.scores["x"] for e in first]
+    assert [e.scores["added"] for e in everything[:3]] == [[[8.0]]] * 3  # the interviews read back are scored by it
     assert [e.candidates for e in everything] == [s[0] for s in sets]
 
 
@@ -249,6 +297,11 @@ def test_distill_and_eval_commands(tmp_path):
     other_partner = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                         "--partner-candidates", "2", "--out", str(tmp_path / "eval")])
     assert other_partner.exit_code == 2 and "played with partner candidates 1" in other_partner.output
+    saved["results"]["planner"]["guide"] = "sentence"  # as if played by an older planner, guided otherwise
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(saved))
+    other_guide = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "planner",
+                                      "--out", str(tmp_path / "eval")])
+    assert other_guide.exit_code == 2 and "were guided by the sentence identifier" in other_guide.output
     missing = runner.invoke(app, ["auth", "eval", *common, "--policy", "distilled", "--distilled",
                                   str(tmp_path / "nowhere.pt")])
     assert missing.exit_code == 2 and "no such distilled policy file" in missing.output

@@ -179,6 +179,9 @@ class View:
     preview: Callable[[str], float] = lambda goal: 0.0
     candidates: list[list[str]] = field(default_factory=list)
     lookahead: Lookahead | None = None
+    # the conversation so far, only as the key of seeded random draws (it holds the truth's facts: nothing else may
+    # read it); a policy drawing a random goal from it draws the random baseline's goal (common random numbers)
+    transcript: Transcript | None = None
 
 
 def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[str]], k: int,
@@ -243,7 +246,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
         lookahead = Lookahead(model, fmt, episode.transcript.turns, running.get(guide), sampling or SamplingConfig(),
                               engine, seed, partner_candidates=best_of,
                               checker=partner.checker if best_of > 1 else None)
-        view = View(turn, scores, episode.goals, preview, candidates, lookahead)
+        view = View(turn, scores, episode.goals, preview, candidates, lookahead, episode.transcript)
         goal = policy.choose(view) if hasattr(policy, "choose") else policy.next_goal(episode.transcript)
         encoded = None
         if isinstance(goal, Question) or goal in lookahead.asked:  # the turn is known: said, not generated
@@ -312,15 +315,16 @@ def run_interviews(model, fmt: PromptFormat, sets: Sequence[tuple[list[list[str]
 
 class SelfPlay:
     """Interviews side by side over one engine (their decoding steps batched), scored after every exchange by the
-    sentence and exchange identifiers (unless ``sentence=False``) and, when a head is given, the embedding
-    identifier. A policy sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored
+    sentence and exchange identifiers and the exchange identifier calibrated to this partner's answers
+    (``"calibrated"``; none of them if ``sentence=False``) and, when a head is given, the embedding identifier. A
+    policy sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored
     afterwards with :func:`rescore`. The partner answers best-of-``partner_candidates`` (1: one sample), as the chat
     does by default with 4: it then seldom denies a fact of its persona that it is asked about."""
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
                  workers: int = 32, sentence: bool = True, partner_candidates: int = 1) -> None:
         from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
-                                              SentenceIdentifier)
+                                              SentenceIdentifier, partner_answer_rates)
         from personagpt.engine import Engine
         from personagpt.models import serving_model
 
@@ -338,6 +342,8 @@ class SelfPlay:
             facts = self.facts = FactEmbeddings()
             self.identifiers["sentence"] = lambda candidates: SentenceIdentifier(facts, candidates)
             self.identifiers["exchange"] = lambda candidates: ExchangeIdentifier(facts, candidates)
+            rates = partner_answer_rates(partner_candidates)  # a yes or no weighed by what this partner's is worth
+            self.identifiers["calibrated"] = lambda candidates: ExchangeIdentifier(facts, candidates, rates=rates)
         if head is not None:
             encoder = PooledEncoder(model, fmt)
             self.identifiers["embedding"] = lambda candidates: EmbeddingIdentifier(encoder, head, candidates)

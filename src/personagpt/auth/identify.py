@@ -225,20 +225,42 @@ class SentenceIdentifier:
         return self.scale * self.total
 
 
+def partner_answer_rates(candidates: int = 1) -> tuple[float, float]:
+    """How often a partner answering best-of-``candidates`` gives the answer a persona fact implies to the yes/no
+    question about it: when its persona holds the fact, and when it does not. Sampled once, the bundled model gave
+    it 55% and 54% of the time (``bench/auth_partner_answers.py``, 254 questions to 30 training personas). Best-of-N
+    keeps a reply that does not deny an asked fact of the persona when one of its N samples does not, so a holder
+    gives it 1 - 0.45^N of the time (0.96 for N = 4; measured 0.97) and a non-holder still about half (measured
+    0.47)."""
+    return 1 - (1 - 0.55) ** candidates, 0.5
+
+
 class ExchangeIdentifier(SentenceIdentifier):
     """The sentence identifier plus the answer read with its question. When the interviewer's turn ends with a
     yes/no question and the answer opens with yes or no (:func:`personagpt.facts.answer_polarity`), each candidate's
     fact nearest the question (cosine above ``floor``) adds ``weight`` x its closeness (0 at ``floor``, 1 at
     cosine 1) when the answer agrees with what that fact implies, and subtracts it when it disagrees; candidates
     with no such fact are left alone. The question check of the best-replies work found the asked fact this way
-    (precision 89.5 / recall 81.0 on its hand-labelled set)."""
+    (precision 89.5 / recall 81.0 on its hand-labelled set).
+
+    With ``rates`` (how often the partner gives the answer a fact implies when its persona holds the fact, and when
+    it does not; :func:`partner_answer_rates`), a yes or a no weighs what it is worth instead of ``weight``: the
+    candidate gains the answer's log-likelihood ratio (holds against not) times the closeness. A sycophantic partner
+    says "yes" to a fact it does not hold half the time, so a "yes" lifts the fact's holders by log(0.96 / 0.5) =
+    0.65 against a best-of-4 partner, and a "no" sinks them by log(0.04 / 0.5) = -2.5; against a one-sample partner,
+    whose answers barely depend on its persona, neither moves them.
+    """
 
     def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 5.0,
-                 weight: float = 1.0, floor: float = 0.5) -> None:
+                 weight: float = 1.0, floor: float = 0.5, rates: tuple[float, float] | None = None) -> None:
         from personagpt.consistency import expected_answer
 
         super().__init__(encoder, candidates, scale)
         self.weight, self.floor = weight, floor
+        self.ratios = None
+        if rates is not None:  # the log-likelihood ratios (holds against not) of the implied answer and its opposite
+            held, not_held = (min(max(r, 0.01), 0.99) for r in rates)
+            self.ratios = (math.log(held / not_held), math.log((1 - held) / (1 - not_held)))
         implied = [expected_answer(f) for c in candidates for f in c]
         self.implies_yes = torch.tensor([1.0 if e else -1.0 if e is False else 0.0 for e in implied])
         self._questions: dict[str, torch.Tensor | None] = {}
@@ -267,8 +289,12 @@ class ExchangeIdentifier(SentenceIdentifier):
         # per candidate, its fact nearest the question decides: agreement (+1 / -1) times closeness
         nearest = torch.full((self.k,), -1.0).scatter_reduce(0, self.owner, closeness, "amax")
         sign = self.implies_yes * (1.0 if polarity else -1.0)
+        weight = self.weight
+        if self.ratios is not None:  # per fact, the answer's log-likelihood ratio (0: it implies neither), in logits
+            sign = torch.where(sign > 0, self.ratios[0], torch.where(sign < 0, self.ratios[1], 0.0))
+            weight = 1 / self.scale
         is_nearest = closeness == nearest[self.owner]
         support = torch.zeros(self.k).index_add_(0, self.owner, torch.where(is_nearest, sign * closeness,
                                                                             torch.zeros_like(closeness)))
         count = torch.zeros(self.k).index_add_(0, self.owner, is_nearest.float()).clamp_min(1)
-        return gain + self.weight * support / count
+        return gain + weight * support / count

@@ -25,6 +25,7 @@ from personagpt.auth.identify import FactEmbeddings
 from personagpt.checkpoints import ConfigModule
 from personagpt.facts import question as fact_question
 from personagpt.format import DEFAULT_ACTIONS
+from personagpt.selfplay import RandomPolicy
 
 MATCH = 0.6  # cosine at which two facts say the same thing (the question check's threshold)
 FEATURES = 10
@@ -172,16 +173,23 @@ class Gated:
     hold less than ``mass`` of the probability, the interviewer pursues a random goal code (an open exchange, which
     reveals more than a question about a few of 20 near-equally likely candidates); then ``policy`` decides. On
     random-goal interviews (training and validation personas alike) the truth was among the 3 likeliest 85-100% of
-    the time when they held half the mass or more, and about half the time when they held less."""
+    the time when they held half the mass or more, and about half the time when they held less.
+
+    The random goal is the one :class:`~personagpt.selfplay.RandomPolicy` with the same seed draws for the same
+    conversation, so that until the gate opens a gated interview is the random baseline's interview, turn for turn:
+    a paired comparison then measures what the gated policy changes, not the luck of different draws."""
 
     def __init__(self, policy, mass: float = 0.5, top: int = 3, seed: int = 0,
                  actions: Sequence[str] = DEFAULT_ACTIONS) -> None:
         self.policy, self.mass, self.top, self.seed, self.actions = policy, mass, top, seed, tuple(actions)
+        self.random = RandomPolicy(self.actions, seed)
 
     def choose(self, view: View) -> Action:
         probs = torch.softmax(view.scores.float(), 0)
         if float(probs.topk(min(self.top, len(probs))).values.sum()) >= self.mass:
             return self.policy.choose(view)
+        if view.transcript is not None:
+            return self.random.next_goal(view.transcript)
         return _seeded_choice(self.seed, view, self.actions)
 
 

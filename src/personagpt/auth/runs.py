@@ -13,8 +13,8 @@ from pathlib import Path
 from personagpt.auth.env import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore
 from personagpt.errors import SettingsError
 
-IDENTIFIERS = ("sentence", "exchange", "embedding", "likelihood")
-GUIDES = ("sentence", "exchange", "embedding")  # the identifiers a policy can be guided by
+IDENTIFIERS = ("sentence", "exchange", "calibrated", "embedding", "likelihood")
+GUIDES = ("sentence", "exchange", "calibrated", "embedding")  # the identifiers a policy can be guided by
 POLICIES = ("random", "round-robin", "no-goal", "learned", "random-question", "planner", "distilled", "lookahead")
 COSTLY = ("planner", "lookahead")  # simulate answers every turn: not run unless asked for
 
@@ -189,7 +189,12 @@ def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], p
     are read back, not replayed. Returns the interviews in the sets' order and how many were played now."""
     def restore(index: int, value: dict) -> Episode | None:
         episode = Episode.from_json(value)
-        return episode if episode.candidates == sets[index][0] else None
+        if episode.candidates != sets[index][0]:
+            return None
+        for name, make in env.identifiers.items():
+            if name not in episode.scores:  # an identifier added since it was played: its transcript is all it reads
+                rescore([episode], name, make)
+        return episode
 
     done, played = _play_stored(env, sets, policy, seed, guide, store, progress, "episode", lambda _, e: e.to_json(),
                                 restore)
@@ -208,10 +213,16 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     partner = env.partner_candidates  # how the partner answered: interviews played otherwise are not resumed
     before = out / "results.json"
     if before.is_file():
-        was = json.loads(before.read_text()).get("partner_candidates", 1)
+        stored = json.loads(before.read_text())
+        was = stored.get("partner_candidates", 1)
         if was != partner:
             raise SettingsError(f"the interviews in {out} were played with partner candidates {was}; resume with "
                                 f"that or choose another output directory")
+        for name, (_, guide) in policies.items():
+            old = stored.get("results", {}).get(name, {"guide": guide})["guide"]
+            if old != guide:
+                raise SettingsError(f"the {name} interviews in {out} were guided by the {old} identifier, not the "
+                                    f"{guide}; choose another output directory")
     results, played, paired = {}, {}, {}
     turns = env.turns
     for name, (policy, guide) in policies.items():
@@ -361,81 +372,6 @@ def warm_start_episodes(path: Path, env: SelfPlay, guide: str, pool, candidates:
         e.candidates, e.truth = c, t
     rescore(warm, guide, env.identifiers[guide], progress)
     return warm
-
-
-# ---- an interview with a person -------------------------------------------------------------------------------------
-
-def interview_people(candidates: int, claimed: list[str] | None, seed: int) -> tuple[list[list[str]], list[str]]:
-    """K candidate personas from the packaged list, one of them the one played (or claimed), in a random order;
-    returns (candidates, the true or claimed persona)."""
-    from personagpt.data import load_personas, resolve_personas_path
-
-    pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
-    if candidates - 1 > len(pool):
-        raise SettingsError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
-    rng = random.Random(seed)
-    chosen = rng.sample(pool, candidates if claimed is None else candidates - 1)
-    truth = claimed or chosen[0]
-    people = [truth] + [p for p in chosen if p is not truth]
-    rng.shuffle(people)
-    return people, truth
-
-
-class LiveInterview:
-    """The interviewer's side of an interview with a person: each question from the policy (the distilled
-    question policy, else the learned goal policy, else a random goal), the judge's probabilities after each
-    answer."""
-
-    def __init__(self, model, fmt, people: list[list[str]], guide: str, scorer=None, network=None, head=None,
-                 max_new_tokens: int = 32, seed: int = 0) -> None:
-        import torch
-
-        from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
-                                              SentenceIdentifier)
-        from personagpt.auth.plan import DistilledPolicy
-        from personagpt.auth.policies import LearnedPolicy
-        from personagpt.generation import Conversation
-        from personagpt.sampling import SamplingConfig
-
-        self.people, self.rng = people, random.Random(seed)
-        facts = FactEmbeddings() if guide != "embedding" or scorer is not None else None
-        if guide == "embedding":
-            self.judge = EmbeddingIdentifier(PooledEncoder(model, fmt), head, people)
-        else:
-            self.judge = (ExchangeIdentifier if guide == "exchange" else SentenceIdentifier)(facts, people)
-        self.policy = (DistilledPolicy(scorer, facts) if scorer is not None
-                       else LearnedPolicy(network) if network is not None else None)
-        self.interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=seed,
-                                                     sampling=SamplingConfig(max_new_tokens=max_new_tokens))
-        self.scores, self.used, self.answered, self.question = torch.zeros(len(people)), [], 0, ""
-
-    def ask(self) -> tuple[str, str]:
-        """(what the interviewer pursues, its question)."""
-        from personagpt.auth.env import Question, View
-        from personagpt.format import DEFAULT_ACTIONS
-
-        view = View(len(self.used), self.scores, self.used, candidates=self.people)
-        action = self.policy.choose(view) if self.policy is not None else self.rng.choice(DEFAULT_ACTIONS)
-        if isinstance(action, Question):
-            self.question = action.text
-            self.interviewer.add_turn(self.question)
-        else:
-            self.interviewer.set_action(action) if action else self.interviewer.set_persona([], speaker=1)
-            self.question = self.interviewer.respond()
-        self.used.append(str(action) if action else None)
-        return (f"checks: {action.fact}" if isinstance(action, Question) else action or "no goal"), self.question
-
-    def answer(self, text: str):
-        """Record the person's answer; the candidates' probabilities after it."""
-        self.interviewer.add_turn(text)
-        self.scores = self.judge.add_exchange(self.question, text)
-        self.answered += 1
-        return self.probabilities()
-
-    def probabilities(self):
-        import torch
-
-        return torch.softmax(self.scores, 0)
 
 
 def distill_policy(decisions: Sequence[dict], steps: int, seed: int, out: Path,

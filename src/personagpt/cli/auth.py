@@ -420,8 +420,8 @@ def interact(
     play; with --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
     with friendly_errors():
         from personagpt.auth.measure import ranking_lines, read_claim, verdict
-        from personagpt.auth.runs import (LiveInterview, interview_people, load_distilled, load_head,
-                                          load_policy_network, load_thresholds)
+        from personagpt.auth.live import LiveInterview, interview_people
+        from personagpt.auth.runs import load_distilled, load_head, load_policy_network, load_thresholds
         from personagpt.cli.common import Prompter
         from personagpt.text import for_people, to_model
 
