@@ -171,7 +171,8 @@ def test_calibrated_rates_weigh_a_yes_less_than_a_no(facts):
     assert float(no[0] / yes[0]) == pytest.approx(math.log(0.03 / 0.53) / math.log(0.97 / 0.47), rel=1e-3)
     assert torch.allclose(lift("yes .", (0.5, 0.5)), torch.zeros(4))  # answers that tell holders from none: nothing
     # an answer that is not a yes or a no is read as the exchange identifier reads it
-    assert torch.allclose(ExchangeIdentifier(facts, PEOPLE, rates=(0.97, 0.47)).add_exchange("what do you do ?", "i bank ."),
+    calibrated = ExchangeIdentifier(facts, PEOPLE, rates=(0.97, 0.47))
+    assert torch.allclose(calibrated.add_exchange("what do you do ?", "i bank ."),
                           ExchangeIdentifier(facts, PEOPLE).add_exchange("what do you do ?", "i bank ."))
 
 
@@ -286,6 +287,9 @@ def test_distill_and_eval_commands(tmp_path):
     assert made.exit_code == 0, made.output
     assert "agrees with the planner on" in made.output
     assert len((tmp_path / "distill" / "decisions.jsonl").read_text().splitlines()) == 4
+    other = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20",
+                                "--partner-candidates", "2", "--out", str(tmp_path / "distill")])
+    assert other.exit_code == 2 and "were made with" in other.output  # not mixed with decisions of another partner
     result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                  "--policy", "planner", "--policy", "distilled", "--distilled",
                                  str(tmp_path / "distill" / "distilled.pt"), "--out", str(tmp_path / "eval")])
@@ -293,7 +297,7 @@ def test_distill_and_eval_commands(tmp_path):
     assert "| planner - random, exchange | turn 1: " in result.output and "exchange identifier" in result.output
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved["results"]) == {"random", "planner", "distilled"}
-    assert saved["results"]["planner"]["guide"] == "exchange"
+    assert saved["results"]["planner"]["guide"] == "calibrated"
     other_partner = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                         "--partner-candidates", "2", "--out", str(tmp_path / "eval")])
     assert other_partner.exit_code == 2 and "played with partner candidates 1" in other_partner.output

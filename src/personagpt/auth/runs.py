@@ -127,16 +127,17 @@ def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled
         return LookaheadPolicy(), None
     if env.facts is None:
         raise SettingsError(f"the {name} policy needs the sentence encoder")
-    # the question policies open with random goals until the likeliest candidates hold half the mass (plan.Gated)
+    # the question policies open with random's goals until the likeliest candidates hold half the mass (plan.Gated),
+    # then read each yes or no by what it is worth from this partner (the calibrated identifier)
     if name == "planner":
-        return Gated(Planner(env.facts), seed=seed), "exchange"
+        return Gated(Planner(env.facts), seed=seed), "calibrated"
     if name == "random-question":
-        return Gated(RandomQuestionPolicy(env.facts, seed=seed), seed=seed), "exchange"
+        return Gated(RandomQuestionPolicy(env.facts, seed=seed), seed=seed), "calibrated"
     if name == "distilled":
         if distilled is None:
             raise SettingsError("no distilled policy is shipped; make one with `personagpt auth distill` and pass "
                                 "--distilled")
-        return Gated(DistilledPolicy(distilled, env.facts), seed=seed), "exchange"
+        return Gated(DistilledPolicy(distilled, env.facts), seed=seed), "calibrated"
     raise SettingsError(f"unknown policy {name}; use {', '.join(POLICIES)}")
 
 
@@ -299,8 +300,18 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
                 record.clear()
             return Gated(Planner(env.facts, record=record), seed=seed).choose(view)  # as `auth eval` plays it
 
+    # decisions made against another partner, or read by another guide, are not resumed
+    settings = {"partner_candidates": env.partner_candidates, "guide": "calibrated"}
+    kept = store.with_name("settings.json")
+    if store.is_file():
+        was = json.loads(kept.read_text()) if kept.is_file() else {"partner_candidates": 1, "guide": "exchange"}
+        if was != settings:
+            raise SettingsError(f"the decisions in {store.parent} were made with {was}, not {settings}; choose another "
+                                f"output directory")
+    store.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(settings))
     recording = Recording()
-    decisions, _ = _play_stored(env, sets, recording, seed + 11, "exchange", store, progress, "decisions",
+    decisions, _ = _play_stored(env, sets, recording, seed + 11, settings["guide"], store, progress, "decisions",
                                 lambda *_: list(recording.by_thread.get(threading.get_ident(), [])),
                                 lambda _, value: value)
     return [d for i in sorted(decisions) for d in decisions[i]]

@@ -27,8 +27,9 @@ ThresholdsOpt = Annotated[Optional[Path], typer.Option(
     help="thresholds.json from `auth train` (default: the shipped one): the accept threshold per turn.")]
 GuideOpt = Annotated[str, typer.Option(
     help="The identifier the policy sees and is rewarded by: sentence (persona facts against the answers under a "
-         "sentence encoder; no training), exchange (the same, also reading a yes or no with the question it answers) "
-         "or embedding (the trained head over the dialogue model's hidden states).")]
+         "sentence encoder; no training), exchange (the same, also reading a yes or no with the question it answers), "
+         "calibrated (exchange, a yes or no weighed by how often the partner gives it) or embedding (the trained head "
+         "over the dialogue model's hidden states).")]
 PolicyPathOpt = Annotated[Optional[Path], typer.Option(
     "--policy-path", help="Learned policy (policy.pt from `auth train`; default: the one shipped, if any).")]
 DistilledOpt = Annotated[Optional[Path], typer.Option(
@@ -115,8 +116,8 @@ def _guide(name: str) -> str:
 
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
                embedding: bool = True, partner_candidates: int = 1):
-    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence and exchange identifiers
-    and, where a head fits the model, the embedding identifier."""
+    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence, exchange and calibrated
+    identifiers and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
     from personagpt.auth.runs import load_head
     from personagpt.sampling import SamplingConfig
