@@ -323,8 +323,7 @@ class SelfPlay:
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
                  workers: int = 32, sentence: bool = True, partner_candidates: int = 1) -> None:
-        from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
-                                              SentenceIdentifier, partner_answer_rates)
+        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
         from personagpt.engine import Engine
         from personagpt.models import serving_model
 
@@ -339,11 +338,8 @@ class SelfPlay:
         self.identifiers: dict[str, IdentifierFactory] = {}
         self.facts = None
         if sentence:
-            facts = self.facts = FactEmbeddings()
-            self.identifiers["sentence"] = lambda candidates: SentenceIdentifier(facts, candidates)
-            self.identifiers["exchange"] = lambda candidates: ExchangeIdentifier(facts, candidates)
-            rates = partner_answer_rates(partner_candidates)  # a yes or no weighed by what this partner's is worth
-            self.identifiers["calibrated"] = lambda candidates: ExchangeIdentifier(facts, candidates, rates=rates)
+            self.facts = FactEmbeddings()
+            self.identifiers.update(fact_identifiers(self.facts, partner_candidates))
         if head is not None:
             encoder = PooledEncoder(model, fmt)
             self.identifiers["embedding"] = lambda candidates: EmbeddingIdentifier(encoder, head, candidates)

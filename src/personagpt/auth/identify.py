@@ -298,3 +298,12 @@ class ExchangeIdentifier(SentenceIdentifier):
                                                                             torch.zeros_like(closeness)))
         count = torch.zeros(self.k).index_add_(0, self.owner, is_nearest.float()).clamp_min(1)
         return gain + weight * support / count
+
+
+def fact_identifiers(facts: FactEmbeddings, partner_candidates: int = 1) -> dict:
+    """{name: candidates -> identifier} for the identifiers that read persona facts under the sentence encoder:
+    sentence, exchange, and the exchange identifier calibrated to a best-of-``partner_candidates`` partner."""
+    rates = partner_answer_rates(partner_candidates)
+    return {"sentence": lambda candidates: SentenceIdentifier(facts, candidates),
+            "exchange": lambda candidates: ExchangeIdentifier(facts, candidates),
+            "calibrated": lambda candidates: ExchangeIdentifier(facts, candidates, rates=rates)}

@@ -1,4 +1,4 @@
-"""An interview with a person (``personagpt auth interview``): the interviewer asks, the person answers at the
+"""An interview with a person (``personagpt auth interact``): the interviewer asks, the person answers at the
 terminal, and the judge's probabilities over the K candidate personas follow each answer."""
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ class LiveInterview:
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         import torch
 
-        from personagpt.auth.identify import (EmbeddingIdentifier, ExchangeIdentifier, FactEmbeddings, PooledEncoder,
-                                              SentenceIdentifier, partner_answer_rates)
+        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
         from personagpt.auth.plan import DistilledPolicy
         from personagpt.auth.policies import LearnedPolicy
         from personagpt.generation import Conversation
@@ -44,10 +43,8 @@ class LiveInterview:
         facts = FactEmbeddings() if guide != "embedding" or scorer is not None else None
         if guide == "embedding":
             self.judge = EmbeddingIdentifier(PooledEncoder(model, fmt), head, people)
-        else:
-            self.judge = (ExchangeIdentifier(facts, people, rates=partner_answer_rates(4)) if guide == "calibrated"
-                          else ExchangeIdentifier(facts, people) if guide == "exchange"
-                          else SentenceIdentifier(facts, people))  # a person is read as the chat's best-of-4 partner
+        else:  # a person's yes or no is read as the chat's best-of-4 partner's
+            self.judge = fact_identifiers(facts, partner_candidates=4)[guide](people)
         self.policy = (DistilledPolicy(scorer, facts) if scorer is not None
                        else LearnedPolicy(network) if network is not None else None)
         self.interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=seed,
