@@ -37,6 +37,9 @@ def variants(env: SelfPlay, seed: int) -> dict:
         "planner-gated": (Gated(Planner(facts), seed=seed), "exchange"),
         # what `auth eval --policy planner` runs: yes and no weighed by what this partner's are worth
         "planner-gated-calibrated": (Gated(Planner(facts), seed=seed), "calibrated"),
+        # the same, with random's own goal for the turn as one more option: it leaves random's interview only where
+        # a question is expected to tell more
+        "planner-or-random": (Gated(Planner(facts, baseline=RandomPolicy(seed=seed)), seed=seed), "calibrated"),
         "planner-truth-sentence": (Planner(facts, criterion="truth"), "sentence"),
         "planner-topic-truth": (Planner(facts, questions=2, topics=3, criterion="truth"), "sentence"),
         "planner-topic-entropy": (Planner(facts, questions=2, topics=3), "sentence"),

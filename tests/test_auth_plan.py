@@ -16,7 +16,7 @@ from personagpt.auth.runs import play_resumable
 from personagpt.cli import app
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import SamplingConfig
-from personagpt.selfplay import Transcript
+from personagpt.selfplay import RandomPolicy, Transcript
 
 PEOPLE = [["i have a dog.", "i work in a bank."], ["i play the piano.", "i live in ohio."],
           ["i have a dog.", "i play the piano."], ["i am a nurse.", "i love hiking."]]
@@ -114,6 +114,34 @@ def test_the_truth_criterion_is_not_fooled_by_answers_that_echo_the_question(fac
     assert truth[0]["expected"][1] < truth[0]["expected"][0]
     with pytest.raises(ValueError, match="criterion"):
         Planner(facts, criterion="luck")
+
+
+class RevealingLookahead(ScriptedLookahead):
+    """The open exchange names the answering persona's own last fact (it tells who answers); the dog question
+    only splits the four in two."""
+
+    def questions(self, goals):
+        made = [f"tell me about {g}" for g in goals]
+        self.asked.update(zip(goals, made))
+        return made
+
+    def answers(self, questions, personas):
+        return [[p[-1] if q.startswith("tell me") else "yes i do ." if "i have a dog." in p else "no ."
+                 for p in personas] for q in questions]
+
+
+def test_the_planner_leaves_random_goals_only_for_a_question_expected_to_tell_more(facts):
+    transcript = Transcript(["i like tea."], ["hi ."], [])
+    drawn = RandomPolicy(seed=3).next_goal(transcript)
+    view = View(1, torch.zeros(4), [], candidates=PEOPLE, transcript=transcript)
+    view.lookahead = RevealingLookahead(ExchangeIdentifier(facts, PEOPLE))
+    record = []
+    assert Planner(facts, top=4, baseline=RandomPolicy(seed=3), record=record).choose(view) == drawn
+    assert len(record[0]["expected"]) > 1  # weighed against the fact questions
+    assert drawn not in view.lookahead.asked  # the interviewer generates it itself, as in random's interview
+    view.lookahead = ScriptedLookahead(ExchangeIdentifier(facts, PEOPLE))  # the open exchange tells nothing
+    chosen = Planner(facts, top=4, baseline=RandomPolicy(seed=3)).choose(view)
+    assert isinstance(chosen, Question) and "dog" in chosen.text
 
 
 def test_open_topic_questions_are_offered_once_those_the_likely_candidates_talk_about_first(facts):

@@ -132,19 +132,27 @@ class Planner:
     candidate that answered (expected log score). The two differ where the guide can be misled: a "no, i do not have
     a dog" still lifts every dog owner for the sentence identifier, which lowers the entropy but not the answering
     candidate's probability. Each decision (the options' features and their expected values) is appended to
-    ``record`` when it is given (distillation)."""
+    ``record`` when it is given (distillation).
+
+    With ``baseline`` (a seeded :class:`~personagpt.selfplay.RandomPolicy`), the goal that baseline draws for this
+    conversation is one more option, simulated like the rest: the planner leaves the random interview only where a
+    question is expected to tell more than the open exchange random would have had."""
 
     def __init__(self, facts: FactEmbeddings, questions: int = 4, top: int = 3, codes: Sequence[str] = (),
-                 record: list | None = None, topics: int = 0, criterion: str = "entropy") -> None:
+                 record: list | None = None, topics: int = 0, criterion: str = "entropy",
+                 baseline: RandomPolicy | None = None) -> None:
         if criterion not in ("entropy", "truth"):
             raise ValueError(f"unknown planning criterion {criterion!r}")
         self.facts, self.questions, self.top, self.codes, self.record = facts, questions, top, tuple(codes), record
-        self.topics, self.criterion = topics, criterion
+        self.topics, self.criterion, self.baseline = topics, criterion, baseline
 
     def choose(self, view: View) -> Action:
         if view.lookahead is None:
             raise ValueError("the planner needs the environment's lookahead")
-        choices = options(view, self.facts, self.questions, self.top, self.codes, self.topics)
+        codes = self.codes
+        if self.baseline is not None and view.transcript is not None:
+            codes = tuple(dict.fromkeys([*codes, self.baseline.next_goal(view.transcript)]))
+        choices = options(view, self.facts, self.questions, self.top, codes, self.topics)
         if not choices:
             return None
         probs = torch.softmax(view.scores.float(), 0)
@@ -165,7 +173,12 @@ class Planner:
         if self.record is not None:
             self.record.append({"features": torch.stack([o.features for o in choices]).tolist(),
                                  "expected": expected.tolist(), "chosen": best})
-        return choices[best].action
+        chosen = choices[best].action
+        if self.baseline is not None and chosen not in self.codes and not isinstance(chosen, Question):
+            # the baseline's own goal: let the interviewer generate its turn from its own draws, as random's
+            # interview does, instead of saying the simulated question (the two interviews stay one)
+            view.lookahead.asked.pop(chosen, None)
+        return chosen
 
 
 class Gated:
