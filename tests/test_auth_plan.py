@@ -326,6 +326,10 @@ def test_distill_and_eval_commands(tmp_path):
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved["results"]) == {"random", "planner", "distilled"}
     assert saved["results"]["planner"]["guide"] == "calibrated"
+    assert saved["decoding"] == "exact" and saved["interviews"] == 3
+    fast = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
+                               "--decoding", "fast", "--out", str(tmp_path / "eval")])
+    assert fast.exit_code == 2 and "played with decoding exact" in fast.output
     other_partner = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                         "--partner-candidates", "2", "--out", str(tmp_path / "eval")])
     assert other_partner.exit_code == 2 and "played with partner candidates 1" in other_partner.output
@@ -337,3 +341,57 @@ def test_distill_and_eval_commands(tmp_path):
     missing = runner.invoke(app, ["auth", "eval", *common, "--policy", "distilled", "--distilled",
                                   str(tmp_path / "nowhere.pt")])
     assert missing.exit_code == 2 and "no such distilled policy file" in missing.output
+
+
+def test_exact_decoding_replays_interviews_word_for_word_in_other_batches(tiny_model, fmt):
+    from personagpt.auth.env import SelfPlay
+    from personagpt.errors import SettingsError
+    from personagpt.selfplay import RandomPolicy as Goals
+
+    sets = candidate_sets(PEOPLE, PEOPLE, 3, 0)
+    plays = []
+    for workers in (4, 1):  # all four interviews batched together, then each alone (and a warm prefix cache)
+        env = SelfPlay(tiny_model, fmt, None, 2, SamplingConfig(max_new_tokens=6), workers, sentence=False,
+                       partner_candidates=2)
+        try:
+            assert env.engine.fast_path.mode == "fp32"
+            plays.append([e.transcript.turns for e in env.play(sets, Goals(seed=1), seed=3)])
+        finally:
+            env.close()
+    assert plays[0] == plays[1] and all(len(turns) == 4 for turns in plays[0])
+    with pytest.raises(SettingsError, match="decoding"):
+        SelfPlay(tiny_model, fmt, None, 2, decoding="approximate")
+
+
+def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired(tmp_path):
+    from personagpt.auth.runs import evaluate
+
+    class Stop(Exception):
+        pass
+
+    class ChunkedEnv(CountingEnv):
+        workers, partner_candidates, decoding = 2, 1, "exact"
+
+        def play(self, sets, policy, seed, on_episode, guide, indices):
+            if policy == "fails late" and max(indices) >= 2:
+                raise Stop
+            return super().play(sets, policy, seed, on_episode, guide, indices)
+
+    sets = [([["a"], [str(i)]], 0) for i in range(5)]
+    ticks = {}
+
+    def progress(name, total):
+        ticks[name] = 0
+        return lambda: ticks.__setitem__(name, ticks[name] + 1)
+
+    env = ChunkedEnv()
+    with pytest.raises(Stop):
+        evaluate(env, sets, {"random": ("plays", None), "planner": ("fails late", None)}, tmp_path, progress=progress)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["interviews"] == 2 and saved["decoding"] == "exact"  # both policies, on the same first two sets
+    assert env.played == [0, 1, 0, 1, 2, 3]  # random had started the second chunk when the planner stopped
+    again = ChunkedEnv()
+    evaluate(again, sets, {"random": ("plays", None), "planner": ("plays", None)}, tmp_path, progress=progress)
+    assert again.played == [2, 3, 4, 4]  # the planner's 2 and 3, then 4 for each
+    assert ticks == {"random": 5, "planner": 5}
+    assert json.loads((tmp_path / "results.json").read_text())["interviews"] == 5

@@ -218,7 +218,8 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
                       {name: [] for name in identifiers})
     running = {name: make(candidates) for name, make in identifiers.items()}
     guide = next(iter(running), None)
-    kwargs = dict(sampling=sampling, engine=engine)
+    # off the engine's steps too (best-of-N scoring), the interview computes as the engine does
+    kwargs = dict(sampling=sampling, engine=engine, fast=engine.fast_path.mode if engine is not None else None)
     interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=None if seed is None else 2 * seed,
                                             **kwargs)
     partner = Conversation.with_persona(model, fmt, candidates[truth], seed=None if seed is None else 2 * seed + 1,
@@ -319,10 +320,20 @@ class SelfPlay:
     (``"calibrated"``; none of them if ``sentence=False``) and, when a head is given, the embedding identifier. A
     policy sees the ``guide`` of :meth:`play`; with no identifier at all the transcripts can be scored
     afterwards with :func:`rescore`. The partner answers best-of-``partner_candidates`` (1: one sample), as the chat
-    does by default with 4: it then seldom denies a fact of its persona that it is asked about."""
+    does by default with 4: it then seldom denies a fact of its persona that it is asked about.
+
+    ``decoding="exact"`` (the default) decodes with fp32 weights and activations, where a reply is a function of
+    its seed and its prompt whatever else runs in the batch; ``"fast"`` takes the path this CPU decodes fastest
+    with (int8 weights and bf16 activations on most), whose rounding follows the batch and the prefix cache. Two
+    policies compared interview by interview (common random numbers) need exact: measured on a 2-core AMD EPYC
+    (``bench/auth_reply_reproducibility.py``), 16 of 16 first answers were the same words when the same interviews
+    were replayed in other batches in fp32, 2 of 16 in int8, at about the same play time."""
+
+    DECODING = {"exact": "fp32", "fast": None}
 
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
-                 workers: int = 32, sentence: bool = True, partner_candidates: int = 1) -> None:
+                 workers: int = 32, sentence: bool = True, partner_candidates: int = 1,
+                 decoding: str = "exact") -> None:
         from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
         from personagpt.engine import Engine
         from personagpt.models import serving_model
@@ -334,7 +345,11 @@ class SelfPlay:
         self.partner_sampling = (replace(sampling or SamplingConfig(), num_candidates=partner_candidates,
                                          commit_tokens=DEFAULT_COMMIT_TOKENS) if partner_candidates > 1 else None)
         # a planner's simulated answers reuse each candidate's prompt and history from the cache: room for them
-        self.engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=8192, prefix_cache_tokens=65536)
+        if decoding not in self.DECODING:
+            raise SettingsError(f"decoding must be one of {', '.join(self.DECODING)}, not {decoding!r}")
+        self.decoding = decoding
+        self.engine = Engine(model if decoding == "exact" else serving_model(model), fmt, max_batch=32,
+                             max_queue=8192, prefix_cache_tokens=65536, fast=self.DECODING[decoding])
         self.identifiers: dict[str, IdentifierFactory] = {}
         self.facts = None
         if sentence:

@@ -202,41 +202,30 @@ def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], p
     return [done[i] for i in range(len(sets))], played
 
 
-def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policies: dict[str, tuple[object, str | None]],
-             out: Path, seed: int = 0, likelihood: int = 0, calibrated: dict | None = None,
-             progress: Callable[[str, int], Callable[[], None]] | None = None, meta: dict | None = None) -> dict:
-    """Interview every set with each policy (the same personas and distractors), score with every identifier,
-    and write ``out/results.json`` after each policy (interviews resume from ``out/episodes-<policy>.jsonl``).
-    Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
-    from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, plot, roc_auc
+def _once(tick: Callable[[], None] | None, shown: dict[str, int], name: str) -> Callable[[], None] | None:
+    """A progress tick that counts each interview once, though every chunk reads the earlier ones back."""
+    if tick is None:
+        return None
+    seen = 0
 
-    calibrated = calibrated or {}
-    partner = env.partner_candidates  # how the partner answered: interviews played otherwise are not resumed
-    before = out / "results.json"
-    if before.is_file():
-        stored = json.loads(before.read_text())
-        was = stored.get("partner_candidates", 1)
-        if was != partner:
-            raise SettingsError(f"the interviews in {out} were played with partner candidates {was}; resume with "
-                                f"that or choose another output directory")
-        for name, (_, guide) in policies.items():
-            old = stored.get("results", {}).get(name, {"guide": guide})["guide"]
-            if old != guide:
-                raise SettingsError(f"the {name} interviews in {out} were guided by the {old} identifier, not the "
-                                    f"{guide}; choose another output directory")
-    results, played, paired = {}, {}, {}
-    turns = env.turns
-    for name, (policy, guide) in policies.items():
-        tick = progress(name, len(sets)) if progress else None
-        started = time.perf_counter()
-        episodes, played_now = play_resumable(env, sets, policy, seed, guide, out / f"episodes-{name}.jsonl", tick)
-        seconds = time.perf_counter() - started
-        if likelihood:
-            rescore(episodes[:likelihood], "likelihood", likelihood_identifiers(env.model, env.fmt)["likelihood"],
-                    (lambda _: tick()) if tick else None)
-        played[name] = episodes
-        results[name] = {"guide": guide, "by_turn": {}, "verification": {},
-                         "played": {"interviews": played_now, "seconds": round(seconds, 1)}}
+    def step() -> None:
+        nonlocal seen
+        seen += 1
+        if seen > shown[name]:
+            shown[name] = seen
+            tick()
+    return step
+
+
+def _measure(played: dict[str, list[Episode]], policies: dict, turns: int, seed: int, calibrated: dict,
+             new: dict[str, int], seconds: dict[str, float]) -> tuple[dict, dict]:
+    """Per policy Hits@1 by turn and verification per identifier, and the paired differences with random."""
+    from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, roc_auc
+
+    results = {}
+    for name, episodes in played.items():
+        results[name] = {"guide": policies[name][1], "by_turn": {}, "verification": {},
+                         "played": {"interviews": new[name], "seconds": round(seconds[name], 1)}}
         for ident in IDENTIFIERS:
             scored = [e for e in episodes if e.scores.get(ident)]
             if not scored:
@@ -249,10 +238,60 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                     row |= {"threshold": calibrated[ident][str(t)],
                             **error_rates(scores, genuine, calibrated[ident][str(t)])}
                 results[name]["verification"][f"{ident}@{t}"] = row
-        paired = paired_with(played, "random")
+    return results, paired_with(played, "random")
+
+
+def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policies: dict[str, tuple[object, str | None]],
+             out: Path, seed: int = 0, likelihood: int = 0, calibrated: dict | None = None,
+             progress: Callable[[str, int], Callable[[], None]] | None = None, meta: dict | None = None,
+             chunk: int | None = None) -> dict:
+    """Interview every set with each policy (the same personas and distractors), score with every identifier,
+    and write ``out/results.json`` (interviews resume from ``out/episodes-<policy>.jsonl``). The sets are played
+    ``chunk`` at a time (default: the environment's workers), every policy on a chunk before the next, and the
+    results are written after each: a run stopped early has paired figures over the interviews it finished.
+    Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
+    calibrated = calibrated or {}
+    # how the partner answered and how the replies were computed: interviews played otherwise are not resumed
+    settings = {"partner_candidates": env.partner_candidates, "decoding": env.decoding}
+    before = out / "results.json"
+    if before.is_file():
+        stored = json.loads(before.read_text())
+        for key, default in (("partner_candidates", 1), ("decoding", "fast")):
+            was = stored.get(key, default)
+            if was != settings[key]:
+                raise SettingsError(f"the interviews in {out} were played with {key.replace('_', ' ')} {was}; "
+                                    f"resume with that or choose another output directory")
+        for name, (_, guide) in policies.items():
+            old = stored.get("results", {}).get(name, {"guide": guide})["guide"]
+            if old != guide:
+                raise SettingsError(f"the {name} interviews in {out} were guided by the {old} identifier, not the "
+                                    f"{guide}; choose another output directory")
+    ticks = {name: progress(name, len(sets)) if progress else None for name in policies}
+    shown = dict.fromkeys(policies, 0)
+    seconds = dict.fromkeys(policies, 0.0)
+    new = dict.fromkeys(policies, 0)
+    chunk = chunk or env.workers
+    for end in range(min(chunk, len(sets)), len(sets) + chunk, chunk):
+        end = min(end, len(sets))
+        played = {}
+        for name, (policy, guide) in policies.items():
+            started = time.perf_counter()
+            episodes, now = play_resumable(env, sets[:end], policy, seed, guide, out / f"episodes-{name}.jsonl",
+                                           _once(ticks[name], shown, name))
+            seconds[name] += time.perf_counter() - started
+            new[name] += now
+            if likelihood and end == len(sets):
+                rescore(episodes[:likelihood], "likelihood",
+                        likelihood_identifiers(env.model, env.fmt)["likelihood"])
+            played[name] = episodes
+        results, paired = _measure(played, policies, env.turns, seed, calibrated, new, seconds)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps({**(meta or {}), "partner_candidates": partner,
+        (out / "results.json").write_text(json.dumps({**(meta or {}), **settings, "interviews": end,
                                                       "results": results, "paired_vs_random": paired}, indent=1))
+        if end == len(sets):
+            break
+    from personagpt.auth.measure import plot
+
     plots = []
     for ident in IDENTIFIERS:
         table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
@@ -300,11 +339,12 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
                 record.clear()
             return Gated(Planner(env.facts, record=record), seed=seed).choose(view)  # as `auth eval` plays it
 
-    # decisions made against another partner, or read by another guide, are not resumed
-    settings = {"partner_candidates": env.partner_candidates, "guide": "calibrated"}
+    # decisions made against another partner, read by another guide or decoded otherwise are not resumed
+    settings = {"partner_candidates": env.partner_candidates, "guide": "calibrated", "decoding": env.decoding}
     kept = store.with_name("settings.json")
     if store.is_file():
-        was = json.loads(kept.read_text()) if kept.is_file() else {"partner_candidates": 1, "guide": "exchange"}
+        was = {"partner_candidates": 1, "guide": "exchange", "decoding": "fast"}  # before settings were kept
+        was |= json.loads(kept.read_text()) if kept.is_file() else {}
         if was != settings:
             raise SettingsError(f"the decisions in {store.parent} were made with {was}, not {settings}; choose another "
                                 f"output directory")

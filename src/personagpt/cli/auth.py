@@ -39,6 +39,10 @@ WorkersOpt = Annotated[int, typer.Option(min=1, help="Interviews run side by sid
 PartnerOpt = Annotated[int, typer.Option(
     "--partner-candidates", min=1, help="The partner answers best-of-N, as the chat does by default with 4 (it then "
                                         "seldom denies a fact of its persona it is asked about); 1: one sample.")]
+DecodingOpt = Annotated[str, typer.Option(
+    help="exact: fp32 decoding, where a reply depends on its seed and prompt alone, so that two policies' "
+         "interviews differ only where the policies do (paired comparisons need it); fast: the quickest path for "
+         "this CPU, whose rounding follows whatever else is in the batch.")]
 FalseAcceptOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
                                                                       "calibrated for.")]
 
@@ -114,8 +118,16 @@ def _guide(name: str) -> str:
     return name
 
 
+def _decoding(name: str) -> str:
+    from personagpt.auth.env import SelfPlay
+
+    if name not in SelfPlay.DECODING:
+        raise UserError(f"--decoding must be one of {', '.join(SelfPlay.DECODING)}")
+    return name
+
+
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
-               embedding: bool = True, partner_candidates: int = 1):
+               embedding: bool = True, partner_candidates: int = 1, decoding: str = "fast"):
     """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence, exchange and calibrated
     identifiers and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.env import SelfPlay
@@ -126,7 +138,7 @@ def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, ne
     loaded, fmt = load(model_name, device)
     loaded.eval()
     return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
-                    partner_candidates=partner_candidates)
+                    partner_candidates=partner_candidates, decoding=decoding)
 
 
 @app.command("train")
@@ -299,6 +311,7 @@ def evaluate(
                                            "the same settings resumes the interviews already there.")] = Path("runs/auth"),
     workers: WorkersOpt = 32,
     partner_candidates: PartnerOpt = 1,
+    decoding: DecodingOpt = "exact",
     device: DeviceOpt = None,
 ) -> None:
     """Interview held-out personas with each policy; print Hits@1 of K after every turn (95% intervals) per
@@ -332,7 +345,7 @@ def evaluate(
         sets = candidate_sets(truths, pool, candidates, seed)
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, embedding=embedding,
                          need_head="learned" in names and network is not None and network.guide == "embedding",
-                         partner_candidates=partner_candidates)
+                         partner_candidates=partner_candidates, decoding=_decoding(decoding))
         bars = []
 
         def progress(name: str, total: int):
@@ -366,6 +379,7 @@ def distill(
     max_new_tokens: MaxNewOpt = 32,
     workers: WorkersOpt = 32,
     partner_candidates: PartnerOpt = 1,
+    decoding: DecodingOpt = "exact",
     out: Annotated[Path, typer.Option(help="Run directory: the planner's decisions (decisions.jsonl; a rerun "
                                            "resumes them), distilled.pt and distill.json.")] = Path("runs/auth/distill"),
     seed: SeedOpt = 0,
@@ -381,7 +395,7 @@ def distill(
         from personagpt.auth.runs import distill_policy, distillation_data
 
         env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False,
-                         partner_candidates=partner_candidates)
+                         partner_candidates=partner_candidates, decoding=_decoding(decoding))
         bar = _bar("planner interviews", interviews)
         try:
             decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
