@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 import torch
 
-from personagpt.auth.env import SelfPlay, candidate_sets, rescore
+from personagpt.auth.env import SelfPlay, sample_sets, rescore
 from personagpt.auth.identify import ExchangeIdentifier
 from personagpt.auth.plan import RandomQuestionPolicy
 from personagpt.auth.runs import training_personas
@@ -40,8 +39,7 @@ def main() -> None:
     model, fmt = load_chat_model(None)
     model.eval()
     _, pool = training_personas(0, 200)
-    truths = random.Random(5).sample(pool, args.interviews)
-    sets = candidate_sets(truths, pool, 20, 5)
+    sets = sample_sets(pool, args.interviews, 20, 5)
     env = SelfPlay(model, fmt, None, 8, SamplingConfig(max_new_tokens=32), 32)
     started = time.perf_counter()
     try:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import torch
 
-from personagpt.auth.env import SelfPlay, candidate_sets
+from personagpt.auth.env import SelfPlay, sample_sets
 from personagpt.auth.measure import report
 from personagpt.auth.plan import TOPIC_QUESTIONS, Gated, Planner, RandomQuestionPolicy
 from personagpt.auth.runs import evaluate, training_personas
@@ -61,8 +60,7 @@ def main() -> None:
     model, fmt = load_chat_model(None)
     model.eval()
     _, pool = training_personas(0, 200)
-    truths = random.Random(args.seed).sample(pool, args.interviews)
-    sets = candidate_sets(truths, pool, 20, args.seed)
+    sets = sample_sets(pool, args.interviews, 20, args.seed)
     env = SelfPlay(model, fmt, None, args.turns, SamplingConfig(max_new_tokens=32), 32,
                    partner_candidates=args.partner_candidates)
     known = variants(env, args.seed)

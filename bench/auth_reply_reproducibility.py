@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 
 import torch
 
-from personagpt.auth.env import SelfPlay, candidate_sets
+from personagpt.auth.env import SelfPlay, sample_sets
 from personagpt.auth.runs import training_personas
 from personagpt.models import describe_hardware, load_chat_model
 from personagpt.sampling import SamplingConfig
@@ -42,8 +41,7 @@ def main() -> None:
     model, fmt = load_chat_model(None)
     model.eval()
     _, pool = training_personas(0, 200)
-    truths = random.Random(args.seed).sample(pool, args.interviews)
-    sets = candidate_sets(truths, pool, 20, args.seed)
+    sets = sample_sets(pool, args.interviews, 20, args.seed)
     plays, seconds = [], []
     for workers in (32, 3):
         env = SelfPlay(model, fmt, None, args.turns, SamplingConfig(max_new_tokens=32), workers,

@@ -395,3 +395,15 @@ def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired
     assert again.played == [2, 3, 4, 4]  # the planner's 2 and 3, then 4 for each
     assert ticks == {"random": 5, "planner": 5}
     assert json.loads((tmp_path / "results.json").read_text())["interviews"] == 5
+
+
+def test_sampled_interviews_are_the_same_people_for_the_same_seed():
+    from personagpt.auth.env import sample_sets
+    from personagpt.errors import SettingsError
+
+    pool = [[f"fact {i}."] for i in range(30)]
+    first = sample_sets(pool, 5, 4, seed=2)
+    assert first == sample_sets(pool, 5, 4, seed=2) != sample_sets(pool, 5, 4, seed=3)
+    assert all(len(c) == 4 and c[truth] in pool for c, truth in first)
+    with pytest.raises(SettingsError, match="31 interviews"):
+        sample_sets(pool, 31, 4)

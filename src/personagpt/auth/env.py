@@ -201,6 +201,15 @@ def candidate_sets(personas: Sequence[Sequence[str]], pool: Sequence[Sequence[st
     return sets
 
 
+def sample_sets(pool: Sequence[Sequence[str]], count: int, k: int, seed: int = 0) -> list[tuple[list[list[str]], int]]:
+    """``count`` interviews: true personas drawn from ``pool`` with ``seed``, each with ``k - 1`` distractors from it
+    (:func:`candidate_sets`, the same seed). Every run, policy and bench that draws with the same seed interviews
+    the same people."""
+    if count > len(pool):
+        raise SettingsError(f"{count} interviews need as many personas; the pool has {len(pool)}")
+    return candidate_sets(random.Random(seed).sample(list(pool), count), pool, k, seed)
+
+
 def likelihood_identifiers(model, fmt: PromptFormat) -> dict[str, IdentifierFactory]:
     return {"likelihood": lambda candidates: LikelihoodIdentifier(model, fmt, candidates)}
 

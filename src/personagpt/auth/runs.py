@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from personagpt.auth.env import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore
+from personagpt.auth.env import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore, sample_sets
 from personagpt.errors import SettingsError
 
 IDENTIFIERS = ("sentence", "exchange", "calibrated", "embedding", "likelihood")
@@ -324,8 +324,7 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
     from personagpt.auth.plan import Gated, Planner
 
     _, pool = training_personas(seed, 200)
-    truths = random.Random(seed + 11).sample(pool, min(interviews, len(pool)))
-    sets = candidate_sets(truths, pool, candidates, seed + 11)
+    sets = sample_sets(pool, min(interviews, len(pool)), candidates, seed + 11)
 
     class Recording:
         """The planner, its decisions kept per interview (interviews run in threads)."""
@@ -369,8 +368,7 @@ def identifier_selfplay(model, fmt, count: int, turns: int, max_new_tokens: int,
     episodes = [Episode.from_json(e) for e in json.loads(store.read_text())][:count] if store.is_file() else []
     if len(episodes) < count:
         _, pool = training_personas(seed, 200)
-        truths = random.Random(seed + 1).sample(pool, count)
-        sets = candidate_sets(truths, pool, 2, seed + 1)[len(episodes):]
+        sets = sample_sets(pool, count, 2, seed + 1)[len(episodes):]
         env = SelfPlay(model, fmt, None, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
                        sentence=False)  # scored later by the head being trained
         try:

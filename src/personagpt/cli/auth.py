@@ -169,9 +169,7 @@ def train(
     persona's log-probability among K candidates). Checkpointed every round; rerun to resume. Then calibrates the
     accept threshold of every identifier for `auth interact --claim` on held-out training personas."""
     with friendly_errors():
-        import random
-
-        from personagpt.auth.env import candidate_sets
+        from personagpt.auth.env import sample_sets
         from personagpt.auth.learn import DQNConfig, plot_training, train_policy
         from personagpt.auth.policies import LearnedPolicy
         from personagpt.auth.runs import calibrate, training_personas, warm_start_episodes
@@ -183,8 +181,7 @@ def train(
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, need_head=guide == "embedding")
         try:
             def collect(policy, count, round_index):
-                truths = random.Random(seed + round_index).sample(pool, count)
-                sets = candidate_sets(truths, pool, candidates, seed + round_index)
+                sets = sample_sets(pool, count, candidates, seed + round_index)
                 bar = _bar(f"round {round_index + 1}/{rounds}", count)
                 try:
                     return env.play(sets, policy, seed + 1000 * round_index, lambda *_: bar.update(1), guide)
@@ -318,9 +315,7 @@ def evaluate(
     identifier, plot it, and measure verification (half the interviews claim the true persona, half a wrong
     one): ROC AUC and false-accept / false-reject rates at the calibrated threshold after 4 and 8 turns."""
     with friendly_errors():
-        import random
-
-        from personagpt.auth.env import candidate_sets
+        from personagpt.auth.env import sample_sets
         from personagpt.auth.measure import report
         from personagpt.auth.runs import (COSTLY, IDENTIFIERS, POLICIES, evaluate as run_evaluation,
                                           load_distilled, load_policy_network, load_thresholds, make_policy,
@@ -341,8 +336,7 @@ def evaluate(
         calibrated, note = load_thresholds(thresholds, candidates)
         if note:
             typer.echo(f"Note: {note}", err=True)
-        truths = random.Random(seed).sample(pool, conversations)
-        sets = candidate_sets(truths, pool, candidates, seed)
+        sets = sample_sets(pool, conversations, candidates, seed)
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, embedding=embedding,
                          need_head="learned" in names and network is not None and network.guide == "embedding",
                          partner_candidates=partner_candidates, decoding=_decoding(decoding))
