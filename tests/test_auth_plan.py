@@ -407,3 +407,18 @@ def test_sampled_interviews_are_the_same_people_for_the_same_seed():
     assert all(len(c) == 4 and c[truth] in pool for c, truth in first)
     with pytest.raises(SettingsError, match="31 interviews"):
         sample_sets(pool, 31, 4)
+
+
+def test_a_live_interview_plays_the_distilled_policy_as_auth_eval_does(tiny_model, fmt):
+    from personagpt.auth.live import LiveInterview, judge_for
+
+    scorer = OptionScorer()
+    assert judge_for(scorer) == "calibrated" and judge_for() == "sentence"
+    people = PEOPLE + [["i drive a truck."], ["i love tea."], ["i am a chef."], ["i have three sisters."]]
+    live = LiveInterview(tiny_model, fmt, people, judge_for(scorer), scorer=scorer, max_new_tokens=4)
+    action, _ = live.ask()
+    assert action in DEFAULT_ACTIONS  # no candidate stands out yet: the gate pursues a random goal
+    assert live.answer("i have a dog .").shape == (8,)
+    live.scores = torch.tensor([6.0, 0, 0, 0, 0, 0, 0, 0])  # one candidate stands out: the policy asks
+    action, question = live.ask()
+    assert action.startswith("checks: ") and question.endswith("?")

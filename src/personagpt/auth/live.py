@@ -24,17 +24,25 @@ def interview_people(candidates: int, claimed: list[str] | None, seed: int) -> t
     return people, truth
 
 
+def judge_for(scorer=None, network=None) -> str:
+    """The identifier a live interview is judged by: the one ``auth eval`` plays its policy with (the distilled
+    question policy: calibrated; a learned goal policy: the one it learned on; random goals: sentence)."""
+    if scorer is not None:
+        return "calibrated"
+    return network.guide if network is not None else "sentence"
+
+
 class LiveInterview:
     """The interviewer's side of an interview with a person: each question from the policy (the distilled
-    question policy, else the learned goal policy, else a random goal), the judge's probabilities after each
-    answer."""
+    question policy, gated as `auth eval` plays it, else the learned goal policy, else a random goal), the judge's
+    probabilities after each answer."""
 
     def __init__(self, model, fmt, people: list[list[str]], guide: str, scorer=None, network=None, head=None,
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         import torch
 
         from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
-        from personagpt.auth.plan import DistilledPolicy
+        from personagpt.auth.plan import DistilledPolicy, Gated
         from personagpt.auth.policies import LearnedPolicy
         from personagpt.generation import Conversation
         from personagpt.sampling import SamplingConfig
@@ -45,7 +53,7 @@ class LiveInterview:
             self.judge = EmbeddingIdentifier(PooledEncoder(model, fmt), head, people)
         else:  # a person's yes or no is read as the chat's best-of-4 partner's
             self.judge = fact_identifiers(facts, partner_candidates=4)[guide](people)
-        self.policy = (DistilledPolicy(scorer, facts) if scorer is not None
+        self.policy = (Gated(DistilledPolicy(scorer, facts), seed=seed) if scorer is not None
                        else LearnedPolicy(network) if network is not None else None)
         self.interviewer = Conversation.with_persona(model, fmt, [], speaker=1, seed=seed,
                                                      sampling=SamplingConfig(max_new_tokens=max_new_tokens))

@@ -429,7 +429,7 @@ def interact(
     play; with --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
     with friendly_errors():
         from personagpt.auth.measure import ranking_lines, read_claim, verdict
-        from personagpt.auth.live import LiveInterview, interview_people
+        from personagpt.auth.live import LiveInterview, interview_people, judge_for
         from personagpt.auth.runs import load_distilled, load_head, load_policy_network, load_thresholds
         from personagpt.cli.common import Prompter
         from personagpt.text import for_people, to_model
@@ -439,7 +439,7 @@ def interact(
             people, truth = interview_people(candidates, claimed, seed)
         scorer = load_distilled(distilled)
         network = load_policy_network(policy_path) if scorer is None else None
-        guide = "exchange" if scorer is not None else network.guide if network is not None else "sentence"
+        guide = judge_for(scorer, network)
         head = load_head(identifier, model) if guide == "embedding" else None
         calibrated, _ = load_thresholds(thresholds, candidates)
         calibrated = calibrated.get(guide, {})
