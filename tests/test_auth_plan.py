@@ -307,7 +307,22 @@ def test_a_stopped_evaluation_resumes_without_replaying(tmp_path):
     assert [e.candidates for e in everything] == [s[0] for s in sets]
 
 
-def test_distill_and_eval_commands(tmp_path):
+def test_distill_and_eval_commands(tmp_path, monkeypatch):
+    import personagpt.cli.auth as auth_cli
+
+    class Bar:  # records what each progress bar counted
+        def __init__(self, desc, total):
+            self.desc, self.total, self.count = desc, total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.count += n
+
+        def close(self):
+            pass
+
+    bars: list[Bar] = []
+    monkeypatch.setattr(auth_cli, "_bar", Bar)
     runner = CliRunner()
     common = ["--model", "random:2x64", "--max-new-tokens", "4", "--turns", "2", "-k", "4"]
     made = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20",
@@ -327,6 +342,8 @@ def test_distill_and_eval_commands(tmp_path):
     assert set(saved["results"]) == {"random", "planner", "distilled"}
     assert saved["results"]["planner"]["guide"] == "calibrated"
     assert saved["decoding"] == "exact" and saved["interviews"] == 3
+    evaluated = [(b.desc, b.count) for b in bars if b.total == 3]
+    assert evaluated == [("random", 3), ("planner", 3), ("distilled", 3)]  # each policy's bar counts its own
     fast = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                "--decoding", "fast", "--out", str(tmp_path / "eval")])
     assert fast.exit_code == 2 and "played with decoding exact" in fast.output

@@ -316,8 +316,9 @@ def evaluate(
         bars = []
 
         def progress(name: str, total: int):
-            bars.append(_bar(name, total))
-            return lambda *_: bars[-1].update(1)
+            bar = _bar(name, total)
+            bars.append(bar)
+            return lambda *_: bar.update(1)
 
         try:
             policies = {name: make_policy(name, env, seed, network, scorer) for name in names}
