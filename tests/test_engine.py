@@ -4,8 +4,9 @@ requests it was running."""
 import pytest
 import torch
 
-from personagpt.engine import Engine, PrefixCache
+from personagpt.engine import Engine
 from personagpt.errors import PersonaGPTError
+from personagpt.kvcache import PrefixCache
 from personagpt.models import build_gpt2
 from personagpt.sampling import SamplingConfig
 

@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -35,7 +35,7 @@ from personagpt.errors import PersonaGPTError
 from personagpt.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generation import context_limit
-from personagpt.kvcache import ReservedCache, shared_prefix
+from personagpt.kvcache import PrefixCache, ReservedCache
 from personagpt.sampling import SamplingConfig, pick_token, suppressed_ids
 from personagpt.scoring import decoder_and_head
 
@@ -148,42 +148,6 @@ class _Active:
     length: int  # tokens whose keys/values are in the slot
     last: int  # the token to feed next
     seen: torch.Tensor  # ids in the prompt and generated so far (repetition penalty)
-
-
-class PrefixCache:
-    """Keys/values of finished sequences, least recently used dropped first once over ``max_tokens``."""
-
-    def __init__(self, max_tokens: int) -> None:
-        self.max_tokens = max_tokens
-        self.entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # [layers, 2, heads, len, dim]
-        self.tokens = 0
-
-    def longest(self, ids: Sequence[int], limit: int):
-        """``(shared, kv)`` of the entry sharing the longest prefix with ``ids`` (at most ``limit`` tokens)."""
-        best, best_key = 0, None
-        for key in self.entries:
-            n = shared_prefix(key, ids)
-            if n > best:
-                best, best_key = n, key
-        if best_key is None:
-            return 0, None
-        self.entries.move_to_end(best_key)
-        return min(best, limit), self.entries[best_key]
-
-    def add(self, ids: Sequence[int], kv: torch.Tensor) -> None:
-        key = tuple(ids)
-        if not key or len(key) > self.max_tokens:
-            return
-        for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
-            self.tokens -= len(old)  # a prefix of the new entry: superseded
-            del self.entries[old]
-        if key not in self.entries:
-            self.tokens += len(key)
-        self.entries[key] = kv
-        self.entries.move_to_end(key)
-        while self.tokens > self.max_tokens:
-            old, _ = self.entries.popitem(last=False)
-            self.tokens -= len(old)
 
 
 class Engine:

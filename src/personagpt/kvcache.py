@@ -2,12 +2,14 @@
 
 :class:`ReservedCache` appends in place into a preallocated buffer (grown by doubling) instead of concatenating
 the whole cache every token; :func:`compiled_step` runs the single-token forward under ``torch.compile`` over a
-fixed-shape ``StaticCache``.
+fixed-shape ``StaticCache``; :class:`PrefixCache` keeps finished sequences' keys/values for prompts that start
+with them (the engine's prefix cache).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
@@ -119,3 +121,39 @@ def crop_to_prefix(cache: Cache, cached_ids: Sequence[int], ids: Sequence[int]) 
     if surplus > 0:
         cache.crop(-surplus)
     return shared
+
+
+class PrefixCache:
+    """Keys/values of finished sequences, least recently used dropped first once over ``max_tokens``."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # [layers, 2, heads, len, dim]
+        self.tokens = 0
+
+    def longest(self, ids: Sequence[int], limit: int):
+        """``(shared, kv)`` of the entry sharing the longest prefix with ``ids`` (at most ``limit`` tokens)."""
+        best, best_key = 0, None
+        for key in self.entries:
+            n = shared_prefix(key, ids)
+            if n > best:
+                best, best_key = n, key
+        if best_key is None:
+            return 0, None
+        self.entries.move_to_end(best_key)
+        return min(best, limit), self.entries[best_key]
+
+    def add(self, ids: Sequence[int], kv: torch.Tensor) -> None:
+        key = tuple(ids)
+        if not key or len(key) > self.max_tokens:
+            return
+        for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self.tokens -= len(old)  # a prefix of the new entry: superseded
+            del self.entries[old]
+        if key not in self.entries:
+            self.tokens += len(key)
+        self.entries[key] = kv
+        self.entries.move_to_end(key)
+        while self.tokens > self.max_tokens:
+            old, _ = self.entries.popitem(last=False)
+            self.tokens -= len(old)
