@@ -17,13 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
+from personagpt.auth.env import rank_of
+
 
 def _load(path: Path) -> dict[int, dict]:
     return {row["index"]: row["episode"] for row in map(json.loads, path.read_text().splitlines())}
-
-
-def _first(scores: list[float], truth: int) -> bool:
-    return max(range(len(scores)), key=scores.__getitem__) == truth
 
 
 def main() -> None:
@@ -63,7 +61,7 @@ def main() -> None:
             action = acts_b[at]
             kinds["goal" if action == acts_a[at] else "question" if str(action).startswith("ask: ")
                   else "other goal"] += 1
-            first = [_first(e["scores"][args.identifier][turn], e["truth"]) for e in (a, b)]
+            first = [rank_of(e["scores"][args.identifier][turn], e["truth"]) == 0 for e in (a, b)]  # ties: misses
             hits = [h + f for h, f in zip(hits, first)]
             discordant[0] += first[0] and not first[1]
             discordant[1] += first[1] and not first[0]
