@@ -411,7 +411,13 @@ def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired
     evaluate(again, sets, {"random": ("plays", None), "planner": ("plays", None)}, tmp_path, progress=progress)
     assert again.played == [2, 3, 4, 4]  # the planner's 2 and 3, then 4 for each
     assert ticks == {"random": 5, "planner": 5}
-    assert json.loads((tmp_path / "results.json").read_text())["interviews"] == 5
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["interviews"] == 5
+    # play counts add up over the resumed runs, as far as their chunks finished: random's second chunk was played
+    # before the stop but its results were never written (2 counted), and it plays 1 now; the planner 2, then 3
+    assert {n: r["played"]["interviews"] for n, r in saved["results"].items()} == {"random": 2 + 1, "planner": 2 + 3}
+    evaluate(ChunkedEnv(), sets, {"random": ("plays", None)}, tmp_path)  # all read back: nothing added
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["random"]["played"]["interviews"] == 3
 
 
 def test_sampled_interviews_are_the_same_people_for_the_same_seed():

@@ -248,14 +248,15 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     """Interview every set with each policy (the same personas and distractors), score with every identifier,
     and write ``out/results.json`` (interviews resume from ``out/episodes-<policy>.jsonl``). The sets are played
     ``chunk`` at a time (default: the environment's workers), every policy on a chunk before the next, and the
-    results are written after each: a run stopped early has paired figures over the interviews it finished.
-    Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
+    results are written after each: a run stopped early has paired figures over the interviews it finished. Each
+    policy's ``played`` (interviews played and their seconds) adds up over the runs resumed into ``out``, as far as
+    their chunks finished. Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
     calibrated = calibrated or {}
     # how the partner answered and how the replies were computed: interviews played otherwise are not resumed
     settings = {"partner_candidates": env.partner_candidates, "decoding": env.decoding}
     before = out / "results.json"
-    if before.is_file():
-        stored = json.loads(before.read_text())
+    stored = json.loads(before.read_text()) if before.is_file() else {}
+    if stored:
         for key, default in (("partner_candidates", 1), ("decoding", "fast")):
             was = stored.get(key, default)
             if was != settings[key]:
@@ -268,8 +269,10 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                                     f"{guide}; choose another output directory")
     ticks = {name: progress(name, len(sets)) if progress else None for name in policies}
     shown = dict.fromkeys(policies, 0)
-    seconds = dict.fromkeys(policies, 0.0)
-    new = dict.fromkeys(policies, 0)
+    # play time adds up over the runs that resumed into ``out`` (a rerun that reads every interview back adds ~0)
+    earlier = {name: stored.get("results", {}).get(name, {}).get("played", {}) for name in policies}
+    seconds = {name: float(earlier[name].get("seconds", 0.0)) for name in policies}
+    new = {name: int(earlier[name].get("interviews", 0)) for name in policies}
     chunk = chunk or env.workers
     for end in range(min(chunk, len(sets)), len(sets) + chunk, chunk):
         end = min(end, len(sets))
