@@ -149,10 +149,17 @@ def _read_until(proc, marker: bytes, count: int = 1, timeout: float = 60) -> byt
     return seen
 
 
+def _default_sigint() -> None:
+    """Ctrl-C reaches the chat as a user's would, even where the suite runs as a background job (a shell starts
+    those with SIGINT ignored, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_mid_conversation_exits_cleanly(tiny_checkpoint):
     proc = subprocess.Popen([sys.executable, "-m", "personagpt.cli", "interact", "--model", str(tiny_checkpoint),
                              "--persona", "i like dogs.", "--max-new-tokens", "4"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     try:
         proc.stdin.write(b"hello\n")
         proc.stdin.flush()
@@ -179,7 +186,8 @@ def test_ctrl_c_during_a_reply_stops_that_reply_only(slow_checkpoint, tmp_path):
     out = tmp_path / "chat.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "personagpt.cli", "interact", "--model", str(slow_checkpoint),
                              "--persona", "i like dogs.", "--max-new-tokens", "1500", "--seed", "3", "--save",
-                             str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
     try:
         proc.stdin.write(b"hello\n")
         proc.stdin.flush()
