@@ -17,11 +17,11 @@ import argparse
 import json
 from pathlib import Path
 
-from personagpt.auth.env import rank_of
+from personagpt.auth.env import Episode
 
 
-def _load(path: Path) -> dict[int, dict]:
-    return {row["index"]: row["episode"] for row in map(json.loads, path.read_text().splitlines())}
+def _load(path: Path) -> dict[int, Episode]:
+    return {row["index"]: Episode.from_json(row["episode"]) for row in map(json.loads, path.read_text().splitlines())}
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     pairs = sorted(set(base) & set(other))
     if not pairs:
         parser.error("the two stores share no interview")
-    if any(args.identifier not in e["scores"] for e in (*base.values(), *other.values())):
+    if any(args.identifier not in e.scores for e in (*base.values(), *other.values())):
         parser.error(f"not every interview was scored by the {args.identifier} identifier")
     print(f"{len(pairs)} paired interviews, {args.identifier} identifier")
     print("| turn | same actions so far | same question | same answer | other: base's goal / other goal / "
@@ -52,16 +52,16 @@ def main() -> None:
         for i in pairs:
             a, b = base[i], other[i]
             at = 2 * turn
-            if len(b["transcript"]["turns"]) <= at + 1 or len(b["scores"][args.identifier]) <= turn:
+            if any(len(e.transcript.turns) <= at + 1 or len(e.scores[args.identifier]) <= turn for e in (a, b)):
                 parser.error(f"interview {i} has fewer than {turn + 1} turns")
-            acts_a, acts_b = a["transcript"]["actions"], b["transcript"]["actions"]
+            acts_a, acts_b = a.transcript.actions, b.transcript.actions
             same_so_far += acts_a[: at + 1] == acts_b[: at + 1]
-            same_question += a["transcript"]["turns"][at] == b["transcript"]["turns"][at]
-            same_answer += a["transcript"]["turns"][at + 1] == b["transcript"]["turns"][at + 1]
+            same_question += a.transcript.turns[at] == b.transcript.turns[at]
+            same_answer += a.transcript.turns[at + 1] == b.transcript.turns[at + 1]
             action = acts_b[at]
             kinds["goal" if action == acts_a[at] else "question" if str(action).startswith("ask: ")
                   else "other goal"] += 1
-            first = [rank_of(e["scores"][args.identifier][turn], e["truth"]) == 0 for e in (a, b)]  # ties: misses
+            first = [e.ranks(args.identifier)[turn] == 0 for e in (a, b)]  # the library's rule: ties are misses
             hits = [h + f for h, f in zip(hits, first)]
             discordant[0] += first[0] and not first[1]
             discordant[1] += first[1] and not first[0]
