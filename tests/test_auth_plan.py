@@ -12,7 +12,7 @@ from personagpt.auth.env import Episode, Lookahead, Question, View, candidate_se
 from personagpt.auth.identify import ExchangeIdentifier, FactEmbeddings, SentenceIdentifier
 from personagpt.auth.plan import (FEATURES, TOPIC_QUESTIONS, DistilledPolicy, Gated, Option, OptionScorer, Planner,
                                   RandomQuestionPolicy, agreement, distill, options)
-from personagpt.auth.runs import play_resumable
+from personagpt.auth.stores import play_resumable
 from personagpt.cli import app
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generation import SamplingConfig
@@ -417,7 +417,17 @@ def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired
     # before the stop but its results were never written (2 counted), and it plays 1 now; the planner 2, then 3
     assert {n: r["played"]["interviews"] for n, r in saved["results"].items()} == {"random": 2 + 1, "planner": 2 + 3}
     evaluate(ChunkedEnv(), sets, {"random": ("plays", None)}, tmp_path)  # all read back: nothing added
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["random"]["played"]["interviews"] == 3
+    alone = json.loads((tmp_path / "results.json").read_text())
+    assert alone["results"]["random"]["played"]["interviews"] == 3
+    # the planner, not asked for this time, stays: measured again from its interviews, paired with random's
+    assert alone["results"]["planner"] == saved["results"]["planner"]
+    assert alone["paired_vs_random"] == saved["paired_vs_random"] != {}
+    store = tmp_path / "episodes-planner.jsonl"
+    store.write_text("\n".join(store.read_text().splitlines()[:2]) + "\n")  # its interviews 2-4 lost
+    assert evaluate(ChunkedEnv(), sets, {"random": ("plays", None)}, tmp_path)["carried"] == ["planner"]
+    carried = json.loads((tmp_path / "results.json").read_text())
+    assert carried["results"]["planner"] == saved["results"]["planner"]  # carried over as it was
+    assert carried["paired_vs_random"] == saved["paired_vs_random"]
 
 
 def test_sampled_interviews_are_the_same_people_for_the_same_seed():

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from personagpt.auth.env import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore, sample_sets
+from personagpt.auth.stores import play_resumable, play_stored, stored_interviews
 from personagpt.errors import SettingsError
 
 IDENTIFIERS = ("sentence", "exchange", "calibrated", "embedding", "likelihood")
@@ -141,67 +142,6 @@ def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled
     raise SettingsError(f"unknown policy {name}; use {', '.join(POLICIES)}")
 
 
-# ---- playing many interviews, resumably ------------------------------------------------------------------------------
-
-def _play_stored(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
-                 store: Path | None, progress: Callable[[], None] | None, key: str,
-                 save: Callable[[int, Episode], object],
-                 restore: Callable[[int, object], object]) -> tuple[dict[int, object], int]:
-    """Play the sets not yet in ``store`` (JSON lines of ``{"index": i, key: value}``), appending ``save(index, episode)``
-    for each interview as it finishes, so a stopped run resumes where it was. Every value, read back or new, is
-    kept as ``restore(index, value)`` (None when read back: it no longer fits its set, play it again). Returns
-    ({index: kept}, how many were played now)."""
-    done: dict[int, object] = {}
-    if store is not None and store.is_file():
-        for line in store.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                index, value = row["index"], restore(row["index"], row[key]) if row["index"] < len(sets) else None
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut short by an interruption
-            if value is not None:
-                done[index] = value
-    if store is not None:
-        store.parent.mkdir(parents=True, exist_ok=True)
-    for _ in done:
-        if progress:
-            progress()
-    lock = threading.Lock()
-
-    def finished(index: int, episode: Episode) -> None:
-        value = save(index, episode)
-        with lock:
-            done[index] = restore(index, value)
-            if store is not None:
-                with store.open("a") as f:
-                    f.write(json.dumps({"index": index, key: value}) + "\n")
-        if progress:
-            progress()
-
-    missing = [i for i in range(len(sets)) if i not in done]
-    if missing:
-        env.play(sets, policy, seed, finished, guide, missing)
-    return done, len(missing)
-
-
-def play_resumable(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policy, seed: int, guide: str | None,
-                   store: Path | None, progress: Callable[[], None] | None = None) -> tuple[list[Episode], int]:
-    """Play every set, each interview appended to ``store`` (JSON lines) as it finishes; interviews already there
-    are read back, not replayed. Returns the interviews in the sets' order and how many were played now."""
-    def restore(index: int, value: dict) -> Episode | None:
-        episode = Episode.from_json(value)
-        if episode.candidates != sets[index][0]:
-            return None
-        for name, make in env.identifiers.items():
-            if name not in episode.scores:  # an identifier added since it was played: its transcript is all it reads
-                rescore([episode], name, make)
-        return episode
-
-    done, played = _play_stored(env, sets, policy, seed, guide, store, progress, "episode", lambda _, e: e.to_json(),
-                                restore)
-    return [done[i] for i in range(len(sets))], played
-
-
 def _once(tick: Callable[[], None] | None, shown: dict[str, int], name: str) -> Callable[[], None] | None:
     """A progress tick that counts each interview once, though every chunk reads the earlier ones back."""
     if tick is None:
@@ -217,14 +157,14 @@ def _once(tick: Callable[[], None] | None, shown: dict[str, int], name: str) -> 
     return step
 
 
-def _measure(played: dict[str, list[Episode]], policies: dict, turns: int, seed: int, calibrated: dict,
+def _measure(played: dict[str, list[Episode]], guides: dict[str, str | None], turns: int, seed: int, calibrated: dict,
              new: dict[str, int], seconds: dict[str, float]) -> tuple[dict, dict]:
     """Per policy Hits@1 by turn and verification per identifier, and the paired differences with random."""
     from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_with, roc_auc
 
     results = {}
     for name, episodes in played.items():
-        results[name] = {"guide": policies[name][1], "by_turn": {}, "verification": {},
+        results[name] = {"guide": guides[name], "by_turn": {}, "verification": {},
                          "played": {"interviews": new[name], "seconds": round(seconds[name], 1)}}
         for ident in IDENTIFIERS:
             scored = [e for e in episodes if e.scores.get(ident)]
@@ -250,7 +190,10 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     ``chunk`` at a time (default: the environment's workers), every policy on a chunk before the next, and the
     results are written after each: a run stopped early has paired figures over the interviews it finished. Each
     policy's ``played`` (interviews played and their seconds) adds up over the runs resumed into ``out``, as far as
-    their chunks finished. Returns {"results": per policy Hits@1 by turn and verification, "paired_vs_random": ...}."""
+    their chunks finished. A policy measured in ``out`` before but not asked for now stays in ``results.json``:
+    measured again from its interviews where ``out`` holds all of this run's, carried over as it was otherwise.
+    Returns {"results": per policy measured now, Hits@1 by turn and verification, "paired_vs_random": ...,
+    "plots": ..., "carried": the policies carried over}."""
     calibrated = calibrated or {}
     # how the partner answered and how the replies were computed: interviews played otherwise are not resumed
     settings = {"partner_candidates": env.partner_candidates, "decoding": env.decoding}
@@ -273,6 +216,7 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     earlier = {name: stored.get("results", {}).get(name, {}).get("played", {}) for name in policies}
     seconds = {name: float(earlier[name].get("seconds", 0.0)) for name in policies}
     new = {name: int(earlier[name].get("interviews", 0)) for name in policies}
+    others = {name: entry for name, entry in stored.get("results", {}).items() if name not in policies}
     chunk = chunk or env.workers
     for end in range(min(chunk, len(sets)), len(sets) + chunk, chunk):
         end = min(end, len(sets))
@@ -287,10 +231,21 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                 rescore(episodes[:likelihood], "likelihood",
                         likelihood_identifiers(env.model, env.fmt)["likelihood"])
             played[name] = episodes
-        results, paired = _measure(played, policies, env.turns, seed, calibrated, new, seconds)
+        guides, carried = {name: guide for name, (_, guide) in policies.items()}, {}
+        for name, entry in others.items():
+            episodes = stored_interviews(env, sets[:end], out / f"episodes-{name}.jsonl")
+            if episodes is None:
+                carried[name] = entry
+            else:
+                played[name], guides[name] = episodes, entry["guide"]
+                before_now = entry.get("played", {})
+                new[name], seconds[name] = before_now.get("interviews", 0), before_now.get("seconds", 0.0)
+        results, paired = _measure(played, guides, env.turns, seed, calibrated, new, seconds)
+        kept = {key: rows for key, rows in stored.get("paired_vs_random", {}).items() if key.split(" - ")[0] in carried}
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps({**(meta or {}), **settings, "interviews": end,
-                                                      "results": results, "paired_vs_random": paired}, indent=1))
+                                                      "results": results | carried, "paired_vs_random": paired | kept},
+                                                     indent=1))
         if end == len(sets):
             break
     from personagpt.auth.measure import plot
@@ -300,7 +255,7 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
         table = {name: r["by_turn"][ident] for name, r in results.items() if ident in r["by_turn"]}
         if table:
             plots.append(plot(table, out / f"hits_by_turn_{ident}.png", 1 / len(sets[0][0])))
-    return {"results": results, "paired_vs_random": paired, "plots": plots}
+    return {"results": results, "paired_vs_random": paired, "plots": plots, "carried": sorted(carried)}
 
 
 def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, false_accept: float, seed: int,
@@ -353,7 +308,7 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
     store.parent.mkdir(parents=True, exist_ok=True)
     kept.write_text(json.dumps(settings))
     recording = Recording()
-    decisions, _ = _play_stored(env, sets, recording, seed + 11, settings["guide"], store, progress, "decisions",
+    decisions, _ = play_stored(env, sets, recording, seed + 11, settings["guide"], store, progress, "decisions",
                                 lambda *_: list(recording.by_thread.get(threading.get_ident(), [])),
                                 lambda _, value: value)
     return [d for i in sorted(decisions) for d in decisions[i]]

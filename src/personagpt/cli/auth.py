@@ -12,7 +12,7 @@ import typer
 
 from personagpt.cli.auth_options import (DecodingOpt, DistilledOpt, FalseAcceptOpt, GuideOpt, IdentifierOpt, KOpt,
                                          MaxNewOpt, PartnerOpt, PolicyPathOpt, SeedOpt, ThresholdsOpt, TurnsOpt,
-                                         WorkersOpt)
+                                         WorkersOpt, checked_decoding, checked_guide)
 from personagpt.cli.common import UserError, friendly_errors, load
 from personagpt.cli.options import DeviceOpt, ModelOpt
 
@@ -83,22 +83,6 @@ def train_identifier(
         typer.echo(f"Wrote {out}", err=True)
 
 
-def _guide(name: str) -> str:
-    from personagpt.auth.runs import GUIDES
-
-    if name not in GUIDES:
-        raise UserError(f"--guide must be one of {', '.join(GUIDES)}")
-    return name
-
-
-def _decoding(name: str) -> str:
-    from personagpt.auth.env import SelfPlay
-
-    if name not in SelfPlay.DECODING:
-        raise UserError(f"--decoding must be one of {', '.join(SelfPlay.DECODING)}")
-    return name
-
-
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
                embedding: bool = True, partner_candidates: int = 1, decoding: str = "fast"):
     """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence, exchange and calibrated
@@ -147,7 +131,7 @@ def train(
         from personagpt.auth.policies import LearnedPolicy
         from personagpt.auth.runs import calibrate, training_personas, warm_start_episodes
 
-        guide = _guide(guide)
+        guide = checked_guide(guide)
         held, pool = training_personas(seed, 200)
         if len(pool) < candidates:
             raise UserError(f"only {len(pool)} training personas; -k must be at most that")
@@ -312,7 +296,7 @@ def evaluate(
         sets = sample_sets(pool, conversations, candidates, seed)
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, embedding=embedding,
                          need_head="learned" in names and network is not None and network.guide == "embedding",
-                         partner_candidates=partner_candidates, decoding=_decoding(decoding))
+                         partner_candidates=partner_candidates, decoding=checked_decoding(decoding))
         bars = []
 
         def progress(name: str, total: int):
@@ -333,6 +317,8 @@ def evaluate(
         counts = {ident: min(likelihood, conversations) if ident == "likelihood" else conversations
                   for ident in IDENTIFIERS}
         typer.echo("\n".join(report(saved["results"], saved["paired_vs_random"], candidates, counts)))
+        if saved["carried"]:
+            typer.echo(f"Kept as measured before (too few interviews stored): {', '.join(saved['carried'])}", err=True)
         typer.echo(f"Wrote {out / 'results.json'}", err=True)
 
 
@@ -363,7 +349,7 @@ def distill(
         from personagpt.auth.runs import distill_policy, distillation_data
 
         env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False,
-                         partner_candidates=partner_candidates, decoding=_decoding(decoding))
+                         partner_candidates=partner_candidates, decoding=checked_decoding(decoding))
         bar = _bar("planner interviews", interviews)
         try:
             decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",

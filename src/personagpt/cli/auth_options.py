@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from personagpt.cli.common import UserError
+
 TurnsOpt = Annotated[int, typer.Option(min=1, help="Exchanges per interview.")]
 KOpt = Annotated[int, typer.Option("-k", "--candidates", min=2, help="Candidate personas (true + distractors).")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest turn.")]
@@ -36,3 +38,21 @@ DecodingOpt = Annotated[str, typer.Option(
          "this CPU, whose rounding follows whatever else is in the batch.")]
 FalseAcceptOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="False-accept rate the threshold is "
                                                                       "calibrated for.")]
+
+
+def checked_guide(name: str) -> str:
+    """``--guide``, or a clear error naming the identifiers there are."""
+    from personagpt.auth.runs import GUIDES
+
+    if name not in GUIDES:
+        raise UserError(f"--guide must be one of {', '.join(GUIDES)}")
+    return name
+
+
+def checked_decoding(name: str) -> str:
+    """``--decoding``, or a clear error naming the ways there are."""
+    from personagpt.auth.env import SelfPlay
+
+    if name not in SelfPlay.DECODING:
+        raise UserError(f"--decoding must be one of {', '.join(SelfPlay.DECODING)}")
+    return name
