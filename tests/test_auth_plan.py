@@ -315,7 +315,7 @@ def test_distill_and_eval_commands(tmp_path, monkeypatch):
             self.desc, self.total, self.count = desc, total, 0
             bars.append(self)
 
-        def update(self, n):
+        def update(self, n=1):  # as tqdm's
             self.count += n
 
         def close(self):
@@ -325,13 +325,15 @@ def test_distill_and_eval_commands(tmp_path, monkeypatch):
     monkeypatch.setattr(auth_cli, "_bar", Bar)
     runner = CliRunner()
     common = ["--model", "random:2x64", "--max-new-tokens", "4", "--turns", "2", "-k", "4"]
-    made = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20",
+    made = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20", "--calibration", "4",
                                "--out", str(tmp_path / "distill")])
     assert made.exit_code == 0, made.output
     assert "agrees with the planner on" in made.output
+    thresholds = json.loads((tmp_path / "distill" / "thresholds.json").read_text())
+    assert thresholds["identifier"] == "calibrated" and thresholds["interviews"] == 4 and thresholds["k"] == 4
     assert len((tmp_path / "distill" / "decisions.jsonl").read_text().splitlines()) == 4
     other = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20",
-                                "--partner-candidates", "2", "--out", str(tmp_path / "distill")])
+                                "--partner-candidates", "2", "--calibration", "0", "--out", str(tmp_path / "distill")])
     assert other.exit_code == 2 and "were made with" in other.output  # not mixed with decisions of another partner
     result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "--policy", "random",
                                  "--policy", "planner", "--policy", "distilled", "--distilled",

@@ -274,6 +274,17 @@ def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, 
     return saved
 
 
+def calibrate_distilled(env: SelfPlay, scorer, count: int, candidates: int, false_accept: float, seed: int, path: Path,
+                        progress: Callable[[], None] | None = None) -> dict:
+    """:func:`calibrate` for the distilled policy as ``auth eval`` plays it (gated, guided by the calibrated
+    identifier), on ``count`` of the training personas its planner's interviews left out."""
+    from personagpt.auth.plan import DistilledPolicy, Gated
+
+    held, pool = training_personas(seed, 200)
+    return calibrate(env, Gated(DistilledPolicy(scorer, env.facts), seed=seed), "calibrated", held[:count], held + pool,
+                     candidates, false_accept, seed, path, progress)
+
+
 def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int, store: Path,
                       progress: Callable[[], None] | None = None) -> list[dict]:
     """The planner's decisions over ``interviews`` self-play interviews of training personas (kept in ``store``,

@@ -334,38 +334,52 @@ def distill(
     workers: WorkersOpt = 32,
     partner_candidates: PartnerOpt = 1,
     decoding: DecodingOpt = "exact",
+    calibration: Annotated[int, typer.Option(min=0, help="Interviews (held-out training personas) to calibrate the "
+                                                         "accept thresholds on, with the distilled policy.")] = 200,
+    false_accept: FalseAcceptOpt = 0.05,
     out: Annotated[Path, typer.Option(help="Run directory: the planner's decisions (decisions.jsonl; a rerun "
-                                           "resumes them), distilled.pt and distill.json.")] = Path("runs/auth/distill"),
+                                           "resumes them), distilled.pt, distill.json, thresholds.json.")] = Path("runs/auth/distill"),
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
 ) -> None:
     """Distil the planner into a policy that runs at random's cost: the planner (expected information gain by
     simulating answers under the likeliest candidates) interviews training personas, and a small network learns to
     pick the question it picked from cheap features of each option (how the candidates' probability splits on it).
-    10% of the interviews are held out to report how often the two agree."""
+    10% of the interviews are held out to report how often the two agree. Then calibrates the accept thresholds
+    with the distilled policy, as `auth train` does with its own."""
     with friendly_errors():
         from tqdm.auto import tqdm
 
-        from personagpt.auth.runs import distill_policy, distillation_data
+        from personagpt.auth.runs import calibrate_distilled, distill_policy, distillation_data, load_distilled
 
         env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False,
                          partner_candidates=partner_candidates, decoding=checked_decoding(decoding))
-        bar = _bar("planner interviews", interviews)
         try:
-            decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
-                                          lambda: bar.update(1))
+            bar = _bar("planner interviews", interviews)
+            try:
+                decisions = distillation_data(env, interviews, candidates, seed, out / "decisions.jsonl",
+                                              lambda: bar.update(1))
+            finally:
+                bar.close()
+            fitting = tqdm(total=steps, desc="fitting", unit="step")
+            try:
+                report = distill_policy(decisions, steps, seed, out, lambda step, loss: (
+                    fitting.update(1), fitting.set_postfix(loss=f"{loss:.3f}")))
+            finally:
+                fitting.close()
+            typer.echo(f"agrees with the planner on {100 * report['held_out_agreement']:.1f}% of "
+                       f"{report['held_out_decisions']} held-out decisions")
+            typer.echo(f"Wrote {out / 'distilled.pt'}", err=True)
+            if calibration:
+                bar = _bar("calibrating", calibration)
+                try:
+                    calibrate_distilled(env, load_distilled(out / "distilled.pt"), calibration, candidates,
+                                        false_accept, seed, out / "thresholds.json", bar.update)
+                finally:
+                    bar.close()
+                typer.echo(f"Wrote {out / 'thresholds.json'}", err=True)
         finally:
-            bar.close()
             env.close()
-        fitting = tqdm(total=steps, desc="fitting", unit="step")
-        try:
-            report = distill_policy(decisions, steps, seed, out, lambda step, loss: (
-                fitting.update(1), fitting.set_postfix(loss=f"{loss:.3f}")))
-        finally:
-            fitting.close()
-        typer.echo(f"agrees with the planner on {100 * report['held_out_agreement']:.1f}% of "
-                   f"{report['held_out_decisions']} held-out decisions")
-        typer.echo(f"Wrote {out / 'distilled.pt'}", err=True)
 
 
 @app.command("interact")
@@ -397,7 +411,8 @@ def interact(
         claimed = read_claim(claim) if claim is not None else None
         with _loading("the persona list"):
             people, truth = interview_people(candidates, claimed, seed)
-        scorer = load_distilled(distilled)
+        # a policy named on the command line comes first; else the shipped distilled one, else the shipped learned one
+        scorer = load_distilled(distilled) if distilled is not None or policy_path is None else None
         network = load_policy_network(policy_path) if scorer is None else None
         guide = judge_for(scorer, network)
         head = load_head(identifier, model) if guide == "embedding" else None
