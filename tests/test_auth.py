@@ -262,6 +262,7 @@ def test_auth_commands(tmp_path):
     assert talk.exit_code == 0, talk.output
     assert talk.output.count("  1. ") == 2 and ("ACCEPT: " in talk.output or "REJECT: " in talk.output)
     assert "Loading the persona list ..." in talk.output and "done in" in talk.output  # what loads, and how long
+    assert "Loading the sentence identifier" in talk.output  # the policy named, not the shipped distilled one
     assert "Final ranking after 2 answers: the claimed persona is " in talk.output  # ends with the verdict
     assert talk.output.rstrip().endswith(("above it.", "below it."))
     # bad input: one line each, exit status 2

@@ -457,3 +457,13 @@ def test_a_live_interview_plays_the_distilled_policy_as_auth_eval_does(tiny_mode
     live.scores = torch.tensor([6.0, 0, 0, 0, 0, 0, 0, 0])  # one candidate stands out: the policy asks
     action, question = live.ask()
     assert action.startswith("checks: ") and question.endswith("?")
+
+
+def test_the_shipped_distilled_policy_and_its_thresholds_load():
+    from personagpt.auth.live import judge_for
+    from personagpt.auth.runs import load_distilled, load_thresholds
+
+    scorer = load_distilled(None)  # resources/auth/distilled.pt: made for the current features
+    assert scorer is not None and judge_for(scorer) == "calibrated"
+    thresholds, note = load_thresholds(None, 20)
+    assert note is None and set(thresholds["calibrated"]) == {str(t) for t in range(1, 9)}  # judged as it plays
