@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +11,7 @@ import typer
 from personagpt.cli.auth_options import (DecodingOpt, DistilledOpt, FalseAcceptOpt, GuideOpt, IdentifierOpt, KOpt,
                                          MaxNewOpt, PartnerOpt, PolicyPathOpt, SeedOpt, ThresholdsOpt, TurnsOpt,
                                          WorkersOpt, checked_decoding, checked_guide)
-from personagpt.cli.common import UserError, friendly_errors, load
+from personagpt.cli.common import UserError, friendly_errors, load, loading
 from personagpt.cli.options import DeviceOpt, ModelOpt
 
 app = typer.Typer(help="Persona authentication: interviews that identify who the partner is.", no_args_is_help=True,
@@ -409,7 +407,7 @@ def interact(
         from personagpt.text import for_people, to_model
 
         claimed = read_claim(claim) if claim is not None else None
-        with _loading("the persona list"):
+        with loading("the persona list"):
             people, truth = interview_people(candidates, claimed, seed)
         # a policy named on the command line comes first; else the shipped distilled one, else the shipped learned one
         scorer = load_distilled(distilled) if distilled is not None or policy_path is None else None
@@ -425,10 +423,10 @@ def interact(
                        "accept or reject.", err=True)
         if scorer is None and network is None:
             typer.echo("Note: no learned policy; the interviewer picks goals at random.", err=True)
-        with _loading(None):  # load() names the model
+        with loading(None):  # load() names the model
             loaded, fmt = load(model, device)
             loaded.eval()
-        with _loading(f"the {guide} identifier and the {len(people)} candidates' facts"):
+        with loading(f"the {guide} identifier and the {len(people)} candidates' facts"):
             live = LiveInterview(loaded, fmt, people, guide, scorer=scorer, network=network, head=head,
                                  max_new_tokens=max_new_tokens, seed=seed)
         typer.echo("Ready. The interviewer's first question follows; an empty line ends the interview.", err=True)
@@ -443,13 +441,3 @@ def interact(
             typer.echo("\n".join(ranking_lines(probabilities, people, truth, "claimed" if claimed else "you")))
         typer.echo(verdict(live.probabilities(), people, truth, claimed is not None, live.answered, calibrated,
                            candidates))
-
-
-@contextmanager
-def _loading(what: str | None):
-    """Say what is loading (on stderr) and how long it took: the interview's set-up takes tens of seconds."""
-    if what:
-        typer.echo(f"Loading {what} ...", err=True)
-    started = time.perf_counter()
-    yield
-    typer.echo(f"  done in {time.perf_counter() - started:.1f} s", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,3 +158,13 @@ def parse_action(text: str) -> str:
     if not text:
         raise UserError("an action must not be empty")
     return text
+
+
+@contextmanager
+def loading(what: str | None) -> Iterator[None]:
+    """Say what is loading (on stderr) and how long it took, for a set-up that takes tens of seconds."""
+    if what:
+        typer.echo(f"Loading {what} ...", err=True)
+    started = time.perf_counter()
+    yield
+    typer.echo(f"  done in {time.perf_counter() - started:.1f} s", err=True)
