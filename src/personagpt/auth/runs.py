@@ -199,6 +199,7 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
     settings = {"partner_candidates": env.partner_candidates, "decoding": env.decoding}
     before = out / "results.json"
     stored = json.loads(before.read_text()) if before.is_file() else {}
+    previous = stored.get("results", {})
     if stored:
         for key, default in (("partner_candidates", 1), ("decoding", "fast")):
             was = stored.get(key, default)
@@ -206,17 +207,20 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                 raise SettingsError(f"the interviews in {out} were played with {key.replace('_', ' ')} {was}; "
                                     f"resume with that or choose another output directory")
         for name, (_, guide) in policies.items():
-            old = stored.get("results", {}).get(name, {"guide": guide})["guide"]
+            old = previous.get(name, {"guide": guide})["guide"]
             if old != guide:
                 raise SettingsError(f"the {name} interviews in {out} were guided by the {old} identifier, not the "
                                     f"{guide}; choose another output directory")
     ticks = {name: progress(name, len(sets)) if progress else None for name in policies}
     shown = dict.fromkeys(policies, 0)
+    # the policies measured before but not asked for now: their stored interviews, read once
+    others = {name: stored_interviews(env, sets, out / f"episodes-{name}.jsonl") for name in previous
+              if name not in policies}
+    guides = {name: guide for name, (_, guide) in policies.items()} | {name: previous[name]["guide"] for name in others}
     # play time adds up over the runs that resumed into ``out`` (a rerun that reads every interview back adds ~0)
-    earlier = {name: stored.get("results", {}).get(name, {}).get("played", {}) for name in policies}
-    seconds = {name: float(earlier[name].get("seconds", 0.0)) for name in policies}
-    new = {name: int(earlier[name].get("interviews", 0)) for name in policies}
-    others = {name: entry for name, entry in stored.get("results", {}).items() if name not in policies}
+    earlier = {name: previous.get(name, {}).get("played", {}) for name in guides}
+    seconds = {name: float(earlier[name].get("seconds", 0.0)) for name in guides}
+    new = {name: int(earlier[name].get("interviews", 0)) for name in guides}
     chunk = chunk or env.workers
     for end in range(min(chunk, len(sets)), len(sets) + chunk, chunk):
         end = min(end, len(sets))
@@ -231,15 +235,12 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                 rescore(episodes[:likelihood], "likelihood",
                         likelihood_identifiers(env.model, env.fmt)["likelihood"])
             played[name] = episodes
-        guides, carried = {name: guide for name, (_, guide) in policies.items()}, {}
-        for name, entry in others.items():
-            episodes = stored_interviews(env, sets[:end], out / f"episodes-{name}.jsonl")
-            if episodes is None:
-                carried[name] = entry
+        carried = {}
+        for name, kept_episodes in others.items():
+            if all(i in kept_episodes for i in range(end)):
+                played[name] = [kept_episodes[i] for i in range(end)]
             else:
-                played[name], guides[name] = episodes, entry["guide"]
-                before_now = entry.get("played", {})
-                new[name], seconds[name] = before_now.get("interviews", 0), before_now.get("seconds", 0.0)
+                carried[name] = previous[name]
         results, paired = _measure(played, guides, env.turns, seed, calibrated, new, seconds)
         kept = {key: rows for key, rows in stored.get("paired_vs_random", {}).items() if key.split(" - ")[0] in carried}
         out.mkdir(parents=True, exist_ok=True)

@@ -81,8 +81,6 @@ def _restorer(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]]) -> Cal
     return restore
 
 
-def stored_interviews(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], store: Path) -> list[Episode] | None:
-    """Every set's interview as ``store`` holds it, in the sets' order, or None when any is missing (nothing is
-    played)."""
-    done = read_store(store, len(sets), "episode", _restorer(env, sets))
-    return [done[i] for i in range(len(sets))] if len(done) == len(sets) else None
+def stored_interviews(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], store: Path) -> dict[int, Episode]:
+    """{set index: its interview} for the sets ``store`` holds one for (nothing is played)."""
+    return read_store(store, len(sets), "episode", _restorer(env, sets))
