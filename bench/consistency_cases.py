@@ -1,7 +1,7 @@
 """The labelled consistency set: persona / question / reply cases, about half of them contradicting the persona.
 
 ``build``: for each of the first ``--dialogues`` validation dialogues, one of p2's facts that
-:func:`personagpt.facts.question` turns into a yes/no question (drawn with seed 0) is asked as p1's next turn
+:func:`personagpt.personas.facts.question` turns into a yes/no question (drawn with seed 0) is asked as p1's next turn
 after the gold history up to a random point. The bundled model answers twice, sampling (top-k 10 / top-p 0.92):
 in character with the true persona, and with that fact negated in its persona (which makes contradicting
 answers of the model's own style). Written to ``--out`` without labels (a label field is added by hand).
@@ -26,10 +26,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from personagpt.data import load_dialogues
-from personagpt.facts import negate, question
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import load_chat_model
+from personagpt.data.dialogues import load_dialogues
+from personagpt.personas.facts import negate, question
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.models.load import load_chat_model
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -6,7 +6,7 @@ history ending with a question about one fact, reply); a contradiction is the po
 
 * ``contrast``: the bundled model's log p(reply | persona with its facts negated,
   history) - log p(reply | persona, history) > 0, a threshold fixed before looking at the set;
-* ``question`` (what the reranker uses first): :class:`personagpt.consistency.ConsistencyChecker` finds which
+* ``question`` (what the reranker uses first): :class:`personagpt.generate.consistency.ConsistencyChecker` finds which
   persona fact the last turn's yes/no question is about (MiniLM, not told the asked fact) and the reply's opening
   words answer against it;
 * ``question or contrast``: either says contradiction;
@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from personagpt.facts import answer_polarity, negate
-from personagpt.models import describe_hardware, load_chat_model
-from personagpt.rerank import contradiction
+from personagpt.personas.facts import answer_polarity, negate
+from personagpt.models.load import load_chat_model
+from personagpt.models.hardware import describe_hardware
+from personagpt.generate.best_of_n import contradiction
 
 
 def scores(predicted: list[bool], gold: list[bool]) -> dict:
@@ -57,14 +58,14 @@ def main() -> None:
     contrast_seconds = (time.perf_counter() - started) / len(cases)
     polarity = [answer_polarity(c["reply"]) for c in cases]
 
-    from personagpt.control import SentenceEmbedder
+    from personagpt.control.goals import SentenceEmbedder
 
     embedder = SentenceEmbedder()
     said = embedder.encode([c["question"] + " " + c["reply"] for c in cases])
     facts = embedder.encode([c["fact"] for c in cases])
     negated = embedder.encode([negate(c["fact"]) for c in cases])
     closer_to_negation = ((said * negated).sum(-1) > (said * facts).sum(-1)).tolist()
-    from personagpt.consistency import ConsistencyChecker
+    from personagpt.generate.consistency import ConsistencyChecker
 
     checker = ConsistencyChecker(embedder)
     asked = [checker.asked_fact(c["turns"][-1], c["persona"]) for c in cases]

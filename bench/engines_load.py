@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "engines_load.json")
     args = parser.parse_args()
 
-    from personagpt.data import default_data_dir, load_dialogues
-    from personagpt.export import export_gguf
-    from personagpt.models import load_chat_model
+    from personagpt.data.dialogues import default_data_dir, load_dialogues
+    from personagpt.models.export import export_gguf
+    from personagpt.models.load import load_chat_model
 
     model, fmt = load_chat_model(None)
     dialogues = [d for d in load_dialogues(default_data_dir() / "personachat" / "valid_both_original_no_cands.txt")

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from personagpt.data import default_data_dir, load_dialogues
-from personagpt.evaluation import Targets, examples_for, perplexities
-from personagpt.fastpath import FastDecoder
-from personagpt.models import describe_hardware, load_chat_model
+from personagpt.data.dialogues import default_data_dir, load_dialogues
+from personagpt.eval.evaluate import Targets, examples_for, perplexities
+from personagpt.models.fastpath import FastDecoder
+from personagpt.models.load import load_chat_model
+from personagpt.models.hardware import describe_hardware
 from personagpt.scoring import score_examples
 
 

@@ -33,11 +33,12 @@ import torch
 import transformers
 from transformers import StaticCache
 
-from personagpt.data import load_dialogues
+from personagpt.data.dialogues import load_dialogues
 from personagpt.format import PromptFormat
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.kvcache import ReservedCache, compiled_step, eager_step
-from personagpt.models import build_gpt2, inference_autocast, load_model, load_tokenizer, resolve_model_name
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.generate.kvcache import ReservedCache, compiled_step, eager_step
+from personagpt.models.load import build_gpt2, load_model, load_tokenizer, resolve_model_name
+from personagpt.models.precision import inference_autocast
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -38,7 +38,7 @@ NEW_TOKENS = 64
 
 def prompts_of(dialogue, fmt, turns: int) -> list[list[int]]:
     """The prompt ids before each of the bot's (speaker 2's) first ``turns`` replies."""
-    from personagpt.generation import fit_context
+    from personagpt.generate.conversation import fit_context
 
     prefix = fmt.persona_prefix(dialogue.facts(2))
     return [fit_context(prefix, [fmt.utterance(u) for u in dialogue.turns[: 2 * t + 1]], 1024 - NEW_TOKENS)
@@ -49,11 +49,11 @@ def ours_single(mode: str, prompts: list[list[int]]) -> dict:
     """Our session loop (what ``interact`` runs) on the prompts, decoding through ``mode``'s path."""
     import torch
 
-    from personagpt.fastpath import fast_decoder
-    from personagpt.generation import decode_tokens
-    from personagpt.kvcache import ReservedCache, crop_to_prefix
-    from personagpt.models import load_chat_model
-    from personagpt.sampling import SamplingConfig
+    from personagpt.models.fastpath import fast_decoder
+    from personagpt.generate.conversation import decode_tokens
+    from personagpt.generate.kvcache import ReservedCache, crop_to_prefix
+    from personagpt.models.load import load_chat_model
+    from personagpt.generate.sampling import SamplingConfig
 
     torch.set_num_threads(2)
     model, fmt = load_chat_model(None)
@@ -146,7 +146,7 @@ def serve_and_load(command: list[str], health: str, url: str, body_of, prompts_p
 
 
 def cpu_name() -> str:
-    from personagpt.models import describe_hardware
+    from personagpt.models.hardware import describe_hardware
 
     return describe_hardware()
 
@@ -168,9 +168,9 @@ def main() -> None:
         json.dump(ours_single(mode, json.load(open(prompts))["prompts"]), open(rest[0], "w"))
         return
 
-    from personagpt.data import default_data_dir, load_dialogues
-    from personagpt.export import export_gguf
-    from personagpt.models import load_chat_model
+    from personagpt.data.dialogues import default_data_dir, load_dialogues
+    from personagpt.models.export import export_gguf
+    from personagpt.models.load import load_chat_model
 
     model, fmt = load_chat_model(None)
     dialogues = [d for d in load_dialogues(default_data_dir() / "personachat" / "valid_both_original_no_cands.txt")

@@ -1,5 +1,5 @@
 """Where bf16 pays on a CPU: one prefill and one decoding step of a model, in fp32, under bf16 autocast, and with
-bf16 weights. Decides ``personagpt.models.generation_model`` (generate on a bf16 copy) and the evaluator's
+bf16 weights. Decides ``personagpt.models.precision.generation_model`` (generate on a bf16 copy) and the evaluator's
 autocast for scoring.
 
     python bench/precision.py [--model PATH_OR_NAME] [--rows 64] [--context 150]
@@ -13,8 +13,8 @@ import time
 import torch
 import transformers
 
-from personagpt.kvcache import ReservedCache
-from personagpt.models import default_model, load_model
+from personagpt.generate.kvcache import ReservedCache
+from personagpt.models.load import default_model, load_model
 
 
 @torch.inference_mode()

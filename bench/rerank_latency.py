@@ -15,10 +15,11 @@ import statistics
 import time
 from pathlib import Path
 
-from personagpt.data import load_dialogues
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.fastpath import choose_fast_path
-from personagpt.models import describe_hardware, load_chat_model
+from personagpt.data.dialogues import load_dialogues
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.models.fastpath import choose_fast_path
+from personagpt.models.load import load_chat_model
+from personagpt.models.hardware import describe_hardware
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

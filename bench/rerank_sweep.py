@@ -12,9 +12,9 @@ most 40 tokens, best-of-N, judged by the goal labeler (the one that also scores 
 asks the labeler first makes success a question of whether any of N samples fulfils the goal).
 
 Persona questions (the probe set): for each of the first ``--dialogues`` validation dialogues, one of p2's facts
-that :func:`personagpt.facts.question` turns into a yes/no question (seed 1) is asked as p1's next turn after the
+that :func:`personagpt.personas.facts.question` turns into a yes/no question (seed 1) is asked as p1's next turn after the
 gold history up to a random point, and the bot answers in character. Judged by the reply's opening words
-(:func:`personagpt.facts.answer_polarity`) against the answer the fact implies: recall is the share answering as
+(:func:`personagpt.personas.facts.answer_polarity`) against the answer the fact implies: recall is the share answering as
 the fact implies, contradiction the share answering against it (the rest answer neither way). The same words
 decide the reranker's denial check, so best-of-N is judged on what it optimises: ``bench/consistency_eval.py``
 gives the rule's agreement with hand labels (precision 89.5%, recall 81.0% for contradictions).
@@ -38,14 +38,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from personagpt.control import GoalLabeler
-from personagpt.evaluation import control_success
-from personagpt.data import distinct_personas, load_dialogues
-from personagpt.evaluation import distinct_n, word_f1
-from personagpt.facts import answer_polarity, question
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import describe_hardware, load_chat_model
-from personagpt.rerank import repetition
+from personagpt.control.goals import GoalLabeler
+from personagpt.eval.evaluate import control_success
+from personagpt.data.dialogues import distinct_personas, load_dialogues
+from personagpt.eval.evaluate import distinct_n, word_f1
+from personagpt.personas.facts import answer_polarity, question
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.models.load import load_chat_model
+from personagpt.models.hardware import describe_hardware
+from personagpt.generate.best_of_n import repetition
 from personagpt.scoring import PersonaRanker
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

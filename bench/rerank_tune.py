@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from personagpt.data import load_dialogues
-from personagpt.evaluation import distinct_n, word_f1
-from personagpt.generation import SamplingConfig
-from personagpt.models import load_chat_model
-from personagpt.rerank import rank_candidates, repetition, sample_candidates
+from personagpt.data.dialogues import load_dialogues
+from personagpt.eval.evaluate import distinct_n, word_f1
+from personagpt.generate.conversation import SamplingConfig
+from personagpt.models.load import load_chat_model
+from personagpt.generate.best_of_n import rank_candidates, repetition, sample_candidates
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 GRID = {"persona": [0, 0.5, 1, 2, 4], "repetition": [0, 2, 8], "fluency": [0, 0.25, 0.5, 1, 2]}

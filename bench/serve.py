@@ -39,7 +39,8 @@ def bandwidth_floor(model_name: str | None) -> dict:
     """Weights bytes per token (bf16 where the server would use it) and the machine's copy bandwidth."""
     import torch
 
-    from personagpt.models import load_chat_model, serving_model
+    from personagpt.models.load import load_chat_model
+    from personagpt.models.precision import serving_model
 
     model, _ = load_chat_model(model_name)
     model = serving_model(model)
@@ -156,7 +157,7 @@ def main() -> None:
     parser.add_argument("--batched-only", action="store_true", help="skip the max-batch 1 server")
     args = parser.parse_args()
 
-    from personagpt.data import load_dialogues
+    from personagpt.data.dialogues import load_dialogues
 
     dialogues = [d for d in load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
                  if len(d.turns) >= 2 * args.turns][: max(args.users)]

@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--port", type=int, default=8777)
     args = parser.parse_args()
-    from personagpt.data import PACKAGED_PERSONAS, load_personas
-    from personagpt.models import describe_hardware
+    from personagpt.data.dialogues import PACKAGED_PERSONAS, load_personas
+    from personagpt.models.hardware import describe_hardware
 
     personas = load_personas(PACKAGED_PERSONAS)
     url = f"http://127.0.0.1:{args.port}"

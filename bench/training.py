@@ -6,7 +6,7 @@ Same model (a random 6-layer / 384-wide GPT-2 on the GPT-2 vocabulary, same init
 * original: one example per target turn, batch size 1: a forward pass over ``persona + history so far`` (with
   gradients, as the original ``fit_on_batch`` does), then the turn with that cache and ``labels=turn``;
   gradient accumulation over 8 examples; fp32 (the original's default);
-* ours: ``personagpt.training.train``: one sequence per (dialogue, speaker), loss on that speaker's turns,
+* ours: ``personagpt.train.loop.train``: one sequence per (dialogue, speaker), loss on that speaker's turns,
   length-bucketed batches of 8, bf16 autocast where the CPU supports it.
 
 Each side runs in its own process so peak memory (max RSS) is its own.
@@ -47,9 +47,9 @@ def slice_dialogues(n: int, out: Path) -> Path:
 def run_original(data: Path, accumulation: int = 8, lr: float = 5e-5) -> dict:
     from transformers import get_linear_schedule_with_warmup
 
-    from personagpt.data import load_dialogues
+    from personagpt.data.dialogues import load_dialogues
     from personagpt.format import PromptFormat
-    from personagpt.models import build_gpt2, load_tokenizer
+    from personagpt.models.load import build_gpt2, load_tokenizer
 
     tokenizer = load_tokenizer(SHARED / "tokenizer" / "gpt2")
     fmt = PromptFormat(tokenizer)
@@ -89,11 +89,12 @@ def run_original(data: Path, accumulation: int = 8, lr: float = 5e-5) -> dict:
 
 
 def run_ours(data: Path, workdir: Path) -> dict:
-    from personagpt.dataset import prepare
+    from personagpt.data.examples import prepare
     from personagpt.format import PromptFormat
-    from personagpt.models import load_tokenizer, resolve_mixed_precision
-    from personagpt.config import TrainConfig
-    from personagpt.training import train
+    from personagpt.models.load import load_tokenizer
+    from personagpt.models.hardware import resolve_mixed_precision
+    from personagpt.train.config import TrainConfig
+    from personagpt.train.loop import train
 
     config = TrainConfig(from_scratch="6x384", tokenizer=str(SHARED / "tokenizer" / "gpt2"), data=[str(data)],
                          output_dir=str(workdir / "ours"), epochs=1, batch_size=8, learning_rate=5e-5,

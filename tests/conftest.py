@@ -17,7 +17,7 @@ import uvicorn
 os.environ.setdefault("PERSONAGPT_FAST_PATH", "fp32")
 
 from personagpt.format import PromptFormat  # noqa: E402
-from personagpt.models import build_gpt2, load_tokenizer, save_checkpoint
+from personagpt.models.load import build_gpt2, load_tokenizer, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PERSONAGPT_DATA", REPO.parent / "shared" / "data"))

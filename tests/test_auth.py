@@ -7,20 +7,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personagpt.auth.env import Episode, View, candidate_sets, interview, rank_of, rescore
+from personagpt.auth.interview import Episode, View, candidate_sets, interview, rank_of, rescore
 from personagpt.auth.identify import (EmbeddingIdentifier, FactEmbeddings, IdentifierHead, PooledEncoder,
                                       SentenceIdentifier)
 from personagpt.auth.learn import (DQNConfig, TurnEmbeddings, identification_hits, refit_policy,
                                    train_identifier_head, train_policy)
-from personagpt.auth.measure import claims, error_rates, hits_by_turn, paired_difference, paired_with, roc_auc, threshold_for, turns_to, wilson
+from personagpt.auth.report import claims, error_rates, hits_by_turn, paired_difference, paired_with, roc_auc, threshold_for, turns_to, wilson
 from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, NoGoalPolicy, baseline_policies
 from personagpt.cli import app
-from personagpt.data import default_data_dir, load_dialogues
+from personagpt.data.dialogues import default_data_dir, load_dialogues
 from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generation import SamplingConfig
+from personagpt.generate.conversation import SamplingConfig
 from personagpt.scoring import rank_personas
-from personagpt.selfplay import Transcript
+from personagpt.control.selfplay import Transcript
 
 POOL = [["i like dogs."], ["i love jazz."], ["i have three kids."], ["i hate snow."], ["i am a pilot."]]
 SHORT = SamplingConfig(max_new_tokens=5)
@@ -44,7 +44,7 @@ def test_an_interview_ranks_the_candidates_after_every_turn(tiny_model, fmt):
     full = rank_personas(tiny_model, fmt, candidates, episode.transcript.turns, speaker=2)
     assert full.totals().tolist() == pytest.approx(episode.scores["likelihood"][-1], abs=1e-3)
     again = Episode(episode.candidates, truth, episode.transcript)
-    from personagpt.auth.env import likelihood_identifiers
+    from personagpt.auth.interview import likelihood_identifiers
     rescore([again], "likelihood", likelihood_identifiers(tiny_model, fmt)["likelihood"])
     assert torch.allclose(torch.tensor(again.scores["likelihood"]), torch.tensor(episode.scores["likelihood"]), atol=1e-3)
     steered = interview(tiny_model, fmt, candidates, truth, baseline_policies()["round-robin"], turns=2,
@@ -95,7 +95,7 @@ def test_sentence_identifier_finds_who_states_a_fact_and_accumulates():
 def test_sentence_identifier_beats_chance_on_gold_dialogues():
     """Validation dialogues, 20 candidates: after 4 of the persona owner's turns the truth ranks first far more
     often than chance (1 in 20). On 300 dialogues it is 79% (README); 40 keep the test quick."""
-    from personagpt.data import distinct_personas
+    from personagpt.data.dialogues import distinct_personas
 
     split = default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
     dialogues = [d for d in load_dialogues(split) if d.p2_facts][:40]

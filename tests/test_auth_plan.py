@@ -8,15 +8,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from personagpt.auth.env import Episode, Lookahead, Question, View, candidate_sets, interview
+from personagpt.auth.interview import Episode, Lookahead, Question, View, candidate_sets, interview
 from personagpt.auth.identify import ExchangeIdentifier, FactEmbeddings, SentenceIdentifier
 from personagpt.auth.plan import (FEATURES, TOPIC_QUESTIONS, DistilledPolicy, Gated, Option, OptionScorer, Planner,
                                   RandomQuestionPolicy, agreement, distill, options)
 from personagpt.auth.stores import play_resumable
 from personagpt.cli import app
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generation import SamplingConfig
-from personagpt.selfplay import RandomPolicy, Transcript
+from personagpt.generate.conversation import SamplingConfig
+from personagpt.control.selfplay import RandomPolicy, Transcript
 
 PEOPLE = [["i have a dog.", "i work in a bank."], ["i play the piano.", "i live in ohio."],
           ["i have a dog.", "i play the piano."], ["i am a nurse.", "i love hiking."]]
@@ -165,7 +165,7 @@ def test_a_gated_policy_pursues_random_goals_until_the_likely_candidates_hold_ha
 
 
 def test_until_its_gate_opens_a_gated_interview_is_the_random_baselines(tiny_model, fmt, facts):
-    from personagpt.selfplay import RandomPolicy
+    from personagpt.control.selfplay import RandomPolicy
 
     class Asking:
         def choose(self, view):
@@ -223,7 +223,7 @@ def test_an_interview_says_a_question_action_as_written(tiny_model, fmt, facts):
 
 
 def test_a_best_of_n_partner_is_simulated_by_its_denial_check(tiny_model, fmt, facts):
-    from personagpt.consistency import ConsistencyChecker
+    from personagpt.generate.consistency import ConsistencyChecker
 
     trucker, other = ["i drive a red truck.", "i live in ohio."], ["i play the piano.", "i am a nurse."]
     lookahead = Lookahead(tiny_model, fmt, [], ExchangeIdentifier(facts, [trucker, other]), SamplingConfig(),
@@ -363,9 +363,9 @@ def test_distill_and_eval_commands(tmp_path, monkeypatch):
 
 
 def test_exact_decoding_replays_interviews_word_for_word_in_other_batches(tiny_model, fmt):
-    from personagpt.auth.env import SelfPlay
+    from personagpt.auth.interview import SelfPlay
     from personagpt.errors import SettingsError
-    from personagpt.selfplay import RandomPolicy as Goals
+    from personagpt.control.selfplay import RandomPolicy as Goals
 
     sets = candidate_sets(PEOPLE, PEOPLE, 3, 0)
     plays = []
@@ -383,7 +383,7 @@ def test_exact_decoding_replays_interviews_word_for_word_in_other_batches(tiny_m
 
 
 def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired(tmp_path):
-    from personagpt.auth.runs import evaluate
+    from personagpt.auth.commands import evaluate
 
     class Stop(Exception):
         pass
@@ -433,7 +433,7 @@ def test_evaluation_plays_every_policy_chunk_by_chunk_so_a_stopped_run_is_paired
 
 
 def test_sampled_interviews_are_the_same_people_for_the_same_seed():
-    from personagpt.auth.env import sample_sets
+    from personagpt.auth.interview import sample_sets
     from personagpt.errors import SettingsError
 
     pool = [[f"fact {i}."] for i in range(30)]
@@ -461,7 +461,7 @@ def test_a_live_interview_plays_the_distilled_policy_as_auth_eval_does(tiny_mode
 
 def test_the_shipped_distilled_policy_and_its_thresholds_load():
     from personagpt.auth.live import judge_for
-    from personagpt.auth.runs import load_distilled, load_thresholds
+    from personagpt.auth.commands import load_distilled, load_thresholds
 
     scorer = load_distilled(None)  # resources/auth/distilled.pt: made for the current features
     assert scorer is not None and judge_for(scorer) == "calibrated"

@@ -3,7 +3,7 @@
 import pytest
 
 from personagpt.format import CHAT_TEMPLATE, PromptFormat
-from personagpt.models import BUNDLED_MODEL, load_tokenizer
+from personagpt.models.load import BUNDLED_MODEL, load_tokenizer
 
 from conftest import GPT2_BPE
 

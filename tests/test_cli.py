@@ -104,7 +104,7 @@ def test_long_message_non_utf8_and_eof(tiny_checkpoint):
 
 
 def test_no_model_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr("personagpt.models.BUNDLED_MODEL", tmp_path / "none")
+    monkeypatch.setattr("personagpt.models.load.BUNDLED_MODEL", tmp_path / "none")
     result = run(["interact", "--persona", "i like dogs."])
     assert result.exit_code == 2
     assert "no --model given" in result.output and "--model" in result.output
@@ -176,7 +176,7 @@ def test_ctrl_c_mid_conversation_exits_cleanly(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def slow_checkpoint(tmp_path_factory, tokenizer):
     """A random model with a long context: a 1500-token reply takes seconds, time enough to interrupt it."""
-    from personagpt.models import build_gpt2, save_checkpoint
+    from personagpt.models.load import build_gpt2, save_checkpoint
 
     model = build_gpt2(tokenizer, n_layer=4, n_embd=128, n_head=2, n_positions=2048)
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("slow") / "model")

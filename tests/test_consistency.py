@@ -8,11 +8,11 @@ import time
 import pytest
 import torch
 
-from personagpt.facts import answer_polarity, negate, question
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import default_model, load_chat_model
-from personagpt.rerank import Lockstep, best_of_n_lockstep, contradiction, contrast_facts
-from personagpt.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
+from personagpt.personas.facts import answer_polarity, negate, question
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.models.load import default_model, load_chat_model
+from personagpt.generate.best_of_n import Lockstep, best_of_n_lockstep, contradiction, contrast_facts
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
 
 FACTS = ["i have a dog.", "i work as a nurse."]
 
@@ -55,7 +55,7 @@ def test_contradictions_score_above_zero_and_agreements_below():
 
 
 def test_the_checker_finds_the_asked_fact_and_a_denial():
-    from personagpt.consistency import ConsistencyChecker, last_yes_no_question
+    from personagpt.generate.consistency import ConsistencyChecker, last_yes_no_question
 
     assert last_yes_no_question("cool . so do you have a dog ?") == "do you have a dog ?"
     assert last_yes_no_question("what do you do for work ?") is None
@@ -74,8 +74,8 @@ def test_the_checker_finds_the_asked_fact_and_a_denial():
 
 
 def test_a_denial_ranks_last(tiny_model, fmt):
-    from personagpt.consistency import ConsistencyChecker
-    from personagpt.rerank import rank_candidates
+    from personagpt.generate.consistency import ConsistencyChecker
+    from personagpt.generate.best_of_n import rank_candidates
 
     checker = ConsistencyChecker()
     history = ["do you have a german shepherd ?"]
@@ -88,7 +88,7 @@ def test_a_denial_ranks_last(tiny_model, fmt):
 
 
 def test_the_control_module_does_not_import_generation():
-    code = "import sys, personagpt.control, personagpt.rerank; assert 'personagpt.generation' not in sys.modules"
+    code = "import sys, personagpt.control.goals, personagpt.generate.best_of_n; assert 'personagpt.generate.conversation' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -128,7 +128,7 @@ def test_greedy_samples_once(tiny_model, fmt):
 
 
 def test_best_of_n_through_the_engine(tiny_model, fmt):
-    from personagpt.engine import Engine
+    from personagpt.generate.engine import Engine
 
     engine = Engine(tiny_model, fmt, max_batch=8)
     try:

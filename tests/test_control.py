@@ -8,11 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.control import Goal, GoalLabeler, build_control_records, labeler_scores
-from personagpt.evaluation import control_success
-from personagpt.data import Dialogue, load_control_records, load_dialogues
+from personagpt.control.goals import Goal, GoalLabeler, build_control_records, labeler_scores
+from personagpt.eval.evaluate import control_success
+from personagpt.data.dialogues import Dialogue, load_control_records, load_dialogues
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generation import SamplingConfig
+from personagpt.generate.conversation import SamplingConfig
 
 from conftest import PERSONACHAT
 
@@ -125,9 +125,9 @@ def test_best_of_n_control_asks_the_labeler_first(tiny_model, fmt, monkeypatch):
         def label_many(self, texts, goals):
             return [set(goals) if self.accepts(t, None) else set() for t in texts]
 
-    import personagpt.rerank
+    import personagpt.generate.best_of_n
 
-    monkeypatch.setattr(personagpt.rerank, "default_labeler", lambda: AcceptsHalf())
+    monkeypatch.setattr(personagpt.generate.best_of_n, "default_labeler", lambda: AcceptsHalf())
     dialogues = load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:20]
     goals = ["ask about pets.", "talk about music."]
     torch.manual_seed(0)

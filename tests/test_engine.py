@@ -4,11 +4,11 @@ requests it was running."""
 import pytest
 import torch
 
-from personagpt.engine import Engine
+from personagpt.generate.engine import Engine
 from personagpt.errors import PersonaGPTError
-from personagpt.kvcache import PrefixCache
-from personagpt.models import build_gpt2
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.kvcache import PrefixCache
+from personagpt.models.load import build_gpt2
+from personagpt.generate.sampling import SamplingConfig
 
 GREEDY = SamplingConfig(do_sample=False, max_new_tokens=5, min_new_tokens=5)
 

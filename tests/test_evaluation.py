@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.data import Dialogue, load_dialogues
-from personagpt.evaluation import (Targets, distinct_n, evaluate, examples_for, markdown_table,
+from personagpt.data.dialogues import Dialogue, load_dialogues
+from personagpt.eval.evaluate import (Targets, distinct_n, evaluate, examples_for, markdown_table,
                                    normalize_answer, original_tf_f1, perplexities, persona_hits,
                                    segments, teacher_forced_f1, word_f1)
 
@@ -128,7 +128,7 @@ def test_hits_limit_ranks_only_the_first_dialogues(tiny_model, fmt):
 
 def test_bf16_generation_uses_a_copy(tiny_model, monkeypatch):
     """On the reference path only; the fast path needs no copy (its int8 weights are its own)."""
-    from personagpt.models import generation_model
+    from personagpt.models.precision import generation_model
 
     fast, _ = generation_model(tiny_model, "bf16")
     assert fast is tiny_model
@@ -142,7 +142,7 @@ def test_bf16_generation_uses_a_copy(tiny_model, monkeypatch):
 @pytest.mark.parametrize("decode", ["greedy", "beam"])
 def test_generate_replies_gives_one_reply_per_gold_response(tiny_model, fmt, decode):
     """Greedy replays the conversations through one cache; beams (and over-long ones) re-encode each context."""
-    from personagpt.evaluation import DECODING, generate_replies
+    from personagpt.eval.evaluate import DECODING, generate_replies
 
     targets = Targets.of(load_dialogues(PERSONACHAT / "valid_both_original_no_cands.txt")[:2])
     replies, gold = generate_replies(tiny_model, fmt, targets, DECODING[decode], batch_size=4)

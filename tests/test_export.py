@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.data import load_dialogues
+from personagpt.data.dialogues import load_dialogues
 from personagpt.format import CHAT_TEMPLATE
-from personagpt.models import build_gpt2, save_checkpoint
+from personagpt.models.load import build_gpt2, save_checkpoint
 
 from conftest import PERSONACHAT
 

@@ -4,14 +4,14 @@ import httpx
 import pytest
 import torch
 
-from personagpt import fastpath
-from personagpt.engine import Engine
+from personagpt.models import fastpath
+from personagpt.generate.engine import Engine
 from personagpt.errors import SettingsError
-from personagpt.fastpath import FastDecoder, choose_fast_path, fast_decoder
-from personagpt.generation import Conversation
-from personagpt.kvcache import ReservedCache
-from personagpt.models import build_gpt2
-from personagpt.sampling import GREEDY, SamplingConfig
+from personagpt.models.fastpath import FastDecoder, choose_fast_path, fast_decoder
+from personagpt.generate.conversation import Conversation
+from personagpt.generate.kvcache import ReservedCache
+from personagpt.models.load import build_gpt2
+from personagpt.generate.sampling import GREEDY, SamplingConfig
 from personagpt.serve import ServerSettings, create_app
 
 from conftest import LiveServer
@@ -72,12 +72,12 @@ def test_step_by_step_equals_one_pass(model, fmt):
 
 def test_the_choice_follows_the_cpu(model, monkeypatch):
     monkeypatch.delenv("PERSONAGPT_FAST_PATH", raising=False)
-    monkeypatch.setattr("personagpt.models._cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr("personagpt.models.fastpath.cpu_has_fast_bf16", lambda: True)
     assert choose_fast_path(None, model).mode == "int8"
-    monkeypatch.setattr("personagpt.models._cpu_has_fast_bf16", lambda: False)
-    monkeypatch.setattr("personagpt.models._cpu_has_avx2", lambda: True)
+    monkeypatch.setattr("personagpt.models.fastpath.cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr("personagpt.models.fastpath.cpu_has_avx2", lambda: True)
     assert choose_fast_path(None, model).mode == "int8"  # measured faster on an AVX2-only EPYC too
-    monkeypatch.setattr("personagpt.models._cpu_has_avx2", lambda: False)
+    monkeypatch.setattr("personagpt.models.fastpath.cpu_has_avx2", lambda: False)
     choice = choose_fast_path(None, model)
     assert choice.mode == "fp32" and "lacks AVX2" in choice.describe()
     monkeypatch.setenv("PERSONAGPT_FAST_PATH", "off")

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.data import PACKAGED_PERSONAS, load_personas, read_facts_file, resolve_personas_path
+from personagpt.data.dialogues import PACKAGED_PERSONAS, load_personas, read_facts_file, resolve_personas_path
 
 from conftest import PERSONACHAT, SHARED
 
@@ -149,7 +149,7 @@ def test_help_texts_are_current():
 def test_no_future_warning_from_our_own_loading(tmp_path, tiny_model, tokenizer):
     from peft import LoraConfig, get_peft_model
 
-    from personagpt.models import save_checkpoint
+    from personagpt.models.load import save_checkpoint
 
     base = save_checkpoint(tiny_model, tokenizer, tmp_path / "base")
     adapter = get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["c_attn"], task_type="CAUSAL_LM"))
@@ -227,7 +227,7 @@ def test_in_chat_commands_and_save_at_exit(tiny_checkpoint, tmp_path):
     assert mid["p2_facts"] == ["i am a pilot.", "i fly planes."] and mid["p1_facts"] == []
     end = json.loads(at_exit.read_text())
     assert end["turns"][0] == "hi again" and len(end["turns"]) == 2
-    from personagpt.data import load_dialogues
+    from personagpt.data.dialogues import load_dialogues
 
     assert load_dialogues(at_exit)[0].p2_facts == ["i am a pilot.", "i fly planes."]  # loadable as data
 

@@ -3,7 +3,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from personagpt.format import DEFAULT_ACTIONS, SPECIAL_TOKENS, PromptFormat, add_special_tokens
-from personagpt.models import load_tokenizer
+from personagpt.models.load import load_tokenizer
 
 from conftest import GPT2_BPE
 

@@ -1,10 +1,10 @@
 import pytest
 
-from personagpt.models import build_gpt2
+from personagpt.models.load import build_gpt2
 
-from personagpt.generation import (GREEDY, ContextOverflowError, Conversation, SamplingConfig, fit_context,
+from personagpt.generate.conversation import (GREEDY, ContextOverflowError, Conversation, SamplingConfig, fit_context,
                                    generate_batch)
-from personagpt.replay import Replay, generate_replays
+from personagpt.generate.replay import Replay, generate_replays
 
 FACTS = ["i like dogs.", "i am a nurse."]
 USER_TURNS = ["hi there , how are you ?", "what do you do for work ?", "cool , me too .", "do you have pets ?"]

@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from personagpt.models import ModelNotFoundError, load_model, resolve_model_name, save_checkpoint
+from personagpt.models.load import ModelNotFoundError, load_model, resolve_model_name, save_checkpoint
 
 
 def test_checkpoint_round_trip(tiny_checkpoint, tiny_model):
@@ -29,7 +29,7 @@ def test_bad_local_directory(tmp_path):
 
 
 def test_no_bundled_model_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr("personagpt.models.BUNDLED_MODEL", tmp_path / "none")
+    monkeypatch.setattr("personagpt.models.load.BUNDLED_MODEL", tmp_path / "none")
     with pytest.raises(ModelNotFoundError, match="--model"):
         resolve_model_name(None)
     assert resolve_model_name("personagpt") == "af1tang/personaGPT"

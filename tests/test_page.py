@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from personagpt.models import build_gpt2, load_chat_model
-from personagpt.sampling import DEFAULT_CANDIDATES
+from personagpt.models.load import build_gpt2, load_chat_model
+from personagpt.generate.sampling import DEFAULT_CANDIDATES
 from personagpt.serve import ServerSettings, create_app
 
 from conftest import LiveServer, no_eos

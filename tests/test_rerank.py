@@ -4,9 +4,9 @@ the right way on hand-made cases (with the bundled model, a real language model)
 import pytest
 import torch
 
-from personagpt.generation import Conversation, SamplingConfig
-from personagpt.models import default_model, load_chat_model
-from personagpt.rerank import RerankWeights, rank_candidates, repetition, sample_candidates
+from personagpt.generate.conversation import Conversation, SamplingConfig
+from personagpt.models.load import default_model, load_chat_model
+from personagpt.generate.best_of_n import RerankWeights, rank_candidates, repetition, sample_candidates
 
 FACTS = ["i have two dogs.", "i work as a nurse."]
 
@@ -71,7 +71,7 @@ def test_eval_and_server_take_candidates(tiny_checkpoint, tokenizer, fmt):
     from typer.testing import CliRunner
 
     from personagpt.cli import app
-    from personagpt.models import build_gpt2
+    from personagpt.models.load import build_gpt2
     from personagpt.serve import ServerSettings, create_app
 
     from conftest import LiveServer

@@ -8,11 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.config import TrainConfig
-from personagpt.generation import Conversation, SamplingConfig, TextStream
-from personagpt.models import load_chat_model
+from personagpt.train.config import TrainConfig
+from personagpt.generate.conversation import Conversation, SamplingConfig, TextStream
+from personagpt.models.load import load_chat_model
 from personagpt.scoring import rank_personas
-from personagpt.selfplay import FixedPolicy, RandomPolicy, self_play
+from personagpt.control.selfplay import FixedPolicy, RandomPolicy, self_play
 
 FACTS = ["i like dogs.", "i am a nurse."]
 TURNS = ["hi there , how are you ?", "good , i just walked my dogs .", "what do you do for work ?",
@@ -149,7 +149,7 @@ def test_a_library_bug_is_one_line_or_a_traceback_with_debug(monkeypatch, tiny_c
     def broken(*args, **kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr("personagpt.models.load_model", broken)
+    monkeypatch.setattr("personagpt.models.load.load_model", broken)
     runner = CliRunner()
     plain = runner.invoke(app, ["interact", "--model", str(tiny_checkpoint), "--persona", "i like dogs."])
     assert plain.exit_code == 1 and "Internal error (KeyError" in plain.output and "--debug" in plain.output

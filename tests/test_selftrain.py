@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.data import ControlRecord, Dialogue, load_control_records
+from personagpt.data.dialogues import ControlRecord, Dialogue, load_control_records
 from personagpt.errors import SettingsError
-from personagpt.generation import SamplingConfig
-from personagpt.selftrain import harvest, merge_control_records, read_attempts, verdict
+from personagpt.generate.conversation import SamplingConfig
+from personagpt.control.selftrain import harvest, merge_control_records, read_attempts, verdict
 
 GOAL = "ask about pets."
 

@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from personagpt.models import build_gpt2
-from personagpt.sampling import SamplingConfig
+from personagpt.models.load import build_gpt2
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.serve import ServerSettings, create_app
 
 from conftest import LiveServer, no_eos

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from personagpt.models import build_gpt2
+from personagpt.models.load import build_gpt2
 from personagpt.serve import ServerSettings, create_app
 from personagpt.serve.completions import Reply
 from personagpt.serve.metrics import Metrics

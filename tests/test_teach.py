@@ -5,8 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from personagpt.cli import app
-from personagpt.data import ControlRecord, load_control_records
-from personagpt.models import load_model
+from personagpt.data.dialogues import ControlRecord, load_control_records
+from personagpt.models.load import load_model
 from personagpt.scoring import record_loss
 
 from conftest import PERSONACHAT

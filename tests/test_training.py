@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from personagpt.data import ControlRecord, Dialogue
-from personagpt.dataset import collate, control_example, persona_examples, plan_batches, prepare
-from personagpt.models import build_gpt2, load_model, save_checkpoint
-from personagpt.checkpoints import latest_checkpoint
-from personagpt.config import TrainConfig, read_config_file
-from personagpt.training import train, train_phases
+from personagpt.data.dialogues import ControlRecord, Dialogue
+from personagpt.data.examples import collate, control_example, persona_examples, plan_batches, prepare
+from personagpt.models.load import build_gpt2, load_model, save_checkpoint
+from personagpt.train.checkpoints import latest_checkpoint
+from personagpt.train.config import TrainConfig, read_config_file
+from personagpt.train.loop import train, train_phases
 
 from conftest import PERSONACHAT
 
@@ -268,7 +268,7 @@ def test_two_processes_match_one(tmp_path, slices, base):
 
 
 def _peak_rss_mb(tmp_path, slices, base, steps: int) -> float:
-    code = ("import resource, sys; from personagpt.config import TrainConfig; from personagpt.training import train; "
+    code = ("import resource, sys; from personagpt.train.config import TrainConfig; from personagpt.train.loop import train; "
             f"train(TrainConfig(model={str(base / 'drop')!r}, data=[{str(slices / 'train.txt')!r}], "
             f"output_dir={str(tmp_path / f'mem{steps}')!r}, max_steps={steps}, batch_size=4, save_steps=10000, "
             f"logging_steps=50, cache_dir={str(tmp_path / 'cache')!r}), progress=False); "

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from personagpt.dataset import IGNORE_INDEX, Example, TokenizedDataset, collate, control_example
+from personagpt.data.examples import IGNORE_INDEX, Example, TokenizedDataset, collate, control_example
 from personagpt.format import MAX_SEQUENCE_LENGTH, PromptFormat
 from personagpt.errors import SettingsError
-from personagpt.generation import ContextOverflowError, context_limit
-from personagpt.kvcache import ReservedCache
+from personagpt.generate.conversation import ContextOverflowError, context_limit
+from personagpt.generate.kvcache import ReservedCache
 
 
 class TargetLoss(nn.Module):
@@ -68,7 +68,7 @@ class TargetLoss(nn.Module):
 
 def decoder_and_head(model):
     """The transformer body (hidden states) and the output layer of a causal LM, PEFT-wrapped or not, or of a
-    :class:`~personagpt.fastpath.FastDecoder`."""
+    :class:`~personagpt.models.fastpath.FastDecoder`."""
     if hasattr(model, "body") and hasattr(model, "logits"):
         return model.body, model.logits
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from personagpt.checkpoints import ConfigModule
+from personagpt.train.checkpoints import ConfigModule
 from personagpt.format import PromptFormat
 from personagpt.scoring import PersonaRanker, decoder_and_head
 
@@ -61,7 +61,7 @@ class PooledEncoder:
 
     @torch.inference_mode()
     def encode_ids(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        from personagpt.models import inference_autocast
+        from personagpt.models.precision import inference_autocast
 
         out = []
         pad = self.fmt.tokenizer.pad_token_id
@@ -156,7 +156,7 @@ class FactEmbeddings:
     """A sentence encoder with its persona facts' embeddings kept (an evaluation pool repeats the same facts)."""
 
     def __init__(self, embedder=None) -> None:
-        from personagpt.control import SentenceEmbedder
+        from personagpt.control.goals import SentenceEmbedder
 
         self.embedder = embedder or SentenceEmbedder()
         self._facts: dict[str, torch.Tensor] = {}
@@ -172,7 +172,7 @@ class FactEmbeddings:
 
     def sentences_of(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Each text's sentence embeddings, all encoded in one batch."""
-        from personagpt.control import sentences
+        from personagpt.control.goals import sentences
 
         split = [sentences(t.lower()) or [t or " "] for t in texts]
         wanted = list(dict.fromkeys(s for parts in split for s in parts))
@@ -228,7 +228,7 @@ class SentenceIdentifier:
 def partner_answer_rates(candidates: int = 1) -> tuple[float, float]:
     """How often a partner answering best-of-``candidates`` gives the answer a persona fact implies to the yes/no
     question about it: when its persona holds the fact, and when it does not. Sampled once, the bundled model gave
-    it 55% and 54% of the time (``bench/auth_partner_answers.py``, 254 questions to 30 training personas). Best-of-N
+    it 55% and 54% of the time (``bench/experiments/auth_partner_answers.py``, 254 questions to 30 training personas). Best-of-N
     keeps a reply that does not deny an asked fact of the persona when one of its N samples does not, so a holder
     gives it 1 - 0.45^N of the time (0.96 for N = 4; measured 0.97) and a non-holder still about half (measured
     0.47)."""
@@ -237,7 +237,7 @@ def partner_answer_rates(candidates: int = 1) -> tuple[float, float]:
 
 class ExchangeIdentifier(SentenceIdentifier):
     """The sentence identifier plus the answer read with its question. When the interviewer's turn ends with a
-    yes/no question and the answer opens with yes or no (:func:`personagpt.facts.answer_polarity`), each candidate's
+    yes/no question and the answer opens with yes or no (:func:`personagpt.personas.facts.answer_polarity`), each candidate's
     fact nearest the question (cosine above ``floor``) adds ``weight`` x its closeness (0 at ``floor``, 1 at
     cosine 1) when the answer agrees with what that fact implies, and subtracts it when it disagrees; candidates
     with no such fact are left alone. The question check of the best-replies work found the asked fact this way
@@ -253,7 +253,7 @@ class ExchangeIdentifier(SentenceIdentifier):
 
     def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 5.0,
                  weight: float = 1.0, floor: float = 0.5, rates: tuple[float, float] | None = None) -> None:
-        from personagpt.consistency import expected_answer
+        from personagpt.generate.consistency import expected_answer
 
         super().__init__(encoder, candidates, scale)
         self.weight, self.floor = weight, floor
@@ -268,7 +268,7 @@ class ExchangeIdentifier(SentenceIdentifier):
     def _closeness(self, question: str) -> torch.Tensor | None:
         """Per fact, how close it is to ``question``'s closing yes/no question (None: it has none)."""
         if question not in self._questions:
-            from personagpt.consistency import last_yes_no_question
+            from personagpt.generate.consistency import last_yes_no_question
 
             asked = last_yes_no_question(question)
             if asked is None:
@@ -279,7 +279,7 @@ class ExchangeIdentifier(SentenceIdentifier):
         return self._questions[question]
 
     def gain(self, answer: str, question: str = "", sentences: torch.Tensor | None = None) -> torch.Tensor:
-        from personagpt.facts import answer_polarity
+        from personagpt.personas.facts import answer_polarity
 
         gain = super().gain(answer, question, sentences)
         polarity = answer_polarity(answer) if question else None

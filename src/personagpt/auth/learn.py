@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from personagpt.auth.env import Episode
+from personagpt.auth.interview import Episode
 from personagpt.auth.identify import IdentifierHead, PooledEncoder
 from personagpt.auth.policies import LearnedPolicy, QNetwork, state_features
-from personagpt.checkpoints import atomic_torch_save
-from personagpt.data import Dialogue
+from personagpt.train.checkpoints import atomic_torch_save
+from personagpt.data.dialogues import Dialogue
 from personagpt.format import DEFAULT_ACTIONS
 
 # ---- the embedding identifier's head --------------------------------------------------------------------------------

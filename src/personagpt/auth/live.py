@@ -11,7 +11,7 @@ from personagpt.errors import SettingsError
 def interview_people(candidates: int, claimed: list[str] | None, seed: int) -> tuple[list[list[str]], list[str]]:
     """K candidate personas from the packaged list, one of them the one played (or claimed), in a random order;
     returns (candidates, the true or claimed persona)."""
-    from personagpt.data import load_personas, resolve_personas_path
+    from personagpt.data.dialogues import load_personas, resolve_personas_path
 
     pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
     if candidates - 1 > len(pool):
@@ -44,8 +44,8 @@ class LiveInterview:
         from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
         from personagpt.auth.plan import DistilledPolicy, Gated
         from personagpt.auth.policies import LearnedPolicy
-        from personagpt.generation import Conversation
-        from personagpt.sampling import SamplingConfig
+        from personagpt.generate.conversation import Conversation
+        from personagpt.generate.sampling import SamplingConfig
 
         self.people, self.rng = people, random.Random(seed)
         facts = FactEmbeddings() if guide != "embedding" or scorer is not None else None
@@ -61,7 +61,7 @@ class LiveInterview:
 
     def ask(self) -> tuple[str, str]:
         """(what the interviewer pursues, its question)."""
-        from personagpt.auth.env import Question, View
+        from personagpt.auth.interview import Question, View
         from personagpt.format import DEFAULT_ACTIONS
 
         view = View(len(self.used), self.scores, self.used, candidates=self.people)

@@ -1,8 +1,8 @@
 """Planning the interviewer's next question without knowing the truth, and a policy distilled from the planner.
 
-The actions are the candidates' own facts, asked as yes/no questions (:func:`personagpt.facts.question`), chosen
+The actions are the candidates' own facts, asked as yes/no questions (:func:`personagpt.personas.facts.question`), chosen
 where the likely candidates disagree, and optionally the goal codes. The :class:`Planner` simulates the partner's
-answer to every action under each of the top-M candidate personas (batched generation, :class:`~personagpt.auth.env.
+answer to every action under each of the top-M candidate personas (batched generation, :class:`~personagpt.auth.interview.
 Lookahead`), scores each simulated exchange with the guide identifier, and takes the action with the lowest expected
 entropy over the K candidates afterwards (the largest expected information gain). The :class:`DistilledPolicy`
 scores the same actions from cheap features (:func:`options`) with a small network trained to pick what the planner
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from personagpt.auth.env import Action, Question, View
+from personagpt.auth.interview import Action, Question, View
 from personagpt.auth.identify import FactEmbeddings
-from personagpt.checkpoints import ConfigModule
-from personagpt.facts import question as fact_question
+from personagpt.train.checkpoints import ConfigModule
+from personagpt.personas.facts import question as fact_question
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.selfplay import RandomPolicy
+from personagpt.control.selfplay import RandomPolicy
 
 MATCH = 0.6  # cosine at which two facts say the same thing (the question check's threshold)
 FEATURES = 10
@@ -134,7 +134,7 @@ class Planner:
     candidate's probability. Each decision (the options' features and their expected values) is appended to
     ``record`` when it is given (distillation).
 
-    With ``baseline`` (a seeded :class:`~personagpt.selfplay.RandomPolicy`), the goal that baseline draws for this
+    With ``baseline`` (a seeded :class:`~personagpt.control.selfplay.RandomPolicy`), the goal that baseline draws for this
     conversation is one more option, simulated like the rest: the planner leaves the random interview only where a
     question is expected to tell more than the open exchange random would have had."""
 
@@ -188,7 +188,7 @@ class Gated:
     random-goal interviews (training and validation personas alike) the truth was among the 3 likeliest 85-100% of
     the time when they held half the mass or more, and about half the time when they held less.
 
-    The random goal is the one :class:`~personagpt.selfplay.RandomPolicy` with the same seed draws for the same
+    The random goal is the one :class:`~personagpt.control.selfplay.RandomPolicy` with the same seed draws for the same
     conversation, so that until the gate opens a gated interview is the random baseline's interview, turn for turn:
     a paired comparison then measures what the gated policy changes, not the luck of different draws."""
 

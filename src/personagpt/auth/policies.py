@@ -1,7 +1,7 @@
 """Interviewer policies for authentication: which goal to pursue next (None: chat freely).
 
 Baselines ask ``next_goal(transcript)``. Policies that look at the identifier implement ``choose(view)``
-instead, where the view (:class:`~personagpt.auth.env.View`) holds the turn, the identifier's current scores
+instead, where the view (:class:`~personagpt.auth.interview.View`) holds the turn, the identifier's current scores
 over the candidates, the goals used so far, the candidates themselves, and ``preview(goal)`` (what the next
 exchange would bring).
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from personagpt.checkpoints import ConfigModule
+from personagpt.train.checkpoints import ConfigModule
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.selfplay import FixedPolicy, RandomPolicy, Transcript
+from personagpt.control.selfplay import FixedPolicy, RandomPolicy, Transcript
 
 TOP = 5  # the state keeps the identifier's top probabilities, sorted
 MAX_TURNS = 8  # turn one-hot width (later turns share the last slot)
@@ -39,7 +39,7 @@ def baseline_policies(seed: int = 0) -> dict:
 
 @lru_cache(maxsize=65536)
 def _on_topic(fact: str, action: str) -> bool:
-    from personagpt.control import Goal, on_topic
+    from personagpt.control.goals import Goal, on_topic
 
     return on_topic(fact.lower(), Goal.parse(action))
 

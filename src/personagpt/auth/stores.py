@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from personagpt.auth.env import Episode, SelfPlay, rescore
+from personagpt.auth.interview import Episode, SelfPlay, rescore
 
 
 def read_store(store: Path, count: int, key: str, restore: Callable[[int, object], object]) -> dict[int, object]:

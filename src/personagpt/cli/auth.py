@@ -47,8 +47,8 @@ def train_identifier(
     with friendly_errors():
         from tqdm.auto import tqdm
 
-        from personagpt.auth.runs import identifier_selfplay, train_identifier as train_head
-        from personagpt.data import default_data_dir, load_dialogues
+        from personagpt.auth.commands import identifier_selfplay, train_identifier as train_head
+        from personagpt.data.dialogues import default_data_dir, load_dialogues
 
         split = data or default_data_dir() / "personachat" / "train_self_partial_no_cands.txt"
         everything = load_dialogues(split)[:dialogues]
@@ -83,11 +83,11 @@ def train_identifier(
 
 def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, need_head: bool = False,
                embedding: bool = True, partner_candidates: int = 1, decoding: str = "fast"):
-    """:class:`~personagpt.auth.env.SelfPlay` over the loaded model, with the sentence, exchange and calibrated
+    """:class:`~personagpt.auth.interview.SelfPlay` over the loaded model, with the sentence, exchange and calibrated
     identifiers and, where a head fits the model, the embedding identifier."""
-    from personagpt.auth.env import SelfPlay
-    from personagpt.auth.runs import load_head
-    from personagpt.sampling import SamplingConfig
+    from personagpt.auth.interview import SelfPlay
+    from personagpt.auth.commands import load_head
+    from personagpt.generate.sampling import SamplingConfig
 
     head = load_head(head_path, model_name, required=need_head) if embedding or need_head else None
     loaded, fmt = load(model_name, device)
@@ -124,10 +124,10 @@ def train(
     persona's log-probability among K candidates). Checkpointed every round; rerun to resume. Then calibrates the
     accept threshold of every identifier for `auth interact --claim` on held-out training personas."""
     with friendly_errors():
-        from personagpt.auth.env import sample_sets
+        from personagpt.auth.interview import sample_sets
         from personagpt.auth.learn import DQNConfig, plot_training, train_policy
         from personagpt.auth.policies import LearnedPolicy
-        from personagpt.auth.runs import calibrate, training_personas, warm_start_episodes
+        from personagpt.auth.commands import calibrate, training_personas, warm_start_episodes
 
         guide = checked_guide(guide)
         held, pool = training_personas(seed, 200)
@@ -199,7 +199,7 @@ def refit(
 
         from personagpt.auth.learn import DQNConfig, refit_policy
         from personagpt.auth.policies import LearnedPolicy
-        from personagpt.auth.runs import calibrate, load_policy_network, training_personas
+        from personagpt.auth.commands import calibrate, load_policy_network, training_personas
 
         checkpoint = run / "checkpoint.pt"
         if not checkpoint.is_file():
@@ -270,9 +270,9 @@ def evaluate(
     identifier, plot it, and measure verification (half the interviews claim the true persona, half a wrong
     one): ROC AUC and false-accept / false-reject rates at the calibrated threshold after 4 and 8 turns."""
     with friendly_errors():
-        from personagpt.auth.env import sample_sets
-        from personagpt.auth.measure import report
-        from personagpt.auth.runs import (COSTLY, IDENTIFIERS, POLICIES, evaluate as run_evaluation,
+        from personagpt.auth.interview import sample_sets
+        from personagpt.auth.report import report
+        from personagpt.auth.commands import (COSTLY, IDENTIFIERS, POLICIES, evaluate as run_evaluation,
                                           load_distilled, load_policy_network, load_thresholds, make_policy,
                                           validation_pool)
 
@@ -348,7 +348,7 @@ def distill(
     with friendly_errors():
         from tqdm.auto import tqdm
 
-        from personagpt.auth.runs import calibrate_distilled, distill_policy, distillation_data, load_distilled
+        from personagpt.auth.commands import calibrate_distilled, distill_policy, distillation_data, load_distilled
 
         env = _self_play(model, device, None, turns, max_new_tokens, workers, embedding=False,
                          partner_candidates=partner_candidates, decoding=checked_decoding(decoding))
@@ -400,9 +400,9 @@ def interact(
     K candidate personas are shown (judged by the policy's identifier). Without --claim you are given a persona to
     play; with --claim the last answer ends in accept or reject. An empty line or end of input stops early."""
     with friendly_errors():
-        from personagpt.auth.measure import ranking_lines, read_claim, verdict
+        from personagpt.auth.report import ranking_lines, read_claim, verdict
         from personagpt.auth.live import LiveInterview, interview_people, judge_for
-        from personagpt.auth.runs import load_distilled, load_head, load_policy_network, load_thresholds
+        from personagpt.auth.commands import load_distilled, load_head, load_policy_network, load_thresholds
         from personagpt.cli.common import Prompter
         from personagpt.text import for_people, to_model
 

@@ -42,7 +42,7 @@ FalseAcceptOpt = Annotated[float, typer.Option(min=0.0, max=1.0, help="False-acc
 
 def checked_guide(name: str) -> str:
     """``--guide``, or a clear error naming the identifiers there are."""
-    from personagpt.auth.runs import GUIDES
+    from personagpt.auth.commands import GUIDES
 
     if name not in GUIDES:
         raise UserError(f"--guide must be one of {', '.join(GUIDES)}")
@@ -51,7 +51,7 @@ def checked_guide(name: str) -> str:
 
 def checked_decoding(name: str) -> str:
     """``--decoding``, or a clear error naming the ways there are."""
-    from personagpt.auth.env import SelfPlay
+    from personagpt.auth.interview import SelfPlay
 
     if name not in SelfPlay.DECODING:
         raise UserError(f"--decoding must be one of {', '.join(SelfPlay.DECODING)}")

@@ -20,7 +20,7 @@ from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileO
                                     RandomPersonaOpt, SeedOpt, TurnsOpt, sampling_options)
 from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.text import DisplayStream, to_model
 
 COMMANDS = """Commands:
@@ -47,7 +47,7 @@ class ChatSession:
                  **kwargs) -> None:
         """``conversation`` continues an existing session (e.g. teaching's); ``facts`` is then its list, which
         ``/persona`` changes in place."""
-        from personagpt.generation import Conversation
+        from personagpt.generate.conversation import Conversation
 
         self.mode, self.prompter = mode, prompter
         self.facts = facts if facts is not None else []
@@ -129,7 +129,7 @@ class ChatSession:
             return line
 
     def user_turn(self) -> None:
-        from personagpt.generation import ContextOverflowError
+        from personagpt.generate.conversation import ContextOverflowError
 
         while True:
             text = self.read(">> User: ")
@@ -265,7 +265,7 @@ def interact(
 
 def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | None, sampling: SamplingConfig) -> None:
     """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
-    from personagpt.generation import context_limit
+    from personagpt.generate.conversation import context_limit
 
     window = max_length or context_limit(model)
     persona = len(fmt.persona_prefix(facts or []))

@@ -11,15 +11,11 @@ from pathlib import Path
 
 import typer
 
-from personagpt.errors import PersonaGPTError
+from personagpt.errors import PersonaGPTError, UserError
 from personagpt.format import DEFAULT_ACTIONS
 
 MAX_FACTS = 5
 DEBUG = {"on": False}  # set by the global --debug flag
-
-
-class UserError(PersonaGPTError):
-    """A mistake in the command line or input: reported in one line, no traceback."""
 
 
 @contextmanager
@@ -101,11 +97,11 @@ class Prompter:
 
 def load(model_name: str | None, device: str | None, trainable: bool = False, tokenizer: Path | None = None):
     """``load_chat_model`` with a note on stderr of what is loading."""
-    from personagpt.heap import return_freed_memory
-    from personagpt.models import load_chat_model, resolve_model_name
+    from personagpt.models.heap import return_freed_memory
+    from personagpt.models.load import load_chat_model, resolve_model_name
 
     quiet_libraries()
-    if not trainable:  # inference: large blocks of changing sizes go back to the OS (see personagpt.heap)
+    if not trainable:  # inference: large blocks of changing sizes go back to the OS (see personagpt.models.heap)
         return_freed_memory()
     shown = model_name if model_name and model_name.startswith("random:") else resolve_model_name(model_name)
     typer.echo(f"Loading {shown} ...", err=True)
@@ -113,8 +109,8 @@ def load(model_name: str | None, device: str | None, trainable: bool = False, to
 
 
 def say_decoding(model, compiled: bool = False, sampling=None) -> None:
-    """One line on stderr: which decoding path this CPU gets (see personagpt.fastpath), and best-of-N if on."""
-    from personagpt.fastpath import choose_fast_path
+    """One line on stderr: which decoding path this CPU gets (see personagpt.models.fastpath), and best-of-N if on."""
+    from personagpt.models.fastpath import choose_fast_path
 
     what = "torch.compile over the reference model (--compile)" if compiled else choose_fast_path(None, model).describe()
     if sampling is not None and sampling.num_candidates > 1 and sampling.do_sample:
@@ -125,7 +121,7 @@ def say_decoding(model, compiled: bool = False, sampling=None) -> None:
 
 def persona_from_flags(persona: list[str] | None, persona_file: Path | None, random_persona: bool,
                        personas_path: Path | None, rng: random.Random) -> list[str] | None:
-    from personagpt.data import load_personas, read_facts_file, resolve_personas_path
+    from personagpt.data.dialogues import load_personas, read_facts_file, resolve_personas_path
 
     chosen = sum([bool(persona), persona_file is not None, random_persona])
     if chosen > 1:

@@ -40,9 +40,10 @@ def evaluate_models(
     with friendly_errors():
         from transformers import set_seed
 
-        from personagpt.data import default_data_dir, load_dialogues
-        from personagpt.evaluation import evaluate, markdown_table
-        from personagpt.models import ModelNotFoundError, describe_hardware
+        from personagpt.data.dialogues import default_data_dir, load_dialogues
+        from personagpt.eval.evaluate import evaluate, markdown_table
+        from personagpt.models.load import ModelNotFoundError
+        from personagpt.models.hardware import describe_hardware
 
         if precision not in ("auto", "no", "bf16", "fp16"):
             raise UserError("--precision must be auto, no, bf16 or fp16")
@@ -99,7 +100,7 @@ def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from personagpt.evaluation import table_rows
+    from personagpt.eval.evaluate import table_rows
 
     header, cells = table_rows(rows)
     table = Table(*header)

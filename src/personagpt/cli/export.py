@@ -27,7 +27,7 @@ def export(
     line, and a system line 'goal: TEXT' steers the next reply.
     """
     with friendly_errors():
-        from personagpt.export import GGUF_DTYPES, HF_DTYPES, export_gguf, export_hf
+        from personagpt.models.export import GGUF_DTYPES, HF_DTYPES, export_gguf, export_hf
 
         if format not in ("hf", "gguf"):
             raise UserError("--format must be hf or gguf")

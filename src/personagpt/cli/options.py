@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from personagpt.cli.common import friendly_errors
-from personagpt.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, SamplingConfig
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, SamplingConfig
 
 SAMPLING_DEFAULTS = SamplingConfig()
 

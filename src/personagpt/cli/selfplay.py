@@ -12,7 +12,7 @@ import typer
 from personagpt.cli.common import friendly_errors, load, parse_action, persona_from_flags, say_decoding
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     SeedOpt, TurnsOpt, sampling_options)
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.text import for_people
 
 
@@ -39,11 +39,11 @@ def selfplay(
     Role | Action | Response table per conversation; --out saves them as JSONL (loadable as training data).
     """
     with friendly_errors():
-        from personagpt.data import load_personas, resolve_personas_path
-        from personagpt.engine import Engine
-        from personagpt.generation import context_limit
-        from personagpt.models import serving_model
-        from personagpt.selfplay import FixedPolicy, RandomPolicy, self_play
+        from personagpt.data.dialogues import load_personas, resolve_personas_path
+        from personagpt.generate.engine import Engine
+        from personagpt.generate.conversation import context_limit
+        from personagpt.models.precision import serving_model
+        from personagpt.control.selfplay import FixedPolicy, RandomPolicy, self_play
 
         rng = random.Random(seed)
         goals = [parse_action(a) for a in actions] if actions else None

@@ -51,7 +51,7 @@ def serve(
     with friendly_errors():
         import uvicorn
 
-        from personagpt.heap import return_freed_memory
+        from personagpt.models.heap import return_freed_memory
         from personagpt.serve import ServerSettings, create_app
 
         if upstream is not None:
@@ -66,7 +66,7 @@ def serve(
         if personas_path is not None and not Path(personas_path).is_file():
             raise UserError(f"{personas_path}: no such file (--personas-path)")
         quiet_libraries()
-        return_freed_memory()  # see personagpt.heap: a long-running server's memory stays flat
+        return_freed_memory()  # see personagpt.models.heap: a long-running server's memory stays flat
         settings = ServerSettings(model=model, device=device, precision=precision, max_batch=max_batch,
                                   max_queue=max_queue, max_context=max_context,
                                   prefix_cache_tokens=prefix_cache_tokens, api_key=api_key,

@@ -11,7 +11,7 @@ import typer
 from personagpt.cli.common import Prompter, friendly_errors, load, persona_from_flags
 from personagpt.cli.options import DeviceOpt, ModelOpt, PersonaOpt, SeedOpt, sampling_options
 from personagpt.format import MAX_SEQUENCE_LENGTH
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.sampling import SamplingConfig
 
 
 @sampling_options
@@ -35,18 +35,18 @@ def teach(
     Each round you pick a goal from the list or type a new one, the bot generates a turn pursuing it, and you accept it (Enter) or type a better one; then you answer as its partner. Every accepted or corrected turn is appended to --out at once, so nothing is lost on Ctrl-C. With --update the model learns from each example on the spot (mixed with --replay-data / --replay-ctrl) and the weights are saved to --save-to at exit.
     """
     with friendly_errors():
-        from personagpt.data import load_control_records
-        from personagpt.models import save_checkpoint
+        from personagpt.data.dialogues import load_control_records
+        from personagpt.models.load import save_checkpoint
         from personagpt.scoring import record_loss
-        from personagpt.teach import OnlineLearner, TeachSession
+        from personagpt.control.teach import OnlineLearner, TeachSession
 
         records = load_control_records(from_file) if from_file is not None else None
         facts = persona_from_flags(persona, None, False, None, random.Random(seed))
         loaded, fmt = load(model, device, trainable=update)
         learner = None
         if update:
-            from personagpt.dataset import prepare as prepare_data
-            from personagpt.generation import context_limit
+            from personagpt.data.examples import prepare as prepare_data
+            from personagpt.generate.conversation import context_limit
 
             length = min(MAX_SEQUENCE_LENGTH, context_limit(loaded))
             pools = {}

@@ -11,9 +11,9 @@ import typer
 from personagpt.cli.common import UserError, friendly_errors, load, parse_action, quiet_libraries
 from personagpt.cli.options import (DeviceOpt, ModelOpt, SeedOpt, adds_options, config_options,
                                     sampling_options)
-from personagpt.config import TrainConfig
+from personagpt.train.config import TrainConfig
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, MAX_SEQUENCE_LENGTH
-from personagpt.sampling import DEFAULT_CANDIDATES, SamplingConfig
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, SamplingConfig
 
 
 def prepare(
@@ -30,9 +30,9 @@ def prepare(
     One sequence per (dialogue, speaker with known facts), loss on that speaker's turns only. `personagpt train` prepares its data itself with the same cache, so this is optional: use it to check data and see its size.
     """
     with friendly_errors():
-        from personagpt.dataset import prepare as prepare_data
+        from personagpt.data.examples import prepare as prepare_data
         from personagpt.format import PromptFormat
-        from personagpt.models import load_tokenizer
+        from personagpt.models.load import load_tokenizer
 
         if bool(model) == bool(tokenizer):
             raise UserError("give exactly one of --model and --tokenizer")
@@ -61,8 +61,8 @@ def train(
     pretrain trains on persona dialogues (logs pretrain_loss); train_loop mixes in action-code data (logs persona_loss and ctrl_loss); both runs them in turn. Checkpoints are written every --save-steps and on Ctrl-C; --resume continues exactly where a stopped or killed run left off. Runs on several GPUs or machines with `accelerate launch -m personagpt.cli train ...` or `torchrun`.
     """
     with friendly_errors():
-        from personagpt.config import expand_data_paths, read_config_file
-        from personagpt.training import train_phases
+        from personagpt.train.config import expand_data_paths, read_config_file
+        from personagpt.train.loop import train_phases
 
         if phase not in ("pretrain", "train_loop", "both"):
             raise UserError("--phase must be pretrain, train_loop or both")
@@ -97,8 +97,8 @@ def build_control_data(
     Prints the number of examples found and kept per goal. The output is what `train --phase train_loop --ctrl-data` mixes in.
     """
     with friendly_errors():
-        from personagpt.control import GoalLabeler, build_control_records
-        from personagpt.data import load_dialogues
+        from personagpt.control.goals import GoalLabeler, build_control_records
+        from personagpt.data.dialogues import load_dialogues
 
         quiet_libraries()
         dialogues = [d for path in data for d in load_dialogues(path)]
@@ -137,9 +137,9 @@ def build_selftrain_data(
     with friendly_errors():
         from dataclasses import replace
 
-        from personagpt.data import load_control_records, load_dialogues
-        from personagpt.models import serving_model
-        from personagpt.selftrain import harvest, merge_control_records, read_attempts
+        from personagpt.data.dialogues import load_control_records, load_dialogues
+        from personagpt.models.precision import serving_model
+        from personagpt.control.selftrain import harvest, merge_control_records, read_attempts
 
         goal_list = list(dict.fromkeys(parse_action(g) for g in goals))
         base_records = load_control_records(base)

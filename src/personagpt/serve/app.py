@@ -21,13 +21,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from personagpt.engine import Engine, QueueFullError
+from personagpt.generate.engine import Engine, QueueFullError
 from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generation import Conversation
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.conversation import Conversation
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.serve.access import AccessLog
-from personagpt.rerank import RerankWeights
+from personagpt.generate.best_of_n import RerankWeights
 from personagpt.serve.completions import BestOfNJob, Reply, TextReply, UpstreamReply
 from personagpt.serve.errors import ApiError, error_body
 from personagpt.serve.guard import Guard
@@ -97,7 +97,7 @@ class _State:
     def goal_accepted(self, goal: str, text: str) -> bool | None:
         """Whether the goal labeler accepts ``text`` as pursuing ``goal`` (the semantic labeler when its encoder
         is installed, else the rules); None when it cannot tell."""
-        from personagpt.control import GoalLabeler, minilm_path
+        from personagpt.control.goals import GoalLabeler, minilm_path
 
         with self._labeler_lock:
             if self._labeler is None:
@@ -123,8 +123,9 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
 
     def load() -> None:
         try:
-            from personagpt.data import load_personas, resolve_personas_path
-            from personagpt.models import load_chat_model, serving_model
+            from personagpt.data.dialogues import load_personas, resolve_personas_path
+            from personagpt.models.load import load_chat_model
+            from personagpt.models.precision import serving_model
 
             state.personas = load_personas(resolve_personas_path(settings.personas_path))
             if settings.upstream:
@@ -343,7 +344,7 @@ def create_app(settings: ServerSettings | None = None, loader=None, on_ready=Non
 
 
 async def _selfplay(engine: Engine, body: SelfPlayRequest, persona: list[str], http: Request):
-    from personagpt.selfplay import self_play
+    from personagpt.control.selfplay import self_play
 
     policy = policy_of(body)
     cfg = sampling_of(body)

@@ -9,7 +9,7 @@ import uuid
 
 from fastapi import Request
 
-from personagpt.generation import TextStream
+from personagpt.generate.conversation import TextStream
 from personagpt.serve.metrics import Metrics
 from personagpt.text import DisplayStream
 

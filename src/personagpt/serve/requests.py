@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from personagpt.sampling import SamplingConfig
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.serve.errors import ApiError
 from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
 from personagpt.text import to_model
@@ -78,7 +78,7 @@ def sampling_of(body) -> SamplingConfig:
 
 
 def policy_of(body: SelfPlayRequest):
-    from personagpt.selfplay import FixedPolicy, RandomPolicy
+    from personagpt.control.selfplay import FixedPolicy, RandomPolicy
 
     if body.policy == "fixed" and not body.goals:
         raise ApiError(400, "the fixed policy needs goals", param="goals")

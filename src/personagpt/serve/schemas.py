@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
 
 MAX_FACTS = 5
 MAX_REPLY_TOKENS = 256

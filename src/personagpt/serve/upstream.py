@@ -179,7 +179,7 @@ async def selfplay_events(upstream: Upstream, persona: list[str], policy, turns:
                           seed: int | None = None) -> AsyncIterator[dict]:
     """Self-play through the upstream engine: the interviewer (goal lines, no persona) and the persona bot take
     turns, each turn one completion over the transcript so far. Yields the events of ``/v1/selfplay``."""
-    from personagpt.selfplay import Transcript
+    from personagpt.control.selfplay import Transcript
     from personagpt.text import for_people
 
     transcript = Transcript(p2_facts=list(persona))

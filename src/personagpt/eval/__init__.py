@@ -1,0 +1,1 @@
+"""Evaluation: metrics and the evaluation run, as rows every renderer draws (`evaluate`)."""

@@ -1,0 +1,416 @@
+"""One model, many concurrent conversations: continuous batching of decoding steps and a prefix cache.
+
+A background thread owns the model. Requests (a prompt, sampling settings, a random generator) wait in a bounded
+queue; between two decoding steps the scheduler admits waiting requests into free *slots* and drops finished
+or cancelled ones, so requests join and leave the running batch at any step.
+
+* **Slots.** Each layer's keys and values live in one buffer ``[slots, kv_heads, capacity, head_dim]``; a request
+  owns one slot row and its own length. A decoding step feeds one token per active row with its own position and
+  writes its keys/values at that row's length (:class:`_SlotLayer`); a 4D mask hides each row's unused tail.
+  Active rows are kept contiguous (a finished row's slot takes the last row), so a step reads views, not copies.
+* **Prefix cache.** A finished request's keys/values are kept (LRU, bounded by tokens). A new prompt reuses the
+  longest cached prefix it starts with: clients resend the whole history each turn, so a late turn costs only its
+  new tokens.
+* **Sampling** is per request, with the rules and the generator of :class:`~personagpt.generate.conversation.Conversation`:
+  a request gives the same tokens whether it runs alone or in a full batch (up to float rounding).
+
+Transformers' own continuous batching (``generate_batch``) was measured first and is far slower on a CPU (see
+bench/README.md, "Serving").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from personagpt.errors import PersonaGPTError, QueueFullError, RequestCancelled
+from personagpt.models.fastpath import choose_fast_path, fast_decoder
+from personagpt.format import PromptFormat
+from personagpt.generate.conversation import context_limit
+from personagpt.generate.kvcache import PrefixCache, ReservedCache
+from personagpt.generate.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.scoring import decoder_and_head
+
+
+_DONE = object()
+
+
+@dataclass
+class Request:
+    """A generation request and its results. Iterate it (threads) or ``async for`` it (asyncio) for token ids."""
+
+    prompt: list[int]
+    sampling: SamplingConfig
+    generator: torch.Generator
+    loop: asyncio.AbstractEventLoop | None = None
+    id: int = 0
+    tokens: list[int] = field(default_factory=list)
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    finish_reason: str | None = None  # "stop" (eos), "length", "cancelled", "error"
+    error: BaseException | None = None
+    submitted: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    prefill_seconds: float = 0.0
+    finished_at: float | None = None
+    cancelled: bool = False
+    logprobs: int | None = None  # record each token's log-probability and this many top alternatives
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._events: deque = deque()
+        self._ready = threading.Condition()
+        self._async_queue: asyncio.Queue | None = asyncio.Queue() if self.loop is not None else None
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step."""
+        self.cancelled = True
+
+    def _emit(self, item) -> None:
+        if self._async_queue is not None:
+            self.loop.call_soon_threadsafe(self._async_queue.put_nowait, item)
+        with self._ready:
+            self._events.append(item)
+            self._ready.notify_all()
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            with self._ready:
+                while not self._events:
+                    self._ready.wait()
+                item = self._events.popleft()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    async def stream(self):
+        """Token ids as they are produced (needs ``loop`` set at submission)."""
+        while True:
+            item = await self._async_queue.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    @property
+    def decode_seconds(self) -> float:
+        if self.first_token_at is None or self.finished_at is None:
+            return 0.0
+        return self.finished_at - self.first_token_at
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer's keys/values for a forward over slot rows ``first:first+n``: row b writes its q new keys/values
+    at its own positions ``positions[b]`` ([n, q]) and attends over the first ``width`` cells of its slot."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, first: int, positions: torch.Tensor,
+                 width: int) -> None:
+        super().__init__()
+        self._k, self._v, self._first, self._positions, self._width = keys, values, first, positions, width
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        rows = slice(self._first, self._first + key_states.shape[0])
+        index = torch.arange(rows.start, rows.stop, device=key_states.device).unsqueeze(1)
+        self._k[index, :, self._positions] = key_states.transpose(1, 2)
+        self._v[index, :, self._positions] = value_states.transpose(1, 2)
+        self.keys, self.values = self._k[rows, :, : self._width], self._v[rows, :, : self._width]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._width - 1
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self._width, 0
+
+
+@dataclass
+class _Active:
+    request: Request
+    length: int  # tokens whose keys/values are in the slot
+    last: int  # the token to feed next
+    seen: torch.Tensor  # ids in the prompt and generated so far (repetition penalty)
+
+
+class Engine:
+    """Runs generation requests from many sessions on one model, batched step by step.
+
+    ``max_batch`` rows decode together (1 turns batching off); at most ``max_queue`` requests wait, beyond that
+    :meth:`submit` raises :class:`QueueFullError`. ``capacity`` is the longest sequence (prompt + reply) a slot
+    holds; ``prefix_cache_tokens`` bounds the prefix cache.
+    """
+
+    def __init__(self, model, fmt: PromptFormat, *, max_batch: int = 16, max_queue: int = 64,
+                 capacity: int | None = None, prefix_cache_tokens: int = 16384, fast: str | None = None) -> None:
+        """``fast`` picks the decoding path (:func:`~personagpt.models.fastpath.choose_fast_path`; None: by the CPU)."""
+        self.model, self.fmt = model, fmt
+        self.fast_path = choose_fast_path(fast, model)
+        self.decoder = fast_decoder(model, self.fast_path.mode)
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.capacity = min(capacity or 1024, context_limit(model))
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self.device = model.device
+        self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
+        self._decoder, self._head = decoder_and_head(self.decoder)
+        self._waiting: deque[Request] = deque()
+        self._active: list[_Active] = []
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._lock = threading.Condition()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self.steps = 0  # decoding steps run (each over all active rows)
+        self.forward_tokens = 0  # tokens fed through the model (prefills and steps)
+        self._thread = threading.Thread(target=self._run, name="personagpt-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the public side ---------------------------------------------------------------------------------------
+
+    def submit(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
+               generator: torch.Generator | None = None, seed: int | None = None,
+               loop: asyncio.AbstractEventLoop | None = None, logprobs: int | None = None) -> Request:
+        """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced).
+        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives."""
+        cfg = sampling or SamplingConfig()
+        if cfg.num_beams > 1:
+            raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
+        if not prompt:
+            raise PersonaGPTError("an empty prompt")
+        if len(prompt) + cfg.max_new_tokens > self.capacity:
+            raise PersonaGPTError(f"prompt ({len(prompt)} tokens) + reply ({cfg.max_new_tokens}) exceed the "
+                                  f"engine's {self.capacity}-token capacity")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed) if seed is not None else generator.seed()
+        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs)
+        with self._lock:
+            if self._stopping:
+                raise PersonaGPTError("the engine is shut down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return request
+
+    def submit_many(self, prompt: Sequence[int], count: int, sampling: SamplingConfig | None = None,
+                    generator: torch.Generator | None = None,
+                    loop: asyncio.AbstractEventLoop | None = None) -> list[Request]:
+        """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
+        encoded once (best-of-N candidates). All or none are queued."""
+        # each candidate samples from its own generator, seeded from ``generator``: its tokens then do not depend
+        # on how many draws the others made before they were cancelled (a seeded request stays reproducible)
+        seeds = torch.randint(2 ** 62, (count,), generator=generator).tolist() if generator is not None else None
+        generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds] if seeds else [None] * count
+        with self._lock:  # reentrant: submit() takes it again
+            if len(self._waiting) + count > self.max_queue:
+                raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
+            return [self.submit(prompt, sampling, g, loop=loop) for g in generators]
+
+    def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
+                 generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
+        """The reply's token ids, eos included when produced (blocks)."""
+        return list(self.submit(prompt, sampling, generator, seed))
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    def close(self) -> None:
+        """Finish the running requests' current step, cancel the rest, stop the thread."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=30)
+
+    # ---- the scheduler thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._waiting and not self._active and not self._stopping:
+                    self._lock.wait()
+                if self._stopping:
+                    break
+                admitted = []
+                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                    admitted.append(self._waiting.popleft())
+            try:
+                with torch.inference_mode():
+                    self._admit(admitted)
+                    self._drop_finished()
+                    if self._active:
+                        self._step()
+                        self._drop_finished()
+            except Exception as error:  # a bug or an out-of-memory: fail the requests, keep serving
+                failed = {id(row.request) for row in self._active}
+                for row in self._active:
+                    self._finish(row, "error", error)
+                self._active = []
+                for request in admitted:  # admitted but not yet decoding
+                    if id(request) not in failed and request.finish_reason is None:
+                        request.finish_reason, request.error = "error", error
+                        request._emit(_DONE)
+        for request in list(self._waiting) + [row.request for row in self._active]:
+            request.finish_reason = "cancelled"
+            request.error = RequestCancelled("the server is shutting down")
+            request._emit(_DONE)
+
+    def _ensure_buffers(self) -> None:
+        """Allocate the slot buffers once, shaped from one tiny forward (kv heads and head size per layer)."""
+        if self._buffers is not None:
+            return
+        probe = ReservedCache()
+        self.decoder(torch.tensor([[self.fmt.eos_id]], device=self.device), cache=probe, use_cache=True)
+        self._buffers = []
+        for layer in probe.layers:
+            _, heads, _, dim = layer.keys.shape
+            shape = (self.max_batch, heads, self.capacity, dim)
+            self._buffers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
+
+    def _admit(self, requests: list[Request]) -> None:
+        """Prefill the new requests' prompts (after their cached prefixes) into the next free slots, all in one
+        forward pass, and sample each one's first token."""
+        live = []
+        for request in requests:
+            if request.cancelled:
+                request.finish_reason = "cancelled"
+                request._emit(_DONE)
+            else:
+                live.append(request)
+        if not live:
+            return
+        started = time.perf_counter()
+        self._ensure_buffers()
+        first = len(self._active)
+        # identical prompts (best-of-N candidates) are encoded once; their copies take the keys/values after
+        unique, copies, index = [], [], {}
+        for request in live:
+            key = tuple(request.prompt)
+            if key in index:
+                copies.append((request, index[key]))
+            else:
+                index[key] = len(unique)
+                unique.append(request)
+        starts, chunks = [], []
+        for slot, request in enumerate(unique, first):
+            shared, kv = self.prefix_cache.longest(request.prompt, len(request.prompt) - 1)
+            for (kb, vb), (k, v) in zip(self._buffers, kv if kv is not None else ()):
+                kb[slot, :, :shared] = k[:, :shared]
+                vb[slot, :, :shared] = v[:, :shared]
+            request.cached_tokens = shared
+            starts.append(shared)
+            chunks.append(request.prompt[shared:])
+        width = max(len(c) for c in chunks)
+        ids = torch.tensor([c + [self.fmt.eos_id] * (width - len(c)) for c in chunks], device=self.device)
+        begin = torch.tensor(starts, device=self.device).unsqueeze(1)
+        positions = (begin + torch.arange(width, device=self.device)).clamp(max=self.capacity - 1)
+        span = min(self.capacity, int(positions.max()) + 1)
+        # row b's query i sees its slot's cells up to its own position (padding queries too: finite, unused)
+        visible = torch.arange(span, device=self.device).view(1, 1, span) <= positions.unsqueeze(-1)
+        logits = self._forward(ids, positions, visible, first, span, last=[len(c) - 1 for c in chunks])
+        self.forward_tokens += sum(len(c) for c in chunks)
+        for slot, (request, source) in enumerate(copies, first + len(unique)):
+            length = len(request.prompt)
+            for kb, vb in self._buffers:
+                kb[slot, :, :length] = kb[first + source, :, :length]
+                vb[slot, :, :length] = vb[first + source, :, :length]
+            request.cached_tokens = unique[source].cached_tokens
+        elapsed = time.perf_counter() - started
+        for request, source in [(r, i) for i, r in enumerate(unique)] + copies:
+            request.prefill_seconds = elapsed
+            row = _Active(request, len(request.prompt), -1,
+                          torch.tensor(sorted(set(request.prompt)), device=self.device))
+            self._active.append(row)
+            self._accept(row, logits[source])
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
+                 last: list[int]) -> torch.Tensor:
+        """Run slot rows ``first:first+n`` on ``ids`` [n, q] at ``positions``; next-token logits at index
+        ``last[b]`` of each row. ``visible`` [n, q, span] says which cells each query attends to."""
+        dtype = self._buffers[0][0].dtype
+        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill_(~visible,
+                                                                                       torch.finfo(dtype).min)
+        cache = Cache(layers=[_SlotLayer(k, v, first, positions, span) for k, v in self._buffers])
+        hidden = self._decoder(input_ids=ids, attention_mask=mask.unsqueeze(1), position_ids=positions, cache=cache,
+                               use_cache=True).last_hidden_state
+        picked = hidden[torch.arange(len(last), device=self.device), torch.tensor(last, device=self.device)]
+        return self._head(picked.contiguous())
+
+    def _accept(self, row: _Active, logits: torch.Tensor) -> None:
+        """Sample the row's next token from ``logits`` and hand it to the request."""
+        request, cfg = row.request, row.request.sampling
+        n = len(request.tokens)
+        banned = self._suppress_eos if n < cfg.min_new_tokens else self._suppress
+        token = pick_token(logits.float(), cfg, row.seen, banned, request.generator)
+        if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
+            logprobs = logits.float().log_softmax(-1)
+            top = torch.topk(logprobs, request.logprobs) if request.logprobs else None
+            request.token_logprobs.append((float(logprobs[token]), [] if top is None else list(
+                zip(top.indices.tolist(), top.values.tolist()))))
+        if request.first_token_at is None:
+            request.first_token_at = time.perf_counter()
+        request.tokens.append(token)
+        request._emit(token)
+        row.last = token
+        if cfg.repetition_penalty != 1.0:  # the only reader of the seen ids
+            row.seen = torch.cat([row.seen, torch.tensor([token], device=self.device)])
+        if token == self.fmt.eos_id:
+            request.finish_reason = "stop"
+        elif len(request.tokens) >= cfg.max_new_tokens:
+            request.finish_reason = "length"
+
+    def _step(self) -> None:
+        """One decoding step for every active row."""
+        lengths = torch.tensor([r.length for r in self._active], device=self.device).unsqueeze(1)
+        span = int(lengths.max()) + 1
+        tokens = torch.tensor([[r.last] for r in self._active], device=self.device)
+        visible = torch.arange(span, device=self.device).view(1, 1, span) <= lengths.unsqueeze(-1)
+        logits = self._forward(tokens, lengths, visible, 0, span, last=[0] * len(self._active))
+        self.steps += 1
+        self.forward_tokens += len(self._active)
+        for i, row in enumerate(self._active):
+            row.length += 1
+            self._accept(row, logits[i])
+
+    def _drop_finished(self) -> None:
+        """Retire finished and cancelled rows: keep their keys/values for the prefix cache, compact the slots."""
+        i = 0
+        while i < len(self._active):
+            row = self._active[i]
+            if row.request.finish_reason is None and not row.request.cancelled:
+                i += 1
+                continue
+            sequence = (row.request.prompt + row.request.tokens)[: row.length]
+            # one block per entry ([layers, 2, heads, length, dim]), not two small tensors per layer: large blocks
+            # go back to the OS when evicted, where thousands of small ones fragmented the heap of a long run
+            self.prefix_cache.add(sequence, torch.stack([torch.stack([k[i, :, : row.length], v[i, :, : row.length]])
+                                                         for k, v in self._buffers]))
+            self._finish(row, row.request.finish_reason or "cancelled")
+            last = len(self._active) - 1
+            if i != last:  # the last row moves into the freed slot, so active rows stay contiguous
+                moved = self._active[last]
+                for k, v in self._buffers:
+                    k[i, :, : moved.length] = k[last, :, : moved.length]
+                    v[i, :, : moved.length] = v[last, :, : moved.length]
+                self._active[i] = moved
+            self._active.pop()
+
+    def _finish(self, row: _Active, reason: str, error: BaseException | None = None) -> None:
+        request = row.request
+        request.finish_reason = reason
+        request.error = error
+        request.finished_at = time.perf_counter()
+        request._emit(_DONE)

@@ -1,0 +1,1 @@
+"""Personas as text: persona facts turned into questions and negations (`facts`)."""

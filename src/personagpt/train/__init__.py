@@ -1,0 +1,1 @@
+"""Training: settings (`config`), the loop (`loop`), and checkpoints with their stats (`checkpoints`)."""
