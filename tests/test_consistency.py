@@ -11,7 +11,7 @@ import torch
 from personagpt.personas.facts import answer_polarity, negate, question
 from personagpt.generate.conversation import Conversation, SamplingConfig
 from personagpt.models.load import default_model, load_chat_model
-from personagpt.generate.best_of_n import Lockstep, best_of_n_lockstep, contradiction, contrast_facts
+from personagpt.generate.best_of_n import best_of_n_lockstep, candidates_loop, contradiction, contrast_facts
 from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
 
 FACTS = ["i have a dog.", "i work as a nurse."]
@@ -96,7 +96,7 @@ def test_lockstep_commits_then_decodes_one_row(tiny_model, fmt):
     ids = fmt.persona_prefix(FACTS) + fmt.history(["hello , how are you ?"])
     cfg = SamplingConfig(max_new_tokens=10, min_new_tokens=10)
     seen = []
-    lockstep = Lockstep(tiny_model, fmt, ids, 3, cfg, torch.Generator().manual_seed(0))
+    lockstep = candidates_loop(tiny_model, fmt, ids, 3, cfg, torch.Generator().manual_seed(0))
 
     def choose(replies, finished):
         seen.append([list(r) for r in replies])

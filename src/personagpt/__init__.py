@@ -33,7 +33,7 @@ _LAZY = {
     "load_dialogues": "personagpt.data.dialogues", "load_personas": "personagpt.data.dialogues",
     "TrainConfig": "personagpt.train.config", "train": "personagpt.train.loop",
     "evaluate": "personagpt.eval.evaluate", "create_app": "personagpt.serve.app",
-    "ServerSettings": "personagpt.serve.app",
+    "ServerSettings": "personagpt.serve.state",
 }
 
 __all__ = ["DEFAULT_ACTIONS", "SPECIAL_TOKENS", "PromptFormat", "add_special_tokens", "__version__",

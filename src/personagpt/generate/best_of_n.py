@@ -13,7 +13,8 @@ the persona, but among a few samples there is often a better one. Scores (higher
   reply (a penalty);
 * **fluency**: mean token log-probability of the reply (its eos included) under the prompt.
 
-Candidates may be scored on their first tokens (:func:`best_of_n_lockstep`: choose, then stream the rest).
+Candidates may be scored on their first tokens (:func:`best_of_n_lockstep`: choose, then stream the rest; the rule is
+:class:`~personagpt.generate.loop.Commitment`, shared with the engine's and the server's drivers).
 
 The weights are settings (:class:`RerankWeights`). The persona-mode defaults (persona, repetition, fluency) were
 chosen by ``bench/rerank_tune.py`` on 150 contexts of the training split (best-of-8, picks re-weighted offline):
@@ -23,14 +24,15 @@ comes first by construction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, crop_to_prefix
-from personagpt.generate.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.generate.loop import Choose, Commitment, TokenLoop
+from personagpt.generate.sampling import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -82,115 +84,49 @@ class PrefixScorer:
         self.cache, self.ids = cache, list(ids)
 
 
-def _rows(cache: ReservedCache, rows: Sequence[int]) -> ReservedCache:
-    """A cache of the given rows of ``cache`` (a committed candidate goes on alone)."""
-    out = ReservedCache()
-    index = torch.tensor(list(rows), device=cache.layers[0].keys.device)
-    for i, layer in enumerate(cache.layers):
-        out.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), i)
-    return out
+def candidates_loop(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
+                    generator: torch.Generator | None = None, scorer: PrefixScorer | None = None) -> TokenLoop:
+    """N candidates after the prompt ``ids`` in one :class:`~personagpt.generate.loop.TokenLoop`: the prompt is
+    computed once (with ``scorer``, only what it adds to the scorer's last prompt) and its keys/values repeated for
+    every row; each row keeps its summed log p(tokens | prompt), so that scoring needs no second pass."""
+    prefix, first = (scorer or PrefixScorer(model)).prefill(ids, raw=True)
+    return TokenLoop(model, fmt, ids, first, _repeated(prefix, n), cfg, n, generator, logprobs=True)
 
 
-class Lockstep:
-    """N replies to one prompt sampled in lockstep: one prefill, then one batched step per token for all rows.
-
-    :meth:`advance` samples one token per live row; :meth:`keep` drops every row but one, which then decodes
-    alone (a committed candidate). Each row keeps its summed log p(tokens | prompt) under the model (its eos
-    included once sampled), so that scoring needs no second pass over the prompt.
-    """
-
-    def __init__(self, model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
-                 generator: torch.Generator | None = None, scorer: PrefixScorer | None = None) -> None:
-        self.model, self.fmt, self.cfg, self.generator = model, fmt, cfg, generator
-        prefix, first = (scorer or PrefixScorer(model)).prefill(ids, raw=True)
-        self.cache, self.logits = _repeated(prefix, n), first.expand(n, -1)
-        self.position, self.rows = len(ids), list(range(n))
-        self.replies: list[list[int]] = [[] for _ in range(n)]
-        self.logprobs, self.finished = [0.0] * n, [False] * n
-        self.seen = torch.tensor(sorted(set(ids)), device=model.device)
-        self.suppress, self.suppress_eos = suppressed_ids(fmt, model.device)
-        self.steps = 0
-
-    @property
-    def done(self) -> bool:
-        return all(self.finished[r] for r in self.rows) or self.steps >= self.cfg.max_new_tokens
-
-    @torch.inference_mode()
-    def advance(self) -> list[int | None]:
-        """One token for every kept row (None for a row already finished); eos finishes a row."""
-        banned = self.suppress_eos if self.steps < self.cfg.min_new_tokens else self.suppress
-        model_logprobs = torch.log_softmax(self.logits.float(), -1)
-        picks, fed = [], []
-        for i, row in enumerate(self.rows):
-            if self.finished[row]:
-                picks.append(None)
-                fed.append(self.fmt.eos_id)
-                continue
-            token = pick_token(self.logits[i].float(), self.cfg, self.seen, banned, self.generator)
-            self.logprobs[row] += float(model_logprobs[i, token])
-            picks.append(token)
-            fed.append(token)
-            if token == self.fmt.eos_id:
-                self.finished[row] = True
-            else:
-                self.replies[row].append(token)
-        self.steps += 1
-        if not self.done:
-            positions = torch.full((len(self.rows), 1), self.position, device=self.model.device)
-            self.logits = self.model(torch.tensor(fed, device=self.model.device).unsqueeze(1), position_ids=positions,
-                                     cache=self.cache, use_cache=True).logits[:, -1]
-            self.position += 1
-        return picks
-
-    def keep(self, row: int) -> None:
-        """Go on with ``row`` alone."""
-        i = self.rows.index(row)
-        self.cache, self.logits, self.rows = _rows(self.cache, [i]), self.logits[i:i + 1], [row]
-
-
-Choose = Callable[[list[list[int]], list[bool]], int]  # (replies so far, finished) -> the row to keep
-
-
-def best_of_n_lockstep(lockstep: Lockstep, commit_tokens: int, choose: Choose) -> Iterator[int]:
+def best_of_n_lockstep(loop: TokenLoop, commit_tokens: int, choose: Choose) -> Iterator[int]:
     """The chosen candidate's token ids (eos included when sampled): all rows advance until ``commit_tokens``
     tokens (0: until every row has ended), ``choose`` picks one, which is yielded and then decoded alone."""
-    while not lockstep.done and (commit_tokens == 0 or lockstep.steps < commit_tokens):
-        lockstep.advance()
-    row = choose(lockstep.replies, list(lockstep.finished)) if len(lockstep.rows) > 1 else lockstep.rows[0]
-    yield from lockstep.replies[row]
-    if lockstep.finished[row]:
-        yield lockstep.fmt.eos_id
+    commitment = Commitment(len(loop.all_rows), commit_tokens, loop.fmt.eos_id)
+    while not loop.done and (commit_tokens == 0 or loop.steps < commit_tokens):
+        for i, token in enumerate(loop.advance()):
+            if token is not None:
+                commitment.take(i, token)
+    row = commitment.choose(choose)
+    yield from commitment.head()
+    if not commitment.goes_on():
         return
-    lockstep.keep(row)
-    while not lockstep.done:
-        token = lockstep.advance()[0]
-        yield token
+    loop.keep(row)
+    while not loop.done:
+        yield loop.advance()[0]
 
 
 def best_of_n_requests(requests: Sequence, commit_tokens: int, eos_id: int, choose: Choose) -> Iterator[int]:
     """:func:`best_of_n_lockstep` over an engine's requests (one prompt, N samples batched with other users'):
     read each until ``commit_tokens`` tokens or its end, keep the chosen one, cancel the others."""
     streams = [iter(r) for r in requests]
-    replies: list[list[int]] = [[] for _ in requests]
-    finished = [False] * len(requests)
+    commitment = Commitment(len(requests), commit_tokens, eos_id)
     try:
         for i, stream in enumerate(streams):
             for token in stream:
-                if token == eos_id:
-                    finished[i] = True
+                if not commitment.take(i, token):
                     break
-                replies[i].append(token)
-                if commit_tokens and len(replies[i]) >= commit_tokens:
-                    break
-        row = choose(replies, finished)
+        row = commitment.choose(choose)
         for i, request in enumerate(requests):
             if i != row:
                 request.cancel()
-        yield from replies[row]
-        if finished[row]:
-            yield eos_id
-            return
-        yield from streams[row]
+        yield from commitment.head()
+        if commitment.goes_on():
+            yield from streams[row]
     finally:
         for request in requests:
             request.cancel()
@@ -200,25 +136,26 @@ def best_of_n_requests(requests: Sequence, commit_tokens: int, eos_id: int, choo
 def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
                       generator: torch.Generator | None = None, logprobs: list | None = None,
                       scorer: PrefixScorer | None = None) -> list[list[int]]:
-    """N whole replies (ids, without eos) to the prompt ``ids``, sampled in lockstep (:class:`Lockstep`).
+    """N whole replies (ids, without eos) to the prompt ``ids``, sampled side by side (:func:`candidates_loop`).
     ``logprobs``, if given, receives each reply's summed log p(reply + eos | prompt) under the model itself
     (a reply cut at ``max_new_tokens`` is scored as if eos followed it); ``scorer`` keeps the prompt's cache for
     the next turn, whose prompt extends this one."""
-    lockstep = Lockstep(model, fmt, ids, n, cfg, generator, scorer)
-    while not lockstep.done:
-        lockstep.advance()
+    loop = candidates_loop(model, fmt, ids, n, cfg, generator, scorer)
+    while not loop.done:
+        loop.advance()
     if logprobs is not None:
-        cut = [r for r in range(n) if not lockstep.finished[r]]
+        finished = loop.finished
+        cut = [r for r in range(n) if not finished[r]]
         if cut:  # their eos was never sampled: score it too
-            final = torch.log_softmax(lockstep.model(
-                torch.tensor([fmt.eos_id if lockstep.finished[r] else lockstep.replies[r][-1] for r in range(n)],
+            final = torch.log_softmax(loop.model(
+                torch.tensor([fmt.eos_id if finished[r] else loop.replies[r][-1] for r in range(n)],
                              device=model.device).unsqueeze(1),
-                position_ids=torch.full((n, 1), lockstep.position, device=model.device), cache=lockstep.cache,
+                position_ids=torch.full((n, 1), loop.position, device=model.device), cache=loop.cache,
                 use_cache=True).logits[:, -1].float(), -1)
             for r in cut:
-                lockstep.logprobs[r] += float(final[r, fmt.eos_id])
-        logprobs[:] = lockstep.logprobs
-    return lockstep.replies
+                loop.logprobs[r] += float(final[r, fmt.eos_id])
+        logprobs[:] = loop.logprobs
+    return loop.replies
 
 
 @torch.inference_mode()

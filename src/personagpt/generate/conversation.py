@@ -28,7 +28,11 @@ from personagpt.errors import ContextOverflowError, PersonaGPTError
 from personagpt.models.fastpath import fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
-from personagpt.generate.sampling import GREEDY, SamplingConfig, pick_token, suppressed_ids
+from personagpt.generate.best_of_n import (PrefixScorer, RerankWeights, best_of_n_lockstep, best_of_n_requests,
+                                          candidates_loop, default_labeler, rank_candidates)
+from personagpt.generate.consistency import ConsistencyChecker
+from personagpt.generate.loop import TokenLoop
+from personagpt.generate.sampling import GREEDY, SamplingConfig
 
 __all__ = ["GREEDY", "ContextOverflowError", "Conversation", "SamplingConfig", "TextStream", "context_limit",
            "decode", "decode_tokens", "fit_context", "generate_batch", "strip_reply"]
@@ -214,8 +218,6 @@ class Conversation:
         """Best-of-N (:mod:`personagpt.generate.best_of_n`): ``cfg.num_candidates`` replies sampled side by side; after
         ``cfg.commit_tokens`` tokens (0: once all have ended) the best scored one is chosen and streamed, the
         others dropped."""
-        from personagpt.generate.best_of_n import Lockstep, PrefixScorer, best_of_n_lockstep, best_of_n_requests
-
         generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
             tokens = best_of_n_requests(self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator),
@@ -224,10 +226,10 @@ class Conversation:
         else:
             if self._prompt_scorer is None:
                 self._prompt_scorer = PrefixScorer(self.decoder)
-            lockstep = Lockstep(self.decoder, self.fmt, ids, cfg.num_candidates, cfg, self.generator,
-                                self._prompt_scorer)
-            tokens = best_of_n_lockstep(lockstep, cfg.commit_tokens, lambda replies, finished: self.choose(
-                ids, replies, finished, lockstep.logprobs))
+            loop = candidates_loop(self.decoder, self.fmt, ids, cfg.num_candidates, cfg, self.generator,
+                                   self._prompt_scorer)
+            tokens = best_of_n_lockstep(loop, cfg.commit_tokens, lambda replies, finished: self.choose(
+                ids, replies, finished, loop.logprobs))
         try:
             for token in tokens:
                 generated.append(token)
@@ -235,16 +237,14 @@ class Conversation:
             yield from text.pieces([])
         finally:
             tokens.close()
-            if self.engine is None and len(lockstep.rows) == 1:  # the kept row's keys/values serve the next turn
-                self._prompt_scorer.keep(lockstep.cache, (ids + generated)[: lockstep.position])
+            if self.engine is None and len(loop.rows) == 1:  # the kept row's keys/values serve the next turn
+                self._prompt_scorer.keep(loop.cache, (ids + generated)[: loop.position])
             self._record(strip_reply(generated, self.fmt.eos_id))
 
     def choose(self, ids: Sequence[int], replies: Sequence[Sequence[int]], finished: Sequence[bool],
                conditioned: Sequence[float] | None = None) -> int:
         """The index of the best of ``replies`` to the prompt ``ids`` (whole or, where not ``finished``, begun),
         scored by :func:`~personagpt.generate.best_of_n.rank_candidates` against this conversation's persona or goal."""
-        from personagpt.generate.best_of_n import PrefixScorer, RerankWeights, rank_candidates
-
         if self._reference_scorer is None:
             self._reference_scorer = PrefixScorer(self.decoder)
         history = list(ids[len(self.prefix):])
@@ -261,8 +261,6 @@ class Conversation:
         return ranked[0].index
 
     def _labeler(self):
-        from personagpt.generate.best_of_n import default_labeler
-
         if self.labeler is None:
             self.labeler = default_labeler()
         return self.labeler
@@ -271,8 +269,6 @@ class Conversation:
     def checker(self):
         """The persona-consistency check of best-of-N (its sentence encoder is the goal labeler's, if any)."""
         if self._checker is None:
-            from personagpt.generate.consistency import ConsistencyChecker
-
             labeler = self._labeler()
             self._checker = ConsistencyChecker(labeler.embedder if getattr(labeler, "semantic", False) else None)
         return self._checker
@@ -376,22 +372,12 @@ class TextStream:
 def decode_tokens(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingConfig, fmt: PromptFormat,
                   step: Step | None = None, generator: torch.Generator | None = None) -> Iterator[int]:
     """Generate after ``ids`` whose first ``cached`` tokens are already in ``cache``, yielding each token; stops
-    after eos (which is yielded) or ``max_new_tokens``. ``step`` runs a single-token forward
-    (:func:`~personagpt.generate.kvcache.compiled_step`; default eager). The cache then holds ``ids`` plus every yielded
-    token but the last."""
-    device = model.device
-    step = step or eager_step(model)
-    logits = model(torch.tensor([ids[cached:]], device=device), cache=cache, use_cache=True,
-                   logits_to_keep=1).logits[0, -1]
-    seen = torch.tensor(sorted(set(ids)), device=device)
-    suppress, suppress_eos = suppressed_ids(fmt, device)
-    for n in range(cfg.max_new_tokens):
-        token = pick_token(logits.float(), cfg, seen, suppress_eos if n < cfg.min_new_tokens else suppress, generator)
-        yield token
-        if token == fmt.eos_id or n == cfg.max_new_tokens - 1:
-            return
-        seen = torch.cat([seen, torch.tensor([token], device=device)])
-        logits = step(torch.tensor([[token]], device=device), cache)
+    after eos (which is yielded) or ``max_new_tokens``. A :class:`~personagpt.generate.loop.TokenLoop` of one row;
+    ``step`` runs its single-token forward (:func:`~personagpt.generate.kvcache.compiled_step`; default eager).
+    The cache then holds ``ids`` plus every yielded token but the last."""
+    loop = TokenLoop.after(model, fmt, ids, cfg, cache, cached, generator=generator, step=step or eager_step(model))
+    while not loop.done:
+        yield loop.advance()[0]
 
 
 def decode(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingConfig, fmt: PromptFormat,

@@ -36,7 +36,8 @@ from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generate.conversation import context_limit
 from personagpt.generate.kvcache import PrefixCache, ReservedCache
-from personagpt.generate.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.generate.loop import Row, Sampler
+from personagpt.generate.sampling import SamplingConfig
 from personagpt.scoring import decoder_and_head
 
 
@@ -139,7 +140,7 @@ class _Active:
     request: Request
     length: int  # tokens whose keys/values are in the slot
     last: int  # the token to feed next
-    seen: torch.Tensor  # ids in the prompt and generated so far (repetition penalty)
+    row: Row  # its sampling state (settings, generator, seen ids); its tokens are the request's
 
 
 class Engine:
@@ -160,7 +161,7 @@ class Engine:
         self.capacity = min(capacity or 1024, context_limit(model))
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.device = model.device
-        self._suppress, self._suppress_eos = suppressed_ids(fmt, self.device)
+        self.sampler = Sampler(fmt, self.device)
         self._decoder, self._head = decoder_and_head(self.decoder)
         self._waiting: deque[Request] = deque()
         self._active: list[_Active] = []
@@ -332,9 +333,9 @@ class Engine:
         for request, source in [(r, i) for i, r in enumerate(unique)] + copies:
             request.prefill_seconds = elapsed
             row = _Active(request, len(request.prompt), -1,
-                          torch.tensor(sorted(set(request.prompt)), device=self.device))
+                          self.sampler.row(request.sampling, request.prompt, request.generator, request.tokens))
             self._active.append(row)
-            self._accept(row, logits[source])
+            self._accept([row], logits[source:source + 1])
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
                  last: list[int]) -> torch.Tensor:
@@ -349,28 +350,25 @@ class Engine:
         picked = hidden[torch.arange(len(last), device=self.device), torch.tensor(last, device=self.device)]
         return self._head(picked.contiguous())
 
-    def _accept(self, row: _Active, logits: torch.Tensor) -> None:
-        """Sample the row's next token from ``logits`` and hand it to the request."""
-        request, cfg = row.request, row.request.sampling
-        n = len(request.tokens)
-        banned = self._suppress_eos if n < cfg.min_new_tokens else self._suppress
-        token = pick_token(logits.float(), cfg, row.seen, banned, request.generator)
-        if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
-            logprobs = logits.float().log_softmax(-1)
-            top = torch.topk(logprobs, request.logprobs) if request.logprobs else None
-            request.token_logprobs.append((float(logprobs[token]), [] if top is None else list(
-                zip(top.indices.tolist(), top.values.tolist()))))
-        if request.first_token_at is None:
-            request.first_token_at = time.perf_counter()
-        request.tokens.append(token)
-        request._emit(token)
-        row.last = token
-        if cfg.repetition_penalty != 1.0:  # the only reader of the seen ids
-            row.seen = torch.cat([row.seen, torch.tensor([token], device=self.device)])
-        if token == self.fmt.eos_id:
-            request.finish_reason = "stop"
-        elif len(request.tokens) >= cfg.max_new_tokens:
-            request.finish_reason = "length"
+    def _accept(self, rows: list[_Active], logits: torch.Tensor) -> None:
+        """Sample each row's next token from its line of ``logits`` (the one token step,
+        :class:`~personagpt.generate.loop.Sampler`) and hand it to the request."""
+        picks = self.sampler.pick(logits, [row.row for row in rows])  # appends to each request's tokens
+        for i, (row, token) in enumerate(zip(rows, picks)):
+            request, cfg = row.request, row.request.sampling
+            if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
+                logprobs = logits[i].float().log_softmax(-1)
+                top = torch.topk(logprobs, request.logprobs) if request.logprobs else None
+                request.token_logprobs.append((float(logprobs[token]), [] if top is None else list(
+                    zip(top.indices.tolist(), top.values.tolist()))))
+            if request.first_token_at is None:
+                request.first_token_at = time.perf_counter()
+            request._emit(token)
+            row.last = token
+            if token == self.fmt.eos_id:
+                request.finish_reason = "stop"
+            elif len(request.tokens) >= cfg.max_new_tokens:
+                request.finish_reason = "length"
 
     def _step(self) -> None:
         """One decoding step for every active row."""
@@ -381,9 +379,9 @@ class Engine:
         logits = self._forward(tokens, lengths, visible, 0, span, last=[0] * len(self._active))
         self.steps += 1
         self.forward_tokens += len(self._active)
-        for i, row in enumerate(self._active):
+        for row in self._active:
             row.length += 1
-            self._accept(row, logits[i])
+        self._accept(self._active, logits)
 
     def _drop_finished(self) -> None:
         """Retire finished and cancelled rows: keep their keys/values for the prefix cache, compact the slots."""

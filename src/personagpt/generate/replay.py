@@ -10,7 +10,8 @@ import torch
 from personagpt.format import PromptFormat
 from personagpt.generate.conversation import context_limit, strip_reply
 from personagpt.generate.kvcache import ReservedCache
-from personagpt.generate.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.generate.loop import Row, Sampler
+from personagpt.generate.sampling import SamplingConfig
 
 
 @dataclass
@@ -54,7 +55,7 @@ def generate_replays(model, fmt: PromptFormat, replays: Sequence[Replay], sampli
 
 def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: SamplingConfig, progress):
     device, pad, eos = model.device, fmt.tokenizer.pad_token_id, fmt.eos_id
-    suppress, suppress_eos = suppressed_ids(fmt, device)
+    sampler = Sampler(fmt, device)
     size = len(replays)
     cache = ReservedCache()
     mask = torch.zeros((size, 0), dtype=torch.long, device=device)
@@ -87,27 +88,18 @@ def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: Samp
             fed[row] = turn
         logits = step(chunks)
         kept_length, kept_mask, kept_seen = cache.get_seq_length(), mask, [list(s) for s in seen]
-        live = [bool(c) for c in chunks]
-        generated: list[list[int]] = [[] for _ in replays]
-        for n in range(cfg.max_new_tokens):
-            banned = suppress_eos if n < cfg.min_new_tokens else suppress
-            if not cfg.do_sample and cfg.repetition_penalty == 1.0:
-                picks = logits.index_fill(1, banned, float("-inf")).argmax(-1).tolist()
-            else:
-                picks = [pick_token(logits[r], cfg, torch.tensor(seen[r], device=device), banned) if live[r] else pad
-                         for r in range(size)]
-            for r in range(size):
-                if live[r]:
-                    generated[r].append(picks[r])
-                    live[r] = picks[r] != eos
-            if not any(live) or n == cfg.max_new_tokens - 1:
+        rows = [Row(cfg, torch.tensor(seen[r], device=device)) if chunk else None for r, chunk in enumerate(chunks)]
+        while True:  # the one token step (Sampler); the forward feeds each live row into the shared cache
+            picks = sampler.pick(logits, rows)
+            live = [row is not None and not row.done for row in rows]
+            if not any(live):
                 break
             logits = step([[picks[r]] if live[r] else [] for r in range(size)])
         cache.crop(-(cache.get_seq_length() - kept_length))
         mask, seen = kept_mask, kept_seen
         for row, replay in enumerate(replays):
             if k < len(replay.reply_at):
-                replies[row].append(strip_reply(generated[row], eos))
+                replies[row].append(rows[row].reply)
         if progress is not None:
             progress(sum(k < len(r.reply_at) for r in replays))
     return replies

@@ -10,6 +10,7 @@ import uuid
 from fastapi import Request
 
 from personagpt.generate.conversation import TextStream
+from personagpt.generate.loop import Commitment
 from personagpt.serve.metrics import Metrics
 from personagpt.text import DisplayStream
 
@@ -86,31 +87,23 @@ class BestOfNJob:
             request.cancel()
 
     async def stream(self):
-        replies: list[list[int]] = [[] for _ in self.requests]
-        finished = [False] * len(self.requests)
-        ended = [True] * len(self.requests)  # the request's stream is over (eos, or its length limit)
+        """The kept candidate's tokens, by the rule every best-of-N driver shares
+        (:class:`~personagpt.generate.loop.Commitment`)."""
+        commitment = Commitment(len(self.requests), self.commit_tokens, self.eos_id)
         for i, request in enumerate(self.requests):
             async for token in request.stream():
-                if token == self.eos_id:
-                    finished[i] = True
+                if not commitment.take(i, token):
                     break
-                replies[i].append(token)
-                if self.commit_tokens and len(replies[i]) >= self.commit_tokens:
-                    ended[i] = False
-                    break
-        row = await asyncio.to_thread(self.choose, replies, finished)
+        row = await asyncio.to_thread(commitment.choose, self.choose)
         for i, request in enumerate(self.requests):
             if i != row:
                 request.cancel()
         self.chosen = self.requests[row]
-        for token in replies[row]:
+        for token in commitment.head():
             yield token
-        if finished[row]:
-            yield self.eos_id
-        if ended[row]:
-            return
-        async for token in self.chosen.stream():
-            yield token
+        if commitment.goes_on():
+            async for token in self.chosen.stream():
+                yield token
 
 
 class Reply:
