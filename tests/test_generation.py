@@ -93,6 +93,22 @@ def test_too_long_turn_is_refused_and_history_unchanged(tiny_model, fmt):
     assert conversation.turns == []
 
 
+def test_token_loop_matches_transformers_generate(tiny_model, fmt):
+    """The one token step (replayed batch) picks what transformers' generate picks, eos ban included."""
+    import torch
+
+    contexts = [fmt.persona_prefix(["i like cats."]) + fmt.utterance("hi"),
+                fmt.persona_prefix(FACTS) + fmt.history(USER_TURNS)]
+    cfg = SamplingConfig(do_sample=False, max_new_tokens=10, min_new_tokens=3)
+    ours = generate_batch(tiny_model, fmt, contexts, cfg)
+    for context, reply in zip(contexts, ours):
+        with torch.inference_mode():
+            out = tiny_model.generate(torch.tensor([context]), attention_mask=torch.ones(1, len(context), dtype=torch.long),
+                                      **cfg.generate_kwargs(fmt))[0, len(context):].tolist()
+        assert reply == (out[: out.index(fmt.eos_id)] if fmt.eos_id in out else out)
+        assert len(reply) >= 3
+
+
 def test_batch_matches_single(tiny_model, fmt):
     contexts = [fmt.persona_prefix(["i like cats."]) + fmt.utterance("hi"),
                 fmt.action_prefix("ask about kids."),

@@ -17,7 +17,8 @@ from torch import nn
 from personagpt.data.examples import IGNORE_INDEX, Example, TokenizedDataset, collate, control_example
 from personagpt.format import MAX_SEQUENCE_LENGTH, PromptFormat
 from personagpt.errors import SettingsError
-from personagpt.generate.conversation import ContextOverflowError, context_limit
+from personagpt.errors import ContextOverflowError
+from personagpt.models.load import context_limit
 from personagpt.generate.kvcache import ReservedCache
 
 

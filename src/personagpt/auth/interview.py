@@ -19,7 +19,8 @@ import torch
 from personagpt.auth.identify import Identifier, LikelihoodIdentifier
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
-from personagpt.generate.conversation import Conversation, SamplingConfig, generate_batch, strip_reply
+from personagpt.generate.conversation import Conversation, SamplingConfig, generate_batch
+from personagpt.generate.loop import strip_reply
 from personagpt.generate.sampling import DEFAULT_COMMIT_TOKENS
 from personagpt.control.selfplay import Transcript
 

@@ -265,7 +265,7 @@ def interact(
 
 def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | None, sampling: SamplingConfig) -> None:
     """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
-    from personagpt.generate.conversation import context_limit
+    from personagpt.models.load import context_limit
 
     window = max_length or context_limit(model)
     persona = len(fmt.persona_prefix(facts or []))

@@ -41,7 +41,7 @@ def selfplay(
     with friendly_errors():
         from personagpt.data.dialogues import load_personas, resolve_personas_path
         from personagpt.generate.engine import Engine
-        from personagpt.generate.conversation import context_limit
+        from personagpt.models.load import context_limit
         from personagpt.models.precision import serving_model
         from personagpt.control.selfplay import FixedPolicy, RandomPolicy, self_play
 

@@ -46,7 +46,7 @@ def teach(
         learner = None
         if update:
             from personagpt.data.examples import prepare as prepare_data
-            from personagpt.generate.conversation import context_limit
+            from personagpt.models.load import context_limit
 
             length = min(MAX_SEQUENCE_LENGTH, context_limit(loaded))
             pools = {}

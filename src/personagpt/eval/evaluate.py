@@ -42,7 +42,8 @@ from personagpt.data.examples import Example, persona_examples
 from personagpt.models.fastpath import fast_decoder
 from personagpt.control.goals import GoalLabeler
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, PromptFormat
-from personagpt.generate.conversation import Conversation, SamplingConfig, context_limit, fit_context, generate_batch
+from personagpt.generate.conversation import Conversation, SamplingConfig, fit_context, generate_batch
+from personagpt.models.load import context_limit
 from personagpt.models.precision import inference_autocast
 from personagpt.generate.replay import Replay, generate_replays
 from personagpt.scoring import TurnScore, rank_personas, score_examples

@@ -31,16 +31,13 @@ from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_
 from personagpt.generate.best_of_n import (PrefixScorer, RerankWeights, best_of_n_lockstep, best_of_n_requests,
                                           candidates_loop, default_labeler, rank_candidates)
 from personagpt.generate.consistency import ConsistencyChecker
-from personagpt.generate.loop import TokenLoop
+from personagpt.generate.loop import TokenLoop, strip_reply
+from personagpt.generate.replay import Replay, generate_replays
+from personagpt.models.load import context_limit
 from personagpt.generate.sampling import GREEDY, SamplingConfig
 
-__all__ = ["GREEDY", "ContextOverflowError", "Conversation", "SamplingConfig", "TextStream", "context_limit",
-           "decode", "decode_tokens", "fit_context", "generate_batch", "strip_reply"]
-
-
-def context_limit(model) -> int:
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
+__all__ = ["GREEDY", "ContextOverflowError", "Conversation", "SamplingConfig", "TextStream",
+           "decode", "decode_tokens", "fit_context", "generate_batch"]
 
 
 def fit_context(prefix: Sequence[int], turns: Sequence[Sequence[int]], budget: int) -> list[int]:
@@ -59,12 +56,6 @@ def fit_context(prefix: Sequence[int], turns: Sequence[Sequence[int]], budget: i
     if not turns and used > budget:
         raise ContextOverflowError(f"the prompt prefix alone ({used} tokens) exceeds the budget of {budget} tokens")
     return list(prefix) + [i for turn in reversed(kept) for i in turn]
-
-
-def strip_reply(ids: Sequence[int], eos_id: int) -> list[int]:
-    """Generated ids up to (not including) the first eos."""
-    ids = list(ids)
-    return ids[: ids.index(eos_id)] if eos_id in ids else ids
 
 
 class Conversation:
@@ -316,10 +307,15 @@ class Conversation:
 @torch.inference_mode()
 def generate_batch(model, fmt: PromptFormat, contexts: Sequence[Sequence[int]],
                    sampling: SamplingConfig | None = None) -> list[list[int]]:
-    """Generate one reply (ids, without eos) for each context, all in one left-padded batch."""
+    """Generate one reply (ids, without eos) for each context, all in one batch: through the token step of
+    :mod:`~personagpt.generate.loop` (a replay of each context, left-padded into one cache), or with transformers'
+    ``generate`` for beam search. Sampled rows draw from the global RNG, as ``generate`` does."""
     cfg = sampling or SamplingConfig()
     if not contexts:
         return []
+    if cfg.num_beams == 1:
+        replays = [Replay(list(c), [], [0]) for c in contexts]
+        return [replies[0] for replies in generate_replays(model, fmt, replays, cfg, batch_size=len(contexts))]
     pad = fmt.tokenizer.pad_token_id
     width = max(len(c) for c in contexts)
     rows = [[pad] * (width - len(c)) + list(c) for c in contexts]

@@ -34,7 +34,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from personagpt.errors import PersonaGPTError, QueueFullError, RequestCancelled
 from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
-from personagpt.generate.conversation import context_limit
+from personagpt.models.load import context_limit
 from personagpt.generate.kvcache import PrefixCache, ReservedCache
 from personagpt.generate.loop import Row, Sampler
 from personagpt.generate.sampling import SamplingConfig

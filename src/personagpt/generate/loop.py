@@ -173,6 +173,12 @@ def select_rows(cache: ReservedCache, rows: Sequence[int]) -> ReservedCache:
     return out
 
 
+def strip_reply(ids: Sequence[int], eos_id: int) -> list[int]:
+    """Generated ids up to (not including) the first eos."""
+    ids = list(ids)
+    return ids[: ids.index(eos_id)] if eos_id in ids else ids
+
+
 Choose = Callable[[list[list[int]], list[bool]], int]  # (replies so far, finished) -> the candidate to keep
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 
 from personagpt.format import PromptFormat
-from personagpt.generate.conversation import context_limit, strip_reply
 from personagpt.generate.kvcache import ReservedCache
 from personagpt.generate.loop import Row, Sampler
+from personagpt.models.load import context_limit
 from personagpt.generate.sampling import SamplingConfig
 
 
@@ -39,7 +39,7 @@ def generate_replays(model, fmt: PromptFormat, replays: Sequence[Replay], sampli
     """
     cfg = sampling or SamplingConfig()
     if cfg.num_beams > 1:
-        raise ValueError("replayed generation samples or decodes greedily; use generate_batch for beams")
+        raise ValueError("replayed generation samples or decodes greedily; beams go through generate_batch")
     limit = context_limit(model)
     for replay in replays:
         if replay.length() + cfg.max_new_tokens > limit:

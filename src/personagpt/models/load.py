@@ -81,6 +81,12 @@ def smollm2_base() -> Path:
     return target
 
 
+def context_limit(model) -> int:
+    """The longest sequence the model's positions allow (1024 when its config does not say)."""
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
+
+
 def resolve_model_name(name: str | None) -> str:
     """The model to load: ``name`` (a short alias, hub id or path), else the bundled default."""
     if name:
