@@ -30,11 +30,11 @@ def test_template_gives_prompt_format_ids(path):
     persona = messages("\n".join(FACTS), safe)
     assert ids_of(tokenizer, persona) == fmt.persona_prefix(FACTS) + fmt.history(safe)
     goal = "ask about pets."
-    action = fmt.action_prefix(goal, FACTS) + fmt.history(safe)
+    action = fmt.goal_prefix(goal, FACTS) + fmt.history(safe)
     assert ids_of(tokenizer, persona, goal=goal) == action  # the template variable
     assert ids_of(tokenizer, messages("\n".join(FACTS + [f"goal: {goal}"]), safe)) == action  # the system line
     opening = messages(f"goal: {goal}", [])
-    assert ids_of(tokenizer, opening) == fmt.action_prefix(goal)
+    assert ids_of(tokenizer, opening) == fmt.goal_prefix(goal)
 
 
 def test_every_loaded_tokenizer_carries_the_template(tmp_path):

@@ -35,12 +35,12 @@ def test_persona_prefix_layout(fmt, tokenizer):
     assert fmt.persona_prefix(["x"], speaker=1)[0] == 50260
 
 
-def test_action_prefix_matches_original_string_encoding(fmt, tokenizer):
+def test_goal_prefix_matches_original_string_encoding(fmt, tokenizer):
     # the original encodes ''.join(['<|act|> ', act, '<|p1|>', '<|sep|>', '<|start|>'])
     for goal in DEFAULT_ACTIONS:
         original = tokenizer.encode("<|act|> " + goal + "<|p1|><|sep|><|start|>")
-        assert fmt.action_prefix(goal) == original
-    with_facts = fmt.action_prefix("talk about cats.", ["i own a cat."])
+        assert fmt.goal_prefix(goal) == original
+    with_facts = fmt.goal_prefix("talk about cats.", ["i own a cat."])
     assert with_facts == tokenizer.encode("<|act|> talk about cats.<|p1|>i own a cat.<|endoftext|><|sep|><|start|>")
 
 
@@ -56,7 +56,7 @@ def test_decode_drops_special_tokens(fmt):
 
 def test_empty_goal_rejected(fmt):
     with pytest.raises(ValueError):
-        fmt.action_prefix("  ")
+        fmt.goal_prefix("  ")
 
 
 def test_same_strings_on_another_tokenizer_family():

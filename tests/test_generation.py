@@ -56,11 +56,11 @@ def test_cache_means_a_turn_costs_only_new_tokens(tiny_model, fmt):
 
 
 def test_action_mode_cache_matches_uncached(tiny_model, fmt):
-    cached = Conversation.with_action(tiny_model, fmt, "ask about pets.", sampling=SHORT)
-    fresh = Conversation.with_action(tiny_model, fmt, "ask about pets.", sampling=SHORT, use_cache=False)
+    cached = Conversation.with_goal(tiny_model, fmt, "ask about pets.", sampling=SHORT)
+    fresh = Conversation.with_goal(tiny_model, fmt, "ask about pets.", sampling=SHORT, use_cache=False)
     for goal, answer in zip(["ask about pets.", "talk about music.", "my own new goal."], USER_TURNS):
         for c in (cached, fresh):
-            c.set_action(goal)
+            c.set_goal(goal)
         assert cached.respond() == fresh.respond()
         cached.add_turn(answer)
         fresh.add_turn(answer)
@@ -111,7 +111,7 @@ def test_token_loop_matches_transformers_generate(tiny_model, fmt):
 
 def test_batch_matches_single(tiny_model, fmt):
     contexts = [fmt.persona_prefix(["i like cats."]) + fmt.utterance("hi"),
-                fmt.action_prefix("ask about kids."),
+                fmt.goal_prefix("ask about kids."),
                 fmt.persona_prefix(FACTS) + fmt.history(USER_TURNS)]
     batched = generate_batch(tiny_model, fmt, contexts, SHORT)
     single = [generate_batch(tiny_model, fmt, [c], SHORT)[0] for c in contexts]
@@ -124,7 +124,7 @@ def test_replays_match_re_encoding_every_context(tiny_model, fmt):
     turns = [fmt.utterance(t) for t in USER_TURNS + ["yes , two cats .", "bye !"]]
     replays = [Replay(fmt.persona_prefix(FACTS, 2), turns, [1, 3, 5]),
                Replay(fmt.persona_prefix(["i like cats."], 1), turns[:3], [0, 2]),  # fewer replies than the others
-               Replay(fmt.action_prefix("ask about kids."), turns[:4], [2]),
+               Replay(fmt.goal_prefix("ask about kids."), turns[:4], [2]),
                Replay(fmt.persona_prefix(FACTS, 1), [], [0])]
     replayed = generate_replays(tiny_model, fmt, replays, SHORT, batch_size=3)
     expected = [[generate_batch(tiny_model, fmt, [r.prefix + [i for t in r.turns[:at] for i in t]], SHORT)[0]

@@ -60,7 +60,7 @@ def test_scores_prefer_the_persona_and_punish_repeats():
 
 
 def test_best_of_n_in_a_steered_conversation(tiny_model, fmt):
-    c = Conversation.with_action(tiny_model, fmt, "ask about pets.",
+    c = Conversation.with_goal(tiny_model, fmt, "ask about pets.",
                                  sampling=SamplingConfig(max_new_tokens=6, num_candidates=3), seed=2)
     text = c.respond()
     assert c.turns == [text] and c.turn_ids[-1][-1] == fmt.eos_id

@@ -74,7 +74,7 @@ def test_from_turns_rebuilds_a_session(tiny_model, fmt):
     assert rebuilt.context_ids() == live.context_ids()
     assert rebuilt.respond() == live.respond()
     steered = Conversation.from_turns(tiny_model, fmt, TURNS[:2], goal="ask about pets.", sampling=greedy)
-    assert steered.context_ids()[: len(fmt.action_prefix("ask about pets."))] == fmt.action_prefix("ask about pets.")
+    assert steered.context_ids()[: len(fmt.goal_prefix("ask about pets."))] == fmt.goal_prefix("ask about pets.")
 
 
 class RecordingPolicy:

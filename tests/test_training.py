@@ -98,10 +98,10 @@ def test_long_dialogue_windows_keep_prefix_and_cover_each_target_once(fmt):
 def test_control_example_targets_the_response_only(fmt):
     record = ControlRecord("ask about pets.", ["hi there !", "hello ."], "do you have pets ?", ["i love cats."])
     example = control_example(record, fmt, 512)
-    context = fmt.action_prefix(record.goal, record.facts) + fmt.history(record.history)
+    context = fmt.goal_prefix(record.goal, record.facts) + fmt.history(record.history)
     assert example.ids == context + fmt.utterance(record.response)
     assert example.targets == [False] * len(context) + [True] * len(fmt.utterance(record.response))
-    short = control_example(record, fmt, len(fmt.action_prefix(record.goal, record.facts)) + 8)
+    short = control_example(record, fmt, len(fmt.goal_prefix(record.goal, record.facts)) + 8)
     assert fmt.decode([i for i, t in zip(short.ids, short.targets) if t]) == "do you have pets ?"
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import torch
+
 from personagpt.errors import SettingsError
 
 # Appended in this order so the ids match the published af1tang/personaGPT checkpoint (50257-50262 on GPT-2).
@@ -44,7 +46,7 @@ DEFAULT_ACTIONS: tuple[str, ...] = (
 # The chat template every tokenizer this project loads or saves carries, so engines that build prompts from OpenAI
 # messages (vLLM, TGI, llama.cpp, ``apply_chat_template``) build exactly PromptFormat's ids. The system message
 # gives the bot's persona facts, one per line; user and assistant messages are the history; the assistant is the
-# persona bot. A goal switches to action mode: the template variable ``goal``, or, for engines that cannot pass
+# persona bot. A goal switches to goal mode: the template variable ``goal``, or, for engines that cannot pass
 # variables, a system line ``goal: TEXT``. No generation prompt is needed: the bot speaks after the last eos.
 CHAT_TEMPLATE = (
     "{#- PersonaGPT: system = persona facts (one per line; a line 'goal: TEXT' = action mode) -#}\n"
@@ -94,8 +96,6 @@ def resize_embeddings(model, size: int) -> None:
     Deterministic on purpose (transformers' mean resizing samples noise): a base model resized at load time
     must be the same model every time an adapter is put on it.
     """
-    import torch
-
     old = model.get_input_embeddings().weight.shape[0]
     if old >= size:
         return
@@ -144,7 +144,7 @@ class PromptFormat:
             raise ValueError(f"speaker must be 1 or 2, not {speaker!r}")
         return [self.p1_id if speaker == 1 else self.p2_id] + self.facts(facts) + [self.sep_id, self.start_id]
 
-    def action_prefix(self, goal: str, facts: Sequence[str] = ()) -> list[int]:
+    def goal_prefix(self, goal: str, facts: Sequence[str] = ()) -> list[int]:
         """``<|act|> goal <|p1|> [facts] <|sep|> <|start|>``: the bot's next turn pursues ``goal``."""
         goal = goal.strip()
         if not goal:

@@ -10,9 +10,34 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from personagpt.auth.identify import IdentifierHead, PooledEncoder, packaged_head_path
 from personagpt.auth.interview import Episode, SelfPlay, candidate_sets, likelihood_identifiers, rescore, sample_sets
+from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
+from personagpt.auth.plan import FEATURES as PLAN_FEATURES
+from personagpt.auth.plan import (
+    DistilledPolicy,
+    Gated,
+    OptionScorer,
+    Planner,
+    RandomQuestionPolicy,
+    agreement,
+    distill,
+    packaged_distilled_path,
+)
+from personagpt.auth.policies import FEATURES as POLICY_FEATURES
+from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, QNetwork, baseline_policies, packaged_policy_path
+from personagpt.auth.report import claims, error_rates, hits_by_turn, paired_with, plot, roc_auc, threshold_for
 from personagpt.auth.stores import play_resumable, play_stored, stored_interviews
+from personagpt.control.selfplay import RandomPolicy
+from personagpt.data.dialogues import (
+    default_data_dir,
+    distinct_personas,
+    load_dialogues,
+    load_personas,
+    resolve_personas_path,
+)
 from personagpt.errors import SettingsError
+from personagpt.generate.sampling import SamplingConfig
 
 IDENTIFIERS = ("sentence", "exchange", "calibrated", "embedding", "likelihood")
 GUIDES = ("sentence", "exchange", "calibrated", "embedding")  # the identifiers a policy can be guided by
@@ -22,16 +47,12 @@ COSTLY = ("planner", "lookahead")  # simulate answers every turn: not run unless
 
 def validation_pool(data: Path | None = None) -> tuple[Path, list[list[str]]]:
     """The held-out personas interviewed by ``auth eval`` (default: the Persona-Chat validation split's)."""
-    from personagpt.data.dialogues import default_data_dir, distinct_personas, load_dialogues
-
     split = data or default_data_dir() / "personachat" / "valid_both_original_no_cands.txt"
     return split, distinct_personas(f for d in load_dialogues(split) for f in (d.p1_facts, d.p2_facts))
 
 
 def training_personas(seed: int, held_out: int) -> tuple[list[list[str]], list[list[str]]]:
     """The packaged training personas, shuffled by ``seed``: (held out for calibration, the rest for training)."""
-    from personagpt.data.dialogues import load_personas, resolve_personas_path
-
     personas = load_personas(resolve_personas_path())
     random.Random(seed).shuffle(personas)
     cut = max(held_out, 20)
@@ -42,8 +63,6 @@ def training_personas(seed: int, held_out: int) -> tuple[list[list[str]], list[l
 
 def load_head(path: Path | None, model_name: str | None, required: bool = True):
     """The embedding identifier's head; without ``required``, None where there is none for this model."""
-    from personagpt.auth.identify import IdentifierHead, packaged_head_path
-
     chosen = path or packaged_head_path()
     if path is None and model_name is not None:
         if not required:
@@ -78,25 +97,19 @@ def _saved_module(path: Path | None, shipped: Path, cls, what: str, current: int
 
 def load_policy_network(path: Path | None):
     """The DQN policy (``auth train``) at ``path``, else the shipped one, else None."""
-    from personagpt.auth.policies import FEATURES, QNetwork, packaged_policy_path
-
-    return _saved_module(path, packaged_policy_path(), QNetwork, "policy", FEATURES,
+    return _saved_module(path, packaged_policy_path(), QNetwork, "policy", POLICY_FEATURES,
                          "train a new one with `personagpt auth train`")
 
 
 def load_distilled(path: Path | None):
     """The distilled question policy (``auth distill``) at ``path``, else the shipped one, else None."""
-    from personagpt.auth.plan import FEATURES, OptionScorer, packaged_distilled_path
-
-    scorer = _saved_module(path, packaged_distilled_path(), OptionScorer, "distilled policy", FEATURES,
+    scorer = _saved_module(path, packaged_distilled_path(), OptionScorer, "distilled policy", PLAN_FEATURES,
                            "run `personagpt auth distill` again")
     return scorer.eval() if scorer is not None else None
 
 
 def load_thresholds(path: Path | None, k: int) -> tuple[dict, str | None]:
     """({identifier: {turn: threshold}} calibrated for this K, or {}; a note saying why there are none)."""
-    from personagpt.auth.identify import packaged_head_path
-
     chosen = path or packaged_head_path().with_name("thresholds.json")
     if not chosen.is_file():
         if path is not None:
@@ -113,9 +126,6 @@ def load_thresholds(path: Path | None, k: int) -> tuple[dict, str | None]:
 
 def make_policy(name: str, env: SelfPlay, seed: int = 0, network=None, distilled=None):
     """A policy by its ``auth eval`` name, with the guide identifier it must be run with (None: the default)."""
-    from personagpt.auth.plan import DistilledPolicy, Gated, Planner, RandomQuestionPolicy
-    from personagpt.auth.policies import LearnedPolicy, LookaheadPolicy, baseline_policies
-
     baselines = baseline_policies(seed)
     if name in baselines:
         return baselines[name], None
@@ -160,8 +170,6 @@ def _once(tick: Callable[[], None] | None, shown: dict[str, int], name: str) -> 
 def _measure(played: dict[str, list[Episode]], guides: dict[str, str | None], turns: int, seed: int, calibrated: dict,
              new: dict[str, int], seconds: dict[str, float]) -> tuple[dict, dict]:
     """Per policy Hits@1 by turn and verification per identifier, and the paired differences with random."""
-    from personagpt.auth.report import claims, error_rates, hits_by_turn, paired_with, roc_auc
-
     results = {}
     for name, episodes in played.items():
         results[name] = {"guide": guides[name], "by_turn": {}, "verification": {},
@@ -249,7 +257,6 @@ def evaluate(env: SelfPlay, sets: Sequence[tuple[list[list[str]], int]], policie
                                                      indent=1))
         if end == len(sets):
             break
-    from personagpt.auth.report import plot
 
     plots = []
     for ident in IDENTIFIERS:
@@ -263,8 +270,6 @@ def calibrate(env: SelfPlay, policy, guide: str, truths, pool, candidates: int, 
               path: Path, progress: Callable[[], None] | None = None) -> dict:
     """Accept thresholds per turn for every identifier, from interviews of ``truths`` (held out from training) run
     by ``policy``: for each turn, the lowest claim probability that keeps false accepts at most ``false_accept``."""
-    from personagpt.auth.report import claims, threshold_for
-
     sets = candidate_sets(truths, pool, candidates, seed + 7)
     episodes = env.play(sets, policy, seed + 7, (lambda *_: progress()) if progress else None, guide)
     thresholds = {name: {str(t): threshold_for(*claims(episodes, name, t, seed), false_accept)
@@ -279,8 +284,6 @@ def calibrate_distilled(env: SelfPlay, scorer, count: int, candidates: int, fals
                         progress: Callable[[], None] | None = None) -> dict:
     """:func:`calibrate` for the distilled policy as ``auth eval`` plays it (gated, guided by the calibrated
     identifier), on ``count`` of the training personas its planner's interviews left out."""
-    from personagpt.auth.plan import DistilledPolicy, Gated
-
     held, pool = training_personas(seed, 200)
     return calibrate(env, Gated(DistilledPolicy(scorer, env.facts), seed=seed), "calibrated", held[:count], held + pool,
                      candidates, false_accept, seed, path, progress)
@@ -291,8 +294,6 @@ def distillation_data(env: SelfPlay, interviews: int, candidates: int, seed: int
     """The planner's decisions over ``interviews`` self-play interviews of training personas (kept in ``store``,
     one JSON line per interview, so a stopped run resumes); the turns its gate gives to random goals are not
     decisions."""
-    from personagpt.auth.plan import Gated, Planner
-
     _, pool = training_personas(seed, 200)
     sets = sample_sets(pool, min(interviews, len(pool)), candidates, seed + 11)
 
@@ -332,9 +333,6 @@ def identifier_selfplay(model, fmt, count: int, turns: int, max_new_tokens: int,
                         store: Path, progress: Callable[[], None] | None = None) -> list[Episode]:
     """``count`` random-goal interviews of training personas (two candidates each: the answers do not depend on
     them) for the identifier head to learn from, kept in ``store`` and read back from it when it exists."""
-    from personagpt.generate.sampling import SamplingConfig
-    from personagpt.control.selfplay import RandomPolicy
-
     episodes = [Episode.from_json(e) for e in json.loads(store.read_text())][:count] if store.is_file() else []
     if len(episodes) < count:
         _, pool = training_personas(seed, 200)
@@ -355,9 +353,6 @@ def train_identifier(model, fmt, dialogues, episodes: Sequence[Episode], steps: 
                      trained: Callable[[int, float], None] | None = None):
     """Train the embedding identifier's head on the dialogues' p2 turns (and the self-play ``episodes``), 10% of
     the personas held out; returns (head, {held-out set: Hits@1 of 20 after 1, 4 and 7 turns}, training personas)."""
-    from personagpt.auth.identify import PooledEncoder
-    from personagpt.auth.learn import TurnEmbeddings, identification_hits, train_identifier_head
-
     personas = list(dict.fromkeys(tuple(d.p2_facts) for d in dialogues if d.p2_facts))
     if len(personas) < 40:
         raise SettingsError(f"{len(personas)} personas with turns; training needs at least 40")
@@ -397,8 +392,6 @@ def distill_policy(decisions: Sequence[dict], steps: int, seed: int, out: Path,
                    progress: Callable[[int, float], None] | None = None) -> dict:
     """Fit the distilled policy on 90% of the planner's decisions, report its agreement with the planner on the
     rest, and write ``out/distilled.pt`` and ``out/distill.json``."""
-    from personagpt.auth.plan import agreement, distill
-
     cut = len(decisions) - len(decisions) // 10
     try:
         scorer = distill(decisions[:cut], steps, seed, progress=progress)

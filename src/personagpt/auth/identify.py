@@ -28,9 +28,13 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from personagpt.train.checkpoints import ConfigModule
+from personagpt.control.goals import SentenceEmbedder, sentences
 from personagpt.format import PromptFormat
+from personagpt.generate.consistency import expected_answer, last_yes_no_question
+from personagpt.models.precision import inference_autocast
+from personagpt.personas.facts import answer_polarity
 from personagpt.scoring import PersonaRanker, decoder_and_head
+from personagpt.train.checkpoints import ConfigModule
 
 
 class Identifier(Protocol):
@@ -61,8 +65,6 @@ class PooledEncoder:
 
     @torch.inference_mode()
     def encode_ids(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        from personagpt.models.precision import inference_autocast
-
         out = []
         pad = self.fmt.tokenizer.pad_token_id
         for start in range(0, len(rows), self.batch_size):
@@ -156,8 +158,6 @@ class FactEmbeddings:
     """A sentence encoder with its persona facts' embeddings kept (an evaluation pool repeats the same facts)."""
 
     def __init__(self, embedder=None) -> None:
-        from personagpt.control.goals import SentenceEmbedder
-
         self.embedder = embedder or SentenceEmbedder()
         self._facts: dict[str, torch.Tensor] = {}
         # recent answer sentences: the sentence and exchange identifiers read every answer, a planner's previews too
@@ -172,8 +172,6 @@ class FactEmbeddings:
 
     def sentences_of(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """Each text's sentence embeddings, all encoded in one batch."""
-        from personagpt.control.goals import sentences
-
         split = [sentences(t.lower()) or [t or " "] for t in texts]
         wanted = list(dict.fromkeys(s for parts in split for s in parts))
         with self._lock:
@@ -253,8 +251,6 @@ class ExchangeIdentifier(SentenceIdentifier):
 
     def __init__(self, encoder: FactEmbeddings, candidates: Sequence[Sequence[str]], scale: float = 5.0,
                  weight: float = 1.0, floor: float = 0.5, rates: tuple[float, float] | None = None) -> None:
-        from personagpt.generate.consistency import expected_answer
-
         super().__init__(encoder, candidates, scale)
         self.weight, self.floor = weight, floor
         self.ratios = None
@@ -268,8 +264,6 @@ class ExchangeIdentifier(SentenceIdentifier):
     def _closeness(self, question: str) -> torch.Tensor | None:
         """Per fact, how close it is to ``question``'s closing yes/no question (None: it has none)."""
         if question not in self._questions:
-            from personagpt.generate.consistency import last_yes_no_question
-
             asked = last_yes_no_question(question)
             if asked is None:
                 self._questions[question] = None
@@ -279,8 +273,6 @@ class ExchangeIdentifier(SentenceIdentifier):
         return self._questions[question]
 
     def gain(self, answer: str, question: str = "", sentences: torch.Tensor | None = None) -> torch.Tensor:
-        from personagpt.personas.facts import answer_polarity
-
         gain = super().gain(answer, question, sentences)
         polarity = answer_polarity(answer) if question else None
         closeness = self._closeness(question) if polarity is not None else None

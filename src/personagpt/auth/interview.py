@@ -1,4 +1,4 @@
-"""The authentication environment: an interviewer (action mode, its goal from a policy) talks with a partner
+"""The authentication environment: an interviewer (goal mode, its goal from a policy) talks with a partner
 (persona mode); after each partner turn every identifier (:mod:`personagpt.auth.identify`) scores the K
 candidate personas.
 
@@ -16,13 +16,22 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from personagpt.auth.identify import Identifier, LikelihoodIdentifier
+from personagpt.auth.identify import (
+    EmbeddingIdentifier,
+    FactEmbeddings,
+    Identifier,
+    LikelihoodIdentifier,
+    PooledEncoder,
+    fact_identifiers,
+)
+from personagpt.control.selfplay import Transcript
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 from personagpt.generate.conversation import Conversation, SamplingConfig, generate_batch
+from personagpt.generate.engine import Engine
 from personagpt.generate.loop import strip_reply
 from personagpt.generate.sampling import DEFAULT_COMMIT_TOKENS
-from personagpt.control.selfplay import Transcript
+from personagpt.models.precision import serving_model
 
 IdentifierFactory = Callable[[list[list[str]]], Identifier]
 
@@ -274,7 +283,7 @@ def interview(model, fmt: PromptFormat, candidates: list[list[str]], truth: int,
             if goal is None:
                 interviewer.set_persona([], speaker=1)
             else:
-                interviewer.set_action(goal)
+                interviewer.set_goal(goal)
             question = interviewer.respond()
             partner.add_turn(question)
             answer = partner.respond()
@@ -344,10 +353,6 @@ class SelfPlay:
     def __init__(self, model, fmt: PromptFormat, head=None, turns: int = 8, sampling: SamplingConfig | None = None,
                  workers: int = 32, sentence: bool = True, partner_candidates: int = 1,
                  decoding: str = "exact") -> None:
-        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
-        from personagpt.generate.engine import Engine
-        from personagpt.models.precision import serving_model
-
         self.model, self.fmt, self.turns, self.sampling, self.workers = model, fmt, turns, sampling, workers
         if partner_candidates < 1:
             raise SettingsError("partner_candidates must be >= 1")

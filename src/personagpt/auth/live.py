@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import random
 
+import torch
+
+from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
+from personagpt.auth.interview import Question, View
+from personagpt.auth.plan import DistilledPolicy, Gated
+from personagpt.auth.policies import LearnedPolicy
+from personagpt.data.dialogues import load_personas, resolve_personas_path
 from personagpt.errors import SettingsError
+from personagpt.format import DEFAULT_ACTIONS
+from personagpt.generate.conversation import Conversation
+from personagpt.generate.sampling import SamplingConfig
 
 
 def interview_people(candidates: int, claimed: list[str] | None, seed: int) -> tuple[list[list[str]], list[str]]:
     """K candidate personas from the packaged list, one of them the one played (or claimed), in a random order;
     returns (candidates, the true or claimed persona)."""
-    from personagpt.data.dialogues import load_personas, resolve_personas_path
-
     pool = [p for p in load_personas(resolve_personas_path()) if p != claimed]
     if candidates - 1 > len(pool):
         raise SettingsError(f"-k {candidates} needs {candidates - 1} distractors; the persona list has {len(pool)}")
@@ -39,13 +47,8 @@ class LiveInterview:
 
     def __init__(self, model, fmt, people: list[list[str]], guide: str, scorer=None, network=None, head=None,
                  max_new_tokens: int = 32, seed: int = 0) -> None:
-        import torch
+        import torch  # start-up: `auth interact --help` and the claim checks need no torch
 
-        from personagpt.auth.identify import EmbeddingIdentifier, FactEmbeddings, PooledEncoder, fact_identifiers
-        from personagpt.auth.plan import DistilledPolicy, Gated
-        from personagpt.auth.policies import LearnedPolicy
-        from personagpt.generate.conversation import Conversation
-        from personagpt.generate.sampling import SamplingConfig
 
         self.people, self.rng = people, random.Random(seed)
         facts = FactEmbeddings() if guide != "embedding" or scorer is not None else None
@@ -61,16 +64,13 @@ class LiveInterview:
 
     def ask(self) -> tuple[str, str]:
         """(what the interviewer pursues, its question)."""
-        from personagpt.auth.interview import Question, View
-        from personagpt.format import DEFAULT_ACTIONS
-
         view = View(len(self.used), self.scores, self.used, candidates=self.people)
         action = self.policy.choose(view) if self.policy is not None else self.rng.choice(DEFAULT_ACTIONS)
         if isinstance(action, Question):
             self.question = action.text
             self.interviewer.add_turn(self.question)
         else:
-            self.interviewer.set_action(action) if action else self.interviewer.set_persona([], speaker=1)
+            self.interviewer.set_goal(action) if action else self.interviewer.set_persona([], speaker=1)
             self.question = self.interviewer.respond()
         self.used.append(str(action) if action else None)
         return (f"checks: {action.fact}" if isinstance(action, Question) else action or "no goal"), self.question
@@ -83,6 +83,4 @@ class LiveInterview:
         return self.probabilities()
 
     def probabilities(self):
-        import torch
-
         return torch.softmax(self.scores, 0)

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from personagpt.auth.interview import Action, Question, View
 from personagpt.auth.identify import FactEmbeddings
-from personagpt.train.checkpoints import ConfigModule
-from personagpt.personas.facts import question as fact_question
-from personagpt.format import DEFAULT_ACTIONS
+from personagpt.auth.interview import Action, Question, View
+from personagpt.auth.policies import topic_coverage
 from personagpt.control.selfplay import RandomPolicy
+from personagpt.format import DEFAULT_ACTIONS
+from personagpt.personas.facts import question as fact_question
+from personagpt.train.checkpoints import ConfigModule
 
 MATCH = 0.6  # cosine at which two facts say the same thing (the question check's threshold)
 FEATURES = 10
@@ -80,8 +81,6 @@ def options(view: View, facts: FactEmbeddings, count: int = 4, top: int = 3,
 
     Features: [is a fact question, is a goal, mass m, 4 m (1 - m), the likeliest candidate holds it, the second
     holds it, already used, the top probability, normalised entropy, turn / 8]."""
-    from personagpt.auth.policies import topic_coverage
-
     probs = torch.softmax(view.scores.float(), 0)
     k = len(probs)
     common = [float(probs.max()), float(_entropy(probs) / math.log(max(2, k))), min(view.turn, 8) / 8]

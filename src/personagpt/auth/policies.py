@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from personagpt.train.checkpoints import ConfigModule
-from personagpt.format import DEFAULT_ACTIONS
+from personagpt.control.goals import Goal, on_topic
 from personagpt.control.selfplay import FixedPolicy, RandomPolicy, Transcript
+from personagpt.format import DEFAULT_ACTIONS
+from personagpt.train.checkpoints import ConfigModule
 
 TOP = 5  # the state keeps the identifier's top probabilities, sorted
 MAX_TURNS = 8  # turn one-hot width (later turns share the last slot)
@@ -39,8 +40,6 @@ def baseline_policies(seed: int = 0) -> dict:
 
 @lru_cache(maxsize=65536)
 def _on_topic(fact: str, action: str) -> bool:
-    from personagpt.control.goals import Goal, on_topic
-
     return on_topic(fact.lower(), Goal.parse(action))
 
 

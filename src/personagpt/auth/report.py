@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from personagpt.auth.interview import Episode
+from personagpt.data.dialogues import persona_fact
+from personagpt.errors import SettingsError
 from personagpt.plots import line_plot
 
 
@@ -38,8 +44,6 @@ def paired_difference(better: Sequence[Episode], baseline: Sequence[Episode], id
     """Per turn: Hits@1 of ``better`` minus ``baseline`` (points), with a 95% paired-bootstrap interval. Both
     interviewed the same personas against the same distractors (``auth eval`` pairs them by index), so
     resampling the pairs removes the persona-to-persona spread that separate Wilson intervals carry twice."""
-    import torch
-
     if len(better) != len(baseline) or not better:
         raise ValueError("paired_difference needs two equally long, non-empty lists of interviews")
     a = torch.tensor([[r == 0 for r in e.ranks(identifier)] for e in better], dtype=torch.float)
@@ -103,8 +107,6 @@ def plot(results: dict[str, list[dict]], path: str | Path, chance: float) -> Pat
 def claims(episodes: Sequence[Episode], identifier: str, turn: int, seed: int = 0) -> tuple[list[float], list[bool]]:
     """Half the episodes claim their true persona, half a wrong one (a random distractor of the same candidate
     set); the score of a claim is its probability among the K candidates after ``turn`` exchanges."""
-    import random
-
     rng = random.Random(seed)
     scores, genuine = [], []
     for i, e in enumerate(episodes):
@@ -203,12 +205,6 @@ def verdict(probabilities, people: list[list[str]], truth: list[str], claimed: b
 
 def read_claim(path) -> list[str]:
     """A persona as JSON: a list of fact strings, or an object with such a list under "persona"."""
-    import json
-    from pathlib import Path
-
-    from personagpt.data.dialogues import persona_fact
-    from personagpt.errors import SettingsError
-
     path = Path(path)
     if not path.is_file():
         raise SettingsError(f"{path}: no such claim file")

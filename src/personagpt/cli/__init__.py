@@ -1,4 +1,8 @@
-"""The ``personagpt`` command line: thin typer commands over the library, one module per command family."""
+"""The ``personagpt`` command line: thin typer commands over the library, one module per command family.
+
+Commands import the library inside their bodies, not at the top: `personagpt --help` and option errors must not
+wait for torch and transformers to load.
+"""
 
 from __future__ import annotations
 

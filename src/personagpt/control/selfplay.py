@@ -1,4 +1,4 @@
-"""Self-play: an interviewer (action mode, p1) talks with a persona agent (persona mode, p2).
+"""Self-play: an interviewer (goal mode, p1) talks with a persona agent (persona mode, p2).
 
 Before each of its turns the interviewer asks a :class:`Policy` for a goal; the policy sees the transcript so
 far. Both sides are :class:`~personagpt.generate.conversation.Conversation` sessions, each with its own KV cache and its own
@@ -92,13 +92,13 @@ def self_play(model, fmt: PromptFormat, personas: Sequence[Sequence[str]], polic
     def play(i: int) -> None:
         transcript = transcripts[i]
         first = policy.next_goal(transcript)
-        interviewer = Conversation.with_action(model, fmt, first, seed=None if seed is None else 2 * (seed + i),
+        interviewer = Conversation.with_goal(model, fmt, first, seed=None if seed is None else 2 * (seed + i),
                                                **kwargs)
         agent = Conversation.with_persona(model, fmt, transcript.p2_facts,
                                           seed=None if seed is None else 2 * (seed + i) + 1, **kwargs)
         for t in range(num_turns):
             goal = first if t == 0 else policy.next_goal(transcript)
-            interviewer.set_action(goal)
+            interviewer.set_goal(goal)
             for speaker, listener, action in ((interviewer, agent, goal), (agent, interviewer, None)):
                 text = speaker.respond()
                 listener.add_turn(text)

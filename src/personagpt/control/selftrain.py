@@ -1,7 +1,7 @@
 """Self-training for weak goals: the model's own best-of-N steered turns that the goal labeler accepts become
 action-code training data.
 
-Harvesting walks training-split contexts (a dialogue cut before a turn), generates the next turn in action mode
+Harvesting walks training-split contexts (a dialogue cut before a turn), generates the next turn in goal mode
 for a goal with N candidates (:mod:`personagpt.generate.best_of_n` puts labeler-accepted candidates first), and keeps the
 reply only if the labeler accepts it for that goal and for no other goal of the action space, and it is not a
 copy of a reply already kept for the goal (self-training on one stock question would teach the model to repeat
@@ -17,12 +17,16 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from personagpt.data.dialogues import ControlRecord, DataError, Dialogue
 from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS
+from personagpt.generate.best_of_n import default_labeler
+from personagpt.generate.conversation import Conversation, SamplingConfig
 
 
 @dataclass
@@ -100,12 +104,6 @@ def harvest(model, fmt, dialogues: Sequence[Dialogue], goals: Sequence[str], log
     """Generate steered turns for each goal until ``per_goal`` are kept (or ``max_attempts`` tried), appending
     each attempt to ``log_path``. Attempts already in the log count and their contexts are skipped (resume).
     Returns the verdict counts per goal, the logged ones included."""
-    from dataclasses import replace
-
-    from tqdm.auto import tqdm
-
-    from personagpt.generate.conversation import Conversation, SamplingConfig
-    from personagpt.generate.best_of_n import default_labeler
 
     labeler = labeler or default_labeler()
     cfg = replace(sampling or SamplingConfig(max_new_tokens=40), num_candidates=candidates)
@@ -150,7 +148,7 @@ def harvest(model, fmt, dialogues: Sequence[Dialogue], goals: Sequence[str], log
 def _lock(handle, path) -> None:
     """One harvest per log: a second one appending to it would interleave and repeat contexts."""
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # not POSIX: no lock
         return
     try:

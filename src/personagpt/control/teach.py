@@ -87,13 +87,13 @@ class TeachSession:
         self.fmt, self.facts, self.learner = fmt, list(facts), learner
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.bot = Conversation.with_action(model, fmt, "talk about work.", self.facts, sampling=sampling, seed=seed)
+        self.bot = Conversation.with_goal(model, fmt, "talk about work.", self.facts, sampling=sampling, seed=seed)
         self.taught = 0
         self._pending: tuple[str, list[str]] | None = None
 
     def propose(self, goal: str) -> str:
         """The bot's turn pursuing ``goal``."""
-        self.bot.set_action(goal, self.facts)
+        self.bot.set_goal(goal, self.facts)
         self._pending = (goal, list(self.bot.turns[-HISTORY_TURNS:]))
         return self.bot.respond()
 

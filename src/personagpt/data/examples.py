@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
-from personagpt.errors import SettingsError
 from personagpt.data.dialogues import ControlRecord, Dialogue, load_control_records, load_dialogues
+from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def persona_examples(dialogue: Dialogue, fmt: PromptFormat, max_length: int) -> 
 
 def control_example(record: ControlRecord, fmt: PromptFormat, max_length: int) -> Example:
     """Action prefix + history (oldest turns dropped to fit) + the response, loss on the response only."""
-    prefix = fmt.action_prefix(record.goal, record.facts)
+    prefix = fmt.goal_prefix(record.goal, record.facts)
     response = fmt.utterance(record.response)[: max(1, max_length - len(prefix))]
     history: list[int] = []
     for turn in reversed(record.history):
@@ -140,8 +141,6 @@ def prepare(paths: Sequence[str | os.PathLike], fmt: PromptFormat, max_length: i
     The cache key covers the files' contents, the tokenizer's vocabulary, ``max_length`` and the layout
     version, so a cached dataset is reused exactly when it would come out the same.
     """
-    from tqdm.auto import tqdm
-
     if kind not in ("persona", "control"):
         raise SettingsError(f"kind must be 'persona' or 'control', not {kind!r}")
     files = [Path(p) for p in paths]

@@ -36,16 +36,17 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from personagpt.errors import SettingsError
+from personagpt.control.goals import GoalLabeler
 from personagpt.data.dialogues import Dialogue, distinct_personas
 from personagpt.data.examples import Example, persona_examples
-from personagpt.models.fastpath import fast_decoder
-from personagpt.control.goals import GoalLabeler
+from personagpt.errors import SettingsError
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS, PromptFormat
 from personagpt.generate.conversation import Conversation, SamplingConfig, fit_context, generate_batch
-from personagpt.models.load import context_limit
-from personagpt.models.precision import inference_autocast
 from personagpt.generate.replay import Replay, generate_replays
+from personagpt.models.fastpath import fast_decoder
+from personagpt.models.hardware import resolve_mixed_precision
+from personagpt.models.load import context_limit
+from personagpt.models.precision import generation_model, inference_autocast
 from personagpt.scoring import TurnScore, rank_personas, score_examples
 
 # ---- metric definitions (pure functions, pinned by tests) ---------------------------------------------------------
@@ -277,9 +278,6 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
     split when only its first dialogues are evaluated. ``candidates`` > 1 generates F1's and control's replies best-of-N
     (:mod:`personagpt.generate.best_of_n`; one conversation per reply, much slower than the batched replay).
     """
-    from personagpt.models.hardware import resolve_mixed_precision
-    from personagpt.models.precision import generation_model
-
     if decode not in DECODING:
         raise SettingsError(f"decode must be one of {', '.join(DECODING)}")
     started = time.perf_counter()
@@ -372,7 +370,7 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
     For ``contexts`` validation contexts (a dialogue cut before a random turn), the model generates the next turn
     once per goal with the action prefix; the labeler judges each against its goal. The base rate of a goal is
     how often the model's unsteered next turn (the speaker's persona prefix, no action) fulfils it anyway.
-    ``candidates`` > 1 generates every turn best-of-N (:mod:`personagpt.generate.best_of_n`: in action mode the labeler's
+    ``candidates`` > 1 generates every turn best-of-N (:mod:`personagpt.generate.best_of_n`: in goal mode the labeler's
     verdict is part of the score), one conversation at a time instead of batched.
     """
     cfg = sampling or SamplingConfig(do_sample=False, max_new_tokens=40)
@@ -389,7 +387,7 @@ def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence
         jobs.append((None, fit_context(fmt.persona_prefix(facts, speaker), history, budget)))
         sessions.append(dict(turns=turns, persona=facts, speaker=speaker))
         for goal in goals:
-            jobs.append((goal, fit_context(fmt.action_prefix(goal), history, budget)))
+            jobs.append((goal, fit_context(fmt.goal_prefix(goal), history, budget)))
             sessions.append(dict(turns=turns, goal=goal))
     replies = []
     with inference_autocast(model, precision):

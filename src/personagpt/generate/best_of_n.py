@@ -7,7 +7,7 @@ the persona, but among a few samples there is often a better one. Scores (higher
   :mod:`personagpt.generate.consistency`);
 * **persona** (persona mode): how much the persona explains the reply, log p(reply | persona, history) −
   log p(reply | history without persona), per token (pointwise mutual information);
-* **goal** (action mode): whether the goal labeler accepts the reply for the goal (a large bonus), then the same
+* **goal** (goal mode): whether the goal labeler accepts the reply for the goal (a large bonus), then the same
   PMI with the goal instead of the persona;
 * **repetition**: the share of the reply's word 4-grams already said in the bot's earlier turns or earlier in the
   reply (a penalty);
@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from personagpt.control.goals import GoalLabeler, minilm_path
+from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, crop_to_prefix
 from personagpt.generate.loop import Choose, Commitment, TokenLoop
 from personagpt.generate.sampling import SamplingConfig
+from personagpt.personas.facts import negate
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,6 @@ _LABELER = {}
 
 def default_labeler():
     """The goal labeler, semantic when its sentence encoder is installed (loaded once)."""
-    from personagpt.control.goals import GoalLabeler, minilm_path
-    from personagpt.errors import PersonaGPTError
-
     if "labeler" not in _LABELER:
         try:
             minilm_path()
@@ -251,8 +251,6 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
 def contrast_facts(facts: Sequence[str]) -> list[str] | None:
     """The persona with every fact negated that :func:`personagpt.personas.facts.negate` can negate (None if none can):
     the context a contradicting reply fits better than the persona itself."""
-    from personagpt.personas.facts import negate
-
     negated = [negate(f) for f in facts]
     if not any(negated):
         return None

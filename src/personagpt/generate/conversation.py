@@ -70,12 +70,12 @@ class Conversation:
         """``engine`` (a :class:`~personagpt.generate.engine.Engine`) generates this session's turns batched with other
         sessions' and reuses cached prefixes; without it the session decodes on its own KV cache, through the
         fast path this CPU gets (:mod:`personagpt.models.fastpath`; ``fast="off"``: the reference model). ``labeler``
-        judges goals for best-of-N in action mode (default: :func:`personagpt.generate.best_of_n.default_labeler`)."""
+        judges goals for best-of-N in goal mode (default: :func:`personagpt.generate.best_of_n.default_labeler`)."""
         self.model = model
         self.fast = "off" if compile else fast
         self.decoder = fast_decoder(model, self.fast) if model is not None else None
         self.engine = engine
-        self.goal: str | None = None  # action mode: the goal of the bot's next turn
+        self.goal: str | None = None  # goal mode: the goal of the bot's next turn
         self.facts: list[str] = []  # the bot's persona facts
         self.compile = compile
         self.fmt = fmt
@@ -110,9 +110,9 @@ class Conversation:
         return conversation
 
     @classmethod
-    def with_action(cls, model, fmt: PromptFormat, goal: str, facts: Sequence[str] = (), **kwargs) -> Conversation:
-        """The bot is p1 and its next turn pursues ``goal``; change it per turn with :meth:`set_action`."""
-        conversation = cls(model, fmt, fmt.action_prefix(goal, facts), **kwargs)
+    def with_goal(cls, model, fmt: PromptFormat, goal: str, facts: Sequence[str] = (), **kwargs) -> Conversation:
+        """The bot is p1 and its next turn pursues ``goal``; change it per turn with :meth:`set_goal`."""
+        conversation = cls(model, fmt, fmt.goal_prefix(goal, facts), **kwargs)
         conversation.goal, conversation.facts = goal.strip(), list(facts)
         return conversation
 
@@ -120,10 +120,10 @@ class Conversation:
     def from_turns(cls, model, fmt: PromptFormat, turns: Sequence[str], *, persona: Sequence[str] = (),
                    goal: str | None = None, speaker: int = 2, **kwargs) -> Conversation:
         """A session rebuilt from its history (``turns[0]`` is p1's), e.g. for a stateless request: the bot
-        speaks next in character with ``persona``, or, given a ``goal``, pursues it in action mode (``persona``
+        speaks next in character with ``persona``, or, given a ``goal``, pursues it in goal mode (``persona``
         are then the bot's own facts). The oldest turns are dropped to fit the context when it is generated."""
         if goal is not None:
-            conversation = cls.with_action(model, fmt, goal, persona, **kwargs)
+            conversation = cls.with_goal(model, fmt, goal, persona, **kwargs)
         else:
             conversation = cls.with_persona(model, fmt, persona, speaker, **kwargs)
         conversation.turns = [t.strip() for t in turns]
@@ -137,8 +137,8 @@ class Conversation:
         self.facts, self.goal = list(facts), None
         self._check_fits(self.turn_ids)
 
-    def set_action(self, goal: str, facts: Sequence[str] = ()) -> None:
-        self.prefix = self.fmt.action_prefix(goal, facts)
+    def set_goal(self, goal: str, facts: Sequence[str] = ()) -> None:
+        self.prefix = self.fmt.goal_prefix(goal, facts)
         self.goal, self.facts = goal.strip(), list(facts)
         self._check_fits(self.turn_ids)
 

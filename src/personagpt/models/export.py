@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import torch
 from transformers import GenerationConfig
@@ -39,8 +40,6 @@ def export_hf(model, fmt: PromptFormat, out: str | Path, dtype: str = "float32")
 
 def export_gguf(model, fmt: PromptFormat, out: str | Path, dtype: str = "f16") -> Path:
     """A GGUF file (llama or gpt2 architecture) with the tokenizer and the chat template embedded."""
-    import gguf
-
     if dtype not in GGUF_DTYPES:
         raise SettingsError(f"--dtype for gguf must be one of {', '.join(GGUF_DTYPES)}")
     kind = model.config.model_type
@@ -74,8 +73,6 @@ def export_gguf(model, fmt: PromptFormat, out: str | Path, dtype: str = "f16") -
 
 
 def _write_config(writer, config, kind: str, dtype: str) -> None:
-    import gguf
-
     if kind == "llama":
         writer.add_context_length(config.max_position_embeddings)
         writer.add_embedding_length(config.hidden_size)
@@ -101,8 +98,6 @@ def _write_config(writer, config, kind: str, dtype: str) -> None:
 
 def _write_tokenizer(writer, fmt: PromptFormat) -> None:
     """Byte-level BPE as llama.cpp reads it: tokens by id, their types, merges, special ids, the template."""
-    import gguf
-
     tokenizer = fmt.tokenizer
     vocab = tokenizer.get_vocab()
     tokens = [""] * len(vocab)
@@ -140,8 +135,6 @@ def _prepare(name: str, tensor: torch.Tensor, config, kind: str) -> np.ndarray:
 
 
 def _add_tensor(writer, name: str, data: np.ndarray, dtype: str) -> None:
-    import gguf
-
     if data.ndim < 2 or dtype == "f32":  # norms and biases stay fp32, as llama.cpp's converter keeps them
         writer.add_tensor(name, data.astype(np.float32))
     elif dtype == "f16":

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
+from personagpt.data.dialogues import default_data_dir
 from personagpt.errors import ModelNotFoundError, PersonaGPTError, SettingsError
-from personagpt.format import add_special_tokens
+from personagpt.format import PromptFormat, add_special_tokens
 
 # Hub ids that work when a network exists; any causal LM id does.
 HUB_MODELS = {
@@ -145,7 +146,7 @@ def load_model(name_or_path: str | os.PathLike | None, *, device: str | torch.de
 
 
 def _load_adapter(path: Path, dtype):
-    from peft import PeftModel
+    from peft import PeftModel  # start-up: peft takes ~1 s to import; only adapters need it
 
     base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
     tokenizer = load_tokenizer(path)
@@ -210,11 +211,7 @@ def load_chat_model(name: str | None = None, device: str | torch.device | None =
     (a random GPT-2 on ``tokenizer``, default the shared GPT-2 BPE files) or None for the bundled model. A LoRA
     adapter is merged into its base for speed unless ``trainable`` (the caller goes on training it).
     """
-    from personagpt.format import PromptFormat
-
     if name and name.startswith(RANDOM_PREFIX):
-        from personagpt.data.dialogues import default_data_dir
-
         tok = load_tokenizer(tokenizer or default_data_dir() / "tokenizer" / "gpt2")
         model = random_gpt2(name[len(RANDOM_PREFIX):], tok).to(device or "cpu")
         return model, PromptFormat(tok)

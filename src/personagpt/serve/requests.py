@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+from personagpt.control.selfplay import FixedPolicy, RandomPolicy
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.serve.errors import ApiError
 from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
@@ -78,8 +79,6 @@ def sampling_of(body) -> SamplingConfig:
 
 
 def policy_of(body: SelfPlayRequest):
-    from personagpt.control.selfplay import FixedPolicy, RandomPolicy
-
     if body.policy == "fixed" and not body.goals:
         raise ApiError(400, "the fixed policy needs goals", param="goals")
     return FixedPolicy(body.goals) if body.goals and body.policy != "random" else RandomPolicy(seed=body.seed)

@@ -88,7 +88,7 @@ class ChatRequest(BaseModel):
     persona: list[str] | None = Field(None, max_length=MAX_FACTS,
                                       description="Extension: the bot's persona facts (instead of a system message).")
     goal: str | int | None = Field(None, description="Extension: an action code (its text or index 0-10) or any "
-                                                     "free-text goal; the reply pursues it (action mode).")
+                                                     "free-text goal; the reply pursues it (goal mode).")
     top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
     min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "

@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from personagpt.control.selfplay import Transcript
 from personagpt.serve.errors import ApiError
+from personagpt.text import for_people
 
 
 class UpstreamJob:
@@ -179,9 +181,6 @@ async def selfplay_events(upstream: Upstream, persona: list[str], policy, turns:
                           seed: int | None = None) -> AsyncIterator[dict]:
     """Self-play through the upstream engine: the interviewer (goal lines, no persona) and the persona bot take
     turns, each turn one completion over the transcript so far. Yields the events of ``/v1/selfplay``."""
-    from personagpt.control.selfplay import Transcript
-    from personagpt.text import for_people
-
     transcript = Transcript(p2_facts=list(persona))
     for t in range(turns):
         goal = policy.next_goal(transcript)

@@ -6,6 +6,7 @@ scheduler, step, stats and every RNG, so the run goes on exactly as if it had ne
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -127,8 +128,6 @@ def _rotate(output_dir: Path, limit: int, keep: str) -> None:
 
 def write_stats(output_dir: Path, stats: list[dict]) -> None:
     """``stats.json``, ``stats.csv`` and ``samples/loss.png`` from the per-step records."""
-    import csv
-
     (output_dir / "stats.json").write_text(json.dumps(stats, indent=1))
     columns = list(dict.fromkeys(k for record in stats for k in record))
     with open(output_dir / "stats.csv", "w", newline="") as f:

@@ -13,19 +13,29 @@ import math
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import transformers
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, get_linear_schedule_with_warmup, set_seed
 
-from personagpt.train.checkpoints import latest_checkpoint, load_trainer_state, save_training_checkpoint
-from personagpt.train.config import TrainConfig
 from personagpt.data.examples import Schedule, TokenizedDataset, collate, prepare
 from personagpt.format import SPECIAL_TOKENS, PromptFormat, add_special_tokens
-from personagpt.models.heap import keep_freed_memory
-from personagpt.models.load import from_pretrained, load_tokenizer, peft_warnings_silenced, random_gpt2, resolve_model_name, save_model
 from personagpt.models.hardware import resolve_mixed_precision
+from personagpt.models.heap import keep_freed_memory
+from personagpt.models.load import (
+    from_pretrained,
+    load_tokenizer,
+    peft_warnings_silenced,
+    random_gpt2,
+    resolve_model_name,
+    save_model,
+)
 from personagpt.scoring import TargetLoss
+from personagpt.train.checkpoints import latest_checkpoint, load_trainer_state, save_training_checkpoint
+from personagpt.train.config import TrainConfig
 
 # The loss names each phase logs, as in the original.
 LOSS_NAMES = {"pretrain": {"persona": "pretrain_loss"}, "train_loop": {"persona": "persona_loss", "control": "ctrl_loss"}}
@@ -39,7 +49,6 @@ def build_model(config: TrainConfig, checkpoint: Path | None = None):
     With ``checkpoint`` (a checkpoint of this run, or the output of an earlier phase) the weights come from
     there: the whole model, or for LoRA the adapter on top of the base.
     """
-    from transformers import AutoModelForCausalLM
 
     if config.from_scratch:
         tokenizer = load_tokenizer(checkpoint or config.tokenizer)
@@ -49,7 +58,7 @@ def build_model(config: TrainConfig, checkpoint: Path | None = None):
             model = random_gpt2(config.from_scratch, tokenizer, n_positions=max(1024, config.max_length),
                                 seed=config.seed)
     elif config.lora:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, PeftModel, get_peft_model  # start-up: peft takes ~1 s to import; LoRA runs only
 
         base_path = resolve_model_name(config.model)
         tokenizer = load_tokenizer(checkpoint or base_path)
@@ -112,11 +121,8 @@ class RunResult:
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> RunResult:
     """Run one phase. The final model goes to ``OUTPUT_DIR/model`` (a loadable checkpoint or adapter)."""
+    # start-up: accelerate takes ~1 s to import, and only a training run needs it
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
-    from transformers import get_linear_schedule_with_warmup, set_seed
-
-    import transformers
 
     config.validate()
     transformers.utils.logging.disable_progress_bar()  # one progress bar: ours
@@ -293,8 +299,6 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
 
 def train_phases(config: TrainConfig, phases: str, resume: bool = False, progress: bool = True) -> RunResult:
     """``phases`` is ``pretrain``, ``train_loop`` or ``both`` (pretrain into OUTPUT/pretrain, then train_loop)."""
-    from dataclasses import replace
-
     if phases != "both":
         return train(replace(config, phase=phases), resume=resume, progress=progress)
     out = Path(config.output_dir)
