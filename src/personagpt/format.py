@@ -151,6 +151,10 @@ class PromptFormat:
             raise SettingsError("an action goal must not be empty")
         return [self.act_id] + self.text(" " + goal) + [self.p1_id] + self.facts(facts) + [self.sep_id, self.start_id]
 
+    def goalless_prefix(self, facts: Sequence[str] = ()) -> list[int]:
+        """``<|act|> <|p1|> [facts] <|sep|> <|start|>``: the goal prefix with its goal left out (guidance's guide)."""
+        return [self.act_id, self.p1_id] + self.facts(facts) + [self.sep_id, self.start_id]
+
     def history(self, turns: Iterable[str]) -> list[int]:
         return [i for turn in turns for i in self.utterance(turn)]
 

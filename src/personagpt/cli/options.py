@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from personagpt.cli.common import friendly_errors
-from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, SamplingConfig
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, MAX_GUIDANCE, SamplingConfig
 
 SAMPLING_DEFAULTS = SamplingConfig()
 
@@ -64,6 +64,13 @@ SAMPLING_OPTIONS = [
         "Sample this many replies side by side and keep the best by persona consistency, goal, repetition and "
         "fluency (best-of-N; 1: plain sampling, as before best-of-N was the default). Ignored with --greedy."))],
         DEFAULT_CANDIDATES),
+    _option("goal_guidance", Annotated[float, typer.Option("--goal-guidance", min=0, max=MAX_GUIDANCE, help=(
+        "Classifier-free guidance toward the goal (goal mode): each token is sampled from "
+        "guide + g * (prompt - guide), the guide being the prompt without the goal; 1: off."))],
+        SAMPLING_DEFAULTS.goal_guidance),
+    _option("persona_guidance", Annotated[float, typer.Option("--persona-guidance", min=0, max=MAX_GUIDANCE, help=(
+        "Classifier-free guidance toward the persona (persona mode), the guide being the prompt without the "
+        "persona facts; 1: off."))], SAMPLING_DEFAULTS.persona_guidance),
     _option("commit_tokens", Annotated[int, typer.Option("--commit-tokens", min=0, help=(
         "Best-of-N: choose after this many tokens of each candidate, then stream the chosen one (0: choose "
         "among whole replies, shown only when all have ended)."))], DEFAULT_COMMIT_TOKENS),

@@ -33,7 +33,7 @@ from personagpt.control.goals import GoalLabeler, minilm_path
 from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, crop_to_prefix
-from personagpt.generate.loop import Choose, Commitment, TokenLoop
+from personagpt.generate.loop import Choose, Commitment, Guide, TokenLoop
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.personas.facts import negate
 
@@ -57,7 +57,7 @@ class Candidate:
     index: int = 0  # its position among the replies given
 
 
-def _repeated(cache: ReservedCache, n: int) -> ReservedCache:
+def repeated(cache: ReservedCache, n: int) -> ReservedCache:
     """A cache of n identical rows from a batch-1 cache (one prefix computation serves them all)."""
     out = ReservedCache()
     for index, layer in enumerate(cache.layers):
@@ -88,12 +88,13 @@ class PrefixScorer:
 
 
 def candidates_loop(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg: SamplingConfig,
-                    generator: torch.Generator | None = None, scorer: PrefixScorer | None = None) -> TokenLoop:
+                    generator: torch.Generator | None = None, scorer: PrefixScorer | None = None,
+                    guide: Guide | None = None) -> TokenLoop:
     """N candidates after the prompt ``ids`` in one :class:`~personagpt.generate.loop.TokenLoop`: the prompt is
     computed once (with ``scorer``, only what it adds to the scorer's last prompt) and its keys/values repeated for
     every row; each row keeps its summed log p(tokens | prompt), so that scoring needs no second pass."""
     prefix, first = (scorer or PrefixScorer(model)).prefill(ids, raw=True)
-    return TokenLoop(model, fmt, ids, first, _repeated(prefix, n), cfg, n, generator, logprobs=True)
+    return TokenLoop(model, fmt, ids, first, repeated(prefix, n), cfg, n, generator, logprobs=True, guide=guide)
 
 
 def best_of_n_lockstep(loop: TokenLoop, commit_tokens: int, choose: Choose) -> Iterator[int]:
@@ -177,7 +178,7 @@ def reply_logprobs(model, prompt: Sequence[int], replies: Sequence[Sequence[int]
     positions = (len(prompt) + torch.arange(width - 1, device=device)).expand(len(targets), -1)
     total = first[rows[:, 0]] * mask[:, 0]
     if width > 1:  # token j of a reply is predicted after its tokens 0..j-1
-        logits = model(rows[:, :-1], position_ids=positions, cache=_repeated(prefix, len(targets)),
+        logits = model(rows[:, :-1], position_ids=positions, cache=repeated(prefix, len(targets)),
                        use_cache=True).logits.float()
         gathered = torch.log_softmax(logits, -1).gather(-1, rows[:, 1:].unsqueeze(-1)).squeeze(-1)
         total = total + (gathered * mask[:, 1:]).sum(1)

@@ -29,9 +29,9 @@ from personagpt.models.fastpath import fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
 from personagpt.generate.best_of_n import (PrefixScorer, RerankWeights, best_of_n_lockstep, best_of_n_requests,
-                                          candidates_loop, default_labeler, rank_candidates)
+                                          candidates_loop, default_labeler, rank_candidates, repeated)
 from personagpt.generate.consistency import ConsistencyChecker
-from personagpt.generate.loop import TokenLoop, strip_reply
+from personagpt.generate.loop import Guide, TokenLoop, strip_reply
 from personagpt.generate.replay import Replay, generate_replays
 from personagpt.models.load import context_limit
 from personagpt.generate.sampling import GREEDY, SamplingConfig
@@ -92,6 +92,7 @@ class Conversation:
         self._checker = None
         # best-of-N: the caches of the prompt and of the reference (no persona, or no goal) across turns
         self._prompt_scorer = self._reference_scorer = None
+        self._guide_scorer = None  # guidance: the cache of the guide prompt across turns
         # each conversation samples from its own generator: replies depend on its seed and its turns only,
         # however many conversations a process interleaves
         self.generator = torch.Generator(device=model.device)
@@ -154,6 +155,31 @@ class Conversation:
         budget = self.max_context - (max_new_tokens or self.sampling.max_new_tokens)
         return fit_context(self.prefix, self.turn_ids, budget)
 
+    def guidance(self, cfg: SamplingConfig | None = None) -> float:
+        """The guidance scale this turn uses: the goal's in goal mode, the persona's in persona mode."""
+        cfg = cfg or self.sampling
+        if self.goal is not None:
+            return cfg.goal_guidance
+        return cfg.persona_guidance if self.facts else 1.0
+
+    def guide_ids(self, ids: Sequence[int]) -> list[int]:
+        """The prompt ``ids`` without its goal (goal mode: ``<|act|> <|p1|> [facts] <|sep|> <|start|>`` + history)
+        or without its persona facts (persona mode): what classifier-free guidance steers away from."""
+        history = list(ids[len(self.prefix):])
+        if self.goal is not None:
+            return self.fmt.goalless_prefix(self.facts) + history
+        return self.fmt.persona_prefix([], 1 if self.prefix[0] == self.fmt.p1_id else 2) + history
+
+    def _guide(self, ids: Sequence[int], cfg: SamplingConfig, rows: int) -> Guide | None:
+        scale = self.guidance(cfg)
+        if scale == 1.0:
+            return None
+        if self._guide_scorer is None:
+            self._guide_scorer = PrefixScorer(self.decoder)
+        guide_ids = self.guide_ids(ids)
+        cache, logits = self._guide_scorer.prefill(guide_ids, raw=True)
+        return Guide(logits.expand(rows, -1), repeated(cache, rows), len(guide_ids), scale)
+
     def respond(self, sampling: SamplingConfig | None = None) -> str:
         """Generate, record and return the bot's next turn (the joined :meth:`stream`)."""
         return "".join(self.stream(sampling))
@@ -186,8 +212,11 @@ class Conversation:
         step = compiled_step(self.model) if self.compile else None
         generated: list[int] = []
 
+        guide = self._guide(ids, cfg, 1)
+
         def tokens():
-            for token in decode_tokens(self.decoder, self._cache, ids, shared, cfg, self.fmt, step, self.generator):
+            for token in decode_tokens(self.decoder, self._cache, ids, shared, cfg, self.fmt, step, self.generator,
+                                       guide):
                 generated.append(token)
                 yield token
 
@@ -198,7 +227,9 @@ class Conversation:
             self._record(strip_reply(generated, self.fmt.eos_id))
 
     def _stream_from_engine(self, ids: list[int], cfg: SamplingConfig, text: TextStream) -> Iterator[str]:
-        request = self.engine.submit(ids, cfg, self.generator)
+        scale = self.guidance(cfg)
+        request = self.engine.submit(ids, cfg, self.generator, guide_prompt=self.guide_ids(ids) if scale != 1 else None,
+                                     guidance=scale)
         try:
             yield from text.pieces(request)
         finally:
@@ -211,14 +242,17 @@ class Conversation:
         others dropped."""
         generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
-            tokens = best_of_n_requests(self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator),
+            scale = self.guidance(cfg)
+            requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator, guidance=scale,
+                                               guide_prompt=self.guide_ids(ids) if scale != 1 else None)
+            tokens = best_of_n_requests(requests,
                                         cfg.commit_tokens, self.fmt.eos_id,
                                         lambda replies, finished: self.choose(ids, replies, finished))
         else:
             if self._prompt_scorer is None:
                 self._prompt_scorer = PrefixScorer(self.decoder)
             loop = candidates_loop(self.decoder, self.fmt, ids, cfg.num_candidates, cfg, self.generator,
-                                   self._prompt_scorer)
+                                   self._prompt_scorer, self._guide(ids, cfg, cfg.num_candidates))
             tokens = best_of_n_lockstep(loop, cfg.commit_tokens, lambda replies, finished: self.choose(
                 ids, replies, finished, loop.logprobs))
         try:
@@ -284,7 +318,7 @@ class Conversation:
     def invalidate_cache(self) -> None:
         """Forget cached keys/values, e.g. after the model's weights changed (the fast path's copies too)."""
         self._cache, self._cached_ids = None, []
-        self._prompt_scorer = self._reference_scorer = None
+        self._prompt_scorer = self._reference_scorer = self._guide_scorer = None
         self.model.__dict__.pop("_personagpt_fast", None)
         self.decoder = fast_decoder(self.model, self.fast)
 
@@ -366,12 +400,14 @@ class TextStream:
 
 @torch.inference_mode()
 def decode_tokens(model, cache: Cache, ids: Sequence[int], cached: int, cfg: SamplingConfig, fmt: PromptFormat,
-                  step: Step | None = None, generator: torch.Generator | None = None) -> Iterator[int]:
+                  step: Step | None = None, generator: torch.Generator | None = None,
+                  guide: Guide | None = None) -> Iterator[int]:
     """Generate after ``ids`` whose first ``cached`` tokens are already in ``cache``, yielding each token; stops
     after eos (which is yielded) or ``max_new_tokens``. A :class:`~personagpt.generate.loop.TokenLoop` of one row;
     ``step`` runs its single-token forward (:func:`~personagpt.generate.kvcache.compiled_step`; default eager).
     The cache then holds ``ids`` plus every yielded token but the last."""
-    loop = TokenLoop.after(model, fmt, ids, cfg, cache, cached, generator=generator, step=step or eager_step(model))
+    loop = TokenLoop.after(model, fmt, ids, cfg, cache, cached, generator=generator, step=step or eager_step(model),
+                           guide=guide)
     while not loop.done:
         yield loop.advance()[0]
 

@@ -63,6 +63,17 @@ class Request:
     finished_at: float | None = None
     cancelled: bool = False
     logprobs: int | None = None  # record each token's log-probability and this many top alternatives
+    guide_prompt: list[int] | None = None  # guidance: the same prompt without the goal (or the persona)
+    guidance: float = 1.0  # logits = guide + guidance * (prompt - guide); 1: the prompt's own
+
+    @property
+    def guided(self) -> bool:
+        """Decoded with classifier-free guidance: a second slot row holds ``guide_prompt`` and its tokens."""
+        return self.guide_prompt is not None and self.guidance != 1.0
+
+    @property
+    def slots(self) -> int:
+        return 2 if self.guided else 1
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -138,9 +149,15 @@ class _SlotLayer(DynamicLayer):
 @dataclass
 class _Active:
     request: Request
+    prompt: list[int]  # what the slot was filled with (the request's prompt, or its guide prompt)
     length: int  # tokens whose keys/values are in the slot
     last: int  # the token to feed next
-    row: Row  # its sampling state (settings, generator, seen ids); its tokens are the request's
+    row: Row | None  # its sampling state (settings, generator, seen ids; its tokens are the request's); None: a guide
+    guide: _Active | None = None  # the guide row whose logits steer this row's (classifier-free guidance)
+
+    @property
+    def is_guide(self) -> bool:
+        return self.row is None
 
 
 class Engine:
@@ -178,9 +195,13 @@ class Engine:
 
     def submit(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                generator: torch.Generator | None = None, seed: int | None = None,
-               loop: asyncio.AbstractEventLoop | None = None, logprobs: int | None = None) -> Request:
+               loop: asyncio.AbstractEventLoop | None = None, logprobs: int | None = None,
+               guide_prompt: Sequence[int] | None = None, guidance: float = 1.0) -> Request:
         """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced).
-        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives."""
+        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives.
+        ``guidance`` != 1 with a ``guide_prompt`` (the prompt without its goal or persona) decodes with
+        classifier-free guidance: the guide prompt takes a second slot row, decoded in the same batched steps, and
+        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own)."""
         cfg = sampling or SamplingConfig()
         if cfg.num_beams > 1:
             raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
@@ -192,7 +213,13 @@ class Engine:
         if generator is None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed) if seed is not None else generator.seed()
-        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs)
+        if guide_prompt is not None and len(guide_prompt) + cfg.max_new_tokens > self.capacity:
+            raise PersonaGPTError(f"guide prompt ({len(guide_prompt)} tokens) + reply ({cfg.max_new_tokens}) exceed "
+                                  f"the engine's {self.capacity}-token capacity")
+        if guide_prompt is not None and guidance != 1.0 and self.max_batch < 2:
+            raise PersonaGPTError("guidance needs two rows of the batch; this engine has one")
+        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs,
+                          guide_prompt=list(guide_prompt) if guide_prompt is not None else None, guidance=guidance)
         with self._lock:
             if self._stopping:
                 raise PersonaGPTError("the engine is shut down")
@@ -204,7 +231,8 @@ class Engine:
 
     def submit_many(self, prompt: Sequence[int], count: int, sampling: SamplingConfig | None = None,
                     generator: torch.Generator | None = None,
-                    loop: asyncio.AbstractEventLoop | None = None) -> list[Request]:
+                    loop: asyncio.AbstractEventLoop | None = None, guide_prompt: Sequence[int] | None = None,
+                    guidance: float = 1.0) -> list[Request]:
         """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
         encoded once (best-of-N candidates). All or none are queued."""
         # each candidate samples from its own generator, seeded from ``generator``: its tokens then do not depend
@@ -214,7 +242,8 @@ class Engine:
         with self._lock:  # reentrant: submit() takes it again
             if len(self._waiting) + count > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
-            return [self.submit(prompt, sampling, g, loop=loop) for g in generators]
+            return [self.submit(prompt, sampling, g, loop=loop, guide_prompt=guide_prompt, guidance=guidance)
+                    for g in generators]
 
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
@@ -245,9 +274,10 @@ class Engine:
                     self._lock.wait()
                 if self._stopping:
                     break
-                admitted = []
-                while self._waiting and len(self._active) + len(admitted) < self.max_batch:
+                admitted, used = [], len(self._active)
+                while self._waiting and used + self._waiting[0].slots <= self.max_batch:
                     admitted.append(self._waiting.popleft())
+                    used += admitted[-1].slots
             try:
                 with torch.inference_mode():
                     self._admit(admitted)
@@ -258,7 +288,8 @@ class Engine:
             except Exception as error:  # a bug or an out-of-memory: fail the requests, keep serving
                 failed = {id(row.request) for row in self._active}
                 for row in self._active:
-                    self._finish(row, "error", error)
+                    if not row.is_guide:
+                        self._finish(row, "error", error)
                 self._active = []
                 for request in admitted:  # admitted but not yet decoding
                     if id(request) not in failed and request.finish_reason is None:
@@ -296,24 +327,27 @@ class Engine:
         started = time.perf_counter()
         self._ensure_buffers()
         first = len(self._active)
+        # each request fills one slot, a guided one a second with its guide prompt
+        sequences = [(r, r.prompt, False) for r in live] + [(r, r.guide_prompt, True) for r in live if r.guided]
         # identical prompts (best-of-N candidates) are encoded once; their copies take the keys/values after
         unique, copies, index = [], [], {}
-        for request in live:
-            key = tuple(request.prompt)
+        for sequence in sequences:
+            key = tuple(sequence[1])
             if key in index:
-                copies.append((request, index[key]))
+                copies.append((sequence, index[key]))
             else:
                 index[key] = len(unique)
-                unique.append(request)
+                unique.append(sequence)
         starts, chunks = [], []
-        for slot, request in enumerate(unique, first):
-            shared, kv = self.prefix_cache.longest(request.prompt, len(request.prompt) - 1)
+        for slot, (request, prompt, is_guide) in enumerate(unique, first):
+            shared, kv = self.prefix_cache.longest(prompt, len(prompt) - 1)
             for (kb, vb), (k, v) in zip(self._buffers, kv if kv is not None else ()):
                 kb[slot, :, :shared] = k[:, :shared]
                 vb[slot, :, :shared] = v[:, :shared]
-            request.cached_tokens = shared
+            if not is_guide:
+                request.cached_tokens = shared
             starts.append(shared)
-            chunks.append(request.prompt[shared:])
+            chunks.append(prompt[shared:])
         width = max(len(c) for c in chunks)
         ids = torch.tensor([c + [self.fmt.eos_id] * (width - len(c)) for c in chunks], device=self.device)
         begin = torch.tensor(starts, device=self.device).unsqueeze(1)
@@ -323,19 +357,30 @@ class Engine:
         visible = torch.arange(span, device=self.device).view(1, 1, span) <= positions.unsqueeze(-1)
         logits = self._forward(ids, positions, visible, first, span, last=[len(c) - 1 for c in chunks])
         self.forward_tokens += sum(len(c) for c in chunks)
-        for slot, (request, source) in enumerate(copies, first + len(unique)):
-            length = len(request.prompt)
+        for slot, ((request, prompt, is_guide), source) in enumerate(copies, first + len(unique)):
+            length = len(prompt)
             for kb, vb in self._buffers:
                 kb[slot, :, :length] = kb[first + source, :, :length]
                 vb[slot, :, :length] = vb[first + source, :, :length]
-            request.cached_tokens = unique[source].cached_tokens
+            if not is_guide:
+                request.cached_tokens = unique[source][0].cached_tokens if not unique[source][2] else 0
         elapsed = time.perf_counter() - started
-        for request, source in [(r, i) for i, r in enumerate(unique)] + copies:
+        rows, sources, guides = [], [], {}
+        for sequence, source in [(s, i) for i, s in enumerate(unique)] + copies:
+            request, prompt, is_guide = sequence
             request.prefill_seconds = elapsed
-            row = _Active(request, len(request.prompt), -1,
-                          self.sampler.row(request.sampling, request.prompt, request.generator, request.tokens))
-            self._active.append(row)
-            self._accept([row], logits[source:source + 1])
+            row = _Active(request, list(prompt), len(prompt), -1, None if is_guide else
+                          self.sampler.row(request.sampling, prompt, request.generator, request.tokens))
+            if is_guide:
+                guides[id(request)] = row
+            rows.append(row)
+            sources.append(source)
+        for row in rows:
+            if not row.is_guide:
+                row.guide = guides.get(id(row.request))
+        # the slot order is the admission order: unique sequences, then copies (as the buffers were filled)
+        self._active.extend(rows)
+        self._accept(rows, logits[torch.tensor(sources, device=self.device)])
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
                  last: list[int]) -> torch.Tensor:
@@ -352,9 +397,22 @@ class Engine:
 
     def _accept(self, rows: list[_Active], logits: torch.Tensor) -> None:
         """Sample each row's next token from its line of ``logits`` (the one token step,
-        :class:`~personagpt.generate.loop.Sampler`) and hand it to the request."""
-        picks = self.sampler.pick(logits, [row.row for row in rows])  # appends to each request's tokens
+        :class:`~personagpt.generate.loop.Sampler`; a guided row's line is steered by its guide row's, which
+        ``rows`` holds too) and hand it to the request; a guide row is fed the token its request sampled."""
+        position = {id(row): i for i, row in enumerate(rows)}
+        steered = logits
+        for i, row in enumerate(rows):
+            if row.guide is not None:
+                if steered is logits:
+                    steered = logits.float().clone()
+                guide = logits[position[id(row.guide)]].float()
+                steered[i] = guide + row.request.guidance * (logits[i].float() - guide)
+        picks = self.sampler.pick(steered, [row.row for row in rows])  # appends to each request's tokens
         for i, (row, token) in enumerate(zip(rows, picks)):
+            if row.guide is not None and token is not None:
+                row.guide.last = token
+            if row.is_guide or token is None:
+                continue
             request, cfg = row.request, row.request.sampling
             if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
                 logprobs = logits[i].float().log_softmax(-1)
@@ -391,12 +449,13 @@ class Engine:
             if row.request.finish_reason is None and not row.request.cancelled:
                 i += 1
                 continue
-            sequence = (row.request.prompt + row.request.tokens)[: row.length]
+            sequence = (row.prompt + row.request.tokens)[: row.length]
             # one block per entry ([layers, 2, heads, length, dim]), not two small tensors per layer: large blocks
             # go back to the OS when evicted, where thousands of small ones fragmented the heap of a long run
             self.prefix_cache.add(sequence, torch.stack([torch.stack([k[i, :, : row.length], v[i, :, : row.length]])
                                                          for k, v in self._buffers]))
-            self._finish(row, row.request.finish_reason or "cancelled")
+            if not row.is_guide:
+                self._finish(row, row.request.finish_reason or "cancelled")
             last = len(self._active) - 1
             if i != last:  # the last row moves into the freed slot, so active rows stay contiguous
                 moved = self._active[last]

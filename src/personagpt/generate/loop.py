@@ -94,7 +94,7 @@ class TokenLoop:
 
     def __init__(self, model, fmt: PromptFormat, prompt: Sequence[int], logits: torch.Tensor, cache,
                  cfg: SamplingConfig, n: int = 1, generator: torch.Generator | None = None, step: Step | None = None,
-                 logprobs: bool = False) -> None:
+                 logprobs: bool = False, guide: Guide | None = None) -> None:
         self.model, self.fmt, self.cfg, self.cache, self.step = model, fmt, cfg, cache, step
         self.sampler = Sampler(fmt, model.device)
         self.all_rows = [self.sampler.row(cfg, prompt, generator) for _ in range(n)]
@@ -104,6 +104,7 @@ class TokenLoop:
         self.logprobs = [0.0] * n if logprobs else None
         self.steps = 0
         self._fed: list[int] | None = None
+        self.guide = guide
 
     @classmethod
     def after(cls, model, fmt: PromptFormat, prompt: Sequence[int], cfg: SamplingConfig, cache=None, cached: int = 0,
@@ -136,7 +137,7 @@ class TokenLoop:
             self._forward(self._fed)
         rows = [self.all_rows[r] for r in self.rows]
         model_logprobs = torch.log_softmax(self.logits.float(), -1) if self.logprobs is not None else None
-        picks = self.sampler.pick(self.logits, rows)
+        picks = self.sampler.pick(self.logits if self.guide is None else self.guide.steer(self.logits), rows)
         if model_logprobs is not None:
             for i, (r, token) in enumerate(zip(self.rows, picks)):
                 if token is not None:
@@ -153,6 +154,8 @@ class TokenLoop:
             positions = torch.full((len(tokens), 1), self.position, device=device)
             self.logits = self.model(torch.tensor(tokens, device=device).unsqueeze(1), position_ids=positions,
                                      cache=self.cache, use_cache=True).logits[:, -1]
+        if self.guide is not None:
+            self.guide.feed(self.model, tokens)
         self.position += 1
         self._fed = None
 
@@ -162,6 +165,30 @@ class TokenLoop:
         self.cache, self.logits, self.rows = select_rows(self.cache, [i]), self.logits[i:i + 1], [row]
         if self._fed is not None:
             self._fed = [self._fed[i]]
+        if self.guide is not None:
+            self.guide.keep(i)
+
+
+class Guide:
+    """Classifier-free guidance for a :class:`TokenLoop`: the guide prompt (the prompt without its goal or its
+    persona) has its own cache and rows, fed the tokens the loop samples; the loop samples from
+    ``guide + scale * (prompt - guide)``."""
+
+    def __init__(self, logits: torch.Tensor, cache, position: int, scale: float) -> None:
+        self.logits, self.cache, self.position, self.scale = logits, cache, position, scale
+
+    def steer(self, logits: torch.Tensor) -> torch.Tensor:
+        guide = self.logits.float()
+        return guide + self.scale * (logits.float() - guide)
+
+    def feed(self, model, tokens: list[int]) -> None:
+        positions = torch.full((len(tokens), 1), self.position, device=model.device)
+        self.logits = model(torch.tensor(tokens, device=model.device).unsqueeze(1), position_ids=positions,
+                            cache=self.cache, use_cache=True).logits[:, -1]
+        self.position += 1
+
+    def keep(self, i: int) -> None:
+        self.cache, self.logits = select_rows(self.cache, [i]), self.logits[i:i + 1]
 
 
 def select_rows(cache: ReservedCache, rows: Sequence[int]) -> ReservedCache:

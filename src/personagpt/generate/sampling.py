@@ -15,6 +15,7 @@ from personagpt.format import PromptFormat
 # default"). The library's SamplingConfig stays at one sample: what a caller asks for is what runs.
 DEFAULT_CANDIDATES = 4
 DEFAULT_COMMIT_TOKENS = 8
+MAX_GUIDANCE = 8.0  # beyond this the guided logits are mostly the difference: replies stop being sentences
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class SamplingConfig:
     num_beams: int = 1
     num_candidates: int = 1  # > 1: sample this many replies from one prefix and keep the best (rerank.py)
     commit_tokens: int = 0  # best-of-N: choose after this many tokens and stream the rest (0: after whole replies)
+    # classifier-free guidance (generate/loop.py): logits = guide + g * (prompt - guide), where the guide is the
+    # prompt without its goal (goal mode) or without its persona facts (persona mode); 1: off
+    goal_guidance: float = 1.0
+    persona_guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -51,12 +56,17 @@ class SamplingConfig:
             raise SettingsError("num_candidates must be >= 1")
         if self.commit_tokens < 0:
             raise SettingsError("commit_tokens must be >= 0")
+        for name in ("goal_guidance", "persona_guidance"):
+            if not 0 <= getattr(self, name) <= MAX_GUIDANCE:
+                raise SettingsError(f"{name} must be between 0 and {MAX_GUIDANCE:g} (1: no guidance)")
+        if self.num_beams > 1 and (self.goal_guidance != 1 or self.persona_guidance != 1):
+            raise SettingsError("guidance samples token by token; use it without beams")
         if self.num_candidates > 1 and self.num_beams > 1:
             raise SettingsError("use either candidates (reranked sampling) or beams, not both")
 
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
-        del kwargs["num_candidates"], kwargs["commit_tokens"]
+        del kwargs["num_candidates"], kwargs["commit_tokens"], kwargs["goal_guidance"], kwargs["persona_guidance"]
         if not self.do_sample:
             del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
         return kwargs | {

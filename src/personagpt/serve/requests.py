@@ -75,7 +75,9 @@ def sampling_of(body) -> SamplingConfig:
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
                           max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
                           num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
-                          commit_tokens=getattr(body, "commit_tokens", 0))
+                          commit_tokens=getattr(body, "commit_tokens", 0),
+                          goal_guidance=getattr(body, "goal_guidance", defaults.goal_guidance),
+                          persona_guidance=getattr(body, "persona_guidance", defaults.persona_guidance))
 
 
 def policy_of(body: SelfPlayRequest):

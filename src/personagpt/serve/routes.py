@@ -102,7 +102,9 @@ async def chat(body: ChatRequest, http: Request):
             raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
         job = state.submit_best_of_n(prompt, cfg, conversation)
     else:
-        job = state.submit(prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None)
+        scale = conversation.guidance(cfg)
+        job = state.submit(prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None,
+                           conversation.guide_ids(prompt) if scale != 1 else None, scale)
     reply = Reply(job, eng.fmt, body.stop or [], state.model_name, state.metrics,
                   goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
                   extra={"persona": facts} | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {}),

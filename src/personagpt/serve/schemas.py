@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, MAX_GUIDANCE, SamplingConfig
 
 MAX_FACTS = 5
 MAX_REPLY_TOKENS = 256
@@ -97,6 +97,12 @@ class ChatRequest(BaseModel):
         "Extension: sample this many replies side by side and keep the one scored best (persona consistency, "
         "goal, repetition, fluency) after `commit_tokens` tokens, then stream it; 1: plain sampling. Greedy "
         "requests (temperature 0) sample once."))
+    goal_guidance: float = Field(SamplingConfig.goal_guidance, ge=0, le=MAX_GUIDANCE, description=(
+        "Extension: classifier-free guidance toward the goal: tokens are sampled from guide + g * (prompt - "
+        "guide), the guide being the prompt without the goal; 1: off. Costs one more batch row."))
+    persona_guidance: float = Field(SamplingConfig.persona_guidance, ge=0, le=MAX_GUIDANCE, description=(
+        "Extension: classifier-free guidance toward the persona (no goal), the guide being the prompt without "
+        "the persona facts; 1: off. Costs one more batch row."))
     commit_tokens: int = Field(DEFAULT_COMMIT_TOKENS, ge=0, le=MAX_REPLY_TOKENS, description=(
         "Extension: with candidates > 1, choose after this many tokens (0: among whole replies, which then "
         "arrive at once)."))

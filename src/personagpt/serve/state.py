@@ -105,10 +105,11 @@ class AppState:
         if self.upstream is None:
             self.ready_engine()
 
-    def submit(self, prompt: list[int], cfg: SamplingConfig, generator, logprobs: int | None):
+    def submit(self, prompt: list[int], cfg: SamplingConfig, generator, logprobs: int | None,
+               guide_prompt: list[int] | None = None, guidance: float = 1.0):
         try:
             return self.ready_engine().submit(prompt, cfg, generator, loop=asyncio.get_running_loop(),
-                                              logprobs=logprobs)
+                                              logprobs=logprobs, guide_prompt=guide_prompt, guidance=guidance)
         except QueueFullError as e:
             self.metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
@@ -117,8 +118,10 @@ class AppState:
         """The N requests of a best-of-N turn, as one job (they count against the batch like N users)."""
         engine = self.ready_engine()
         try:
+            scale = conversation.guidance(cfg)
             requests = engine.submit_many(prompt, cfg.num_candidates, cfg, conversation.generator,
-                                          loop=asyncio.get_running_loop())
+                                          loop=asyncio.get_running_loop(), guidance=scale,
+                                          guide_prompt=conversation.guide_ids(prompt) if scale != 1 else None)
         except QueueFullError as e:
             self.metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None

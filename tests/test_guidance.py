@@ -1,0 +1,131 @@
+"""Classifier-free guidance in the one token loop: off at g = 1 (today's tokens), the steered pick at g > 1, the
+guide row in the same batched engine step as its prompt's row, and scales validated at every front end."""
+
+import pytest
+import torch
+
+from personagpt.errors import SettingsError
+from personagpt.generate.conversation import Conversation
+from personagpt.generate.engine import Engine
+from personagpt.generate.sampling import MAX_GUIDANCE, SamplingConfig
+from personagpt.models.load import build_gpt2
+
+FACTS = ["i like dogs.", "i am a nurse."]
+TURNS = ["hi , how are you ?", "good , you ?", "fine . what do you do ?"]
+GOAL = "ask about pets."
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return build_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=256, seed=3)
+
+
+@pytest.fixture()
+def engine(model, fmt):
+    engine = Engine(model, fmt, max_batch=4, max_queue=8, capacity=256, fast="off")
+    yield engine
+    engine.close()
+
+
+def conversation(model, fmt, cfg, **kwargs):
+    return Conversation.from_turns(model, fmt, TURNS, persona=FACTS, goal=GOAL, sampling=cfg, fast="off", **kwargs)
+
+
+def test_guidance_one_gives_exactly_the_unguided_tokens(model, fmt, engine):
+    plain = SamplingConfig(max_new_tokens=12)
+    for guided in (SamplingConfig(max_new_tokens=12, goal_guidance=1.0, persona_guidance=1.0),):
+        assert conversation(model, fmt, guided, seed=5).respond() == conversation(model, fmt, plain, seed=5).respond()
+    bot = conversation(model, fmt, plain, seed=1)
+    prompt = bot.context_ids()
+    alone = list(engine.submit(prompt, plain, seed=9))
+    with_guide = engine.submit(prompt, plain, seed=9, guide_prompt=bot.guide_ids(prompt), guidance=1.0)
+    assert list(with_guide) == alone and not with_guide.guided
+
+
+def test_the_guided_pick_is_the_argmax_of_guide_plus_scaled_difference(model, fmt):
+    scale = 2.5
+    cfg = SamplingConfig(do_sample=False, max_new_tokens=1, goal_guidance=scale)
+    bot = conversation(model, fmt, cfg)
+    prompt = bot.context_ids()
+    guide = bot.guide_ids(prompt)
+    assert guide[:2] == [fmt.act_id, fmt.p1_id] and guide[2:2 + 3] != prompt[2:5]  # the goal left out
+    with torch.inference_mode():
+        cond = model(torch.tensor([prompt])).logits[0, -1].float()
+        uncond = model(torch.tensor([guide])).logits[0, -1].float()
+    steered = uncond + scale * (cond - uncond)
+    steered[list(fmt.special_ids) + [fmt.eos_id]] = float("-inf")
+    token = bot.respond()
+    assert bot.turn_ids[-1][0] == int(steered.argmax())
+    assert token == fmt.decode([int(steered.argmax())])
+
+
+def test_the_engine_decodes_the_guide_row_in_the_same_step(model, fmt, engine):
+    cfg = SamplingConfig(do_sample=False, max_new_tokens=6, min_new_tokens=6, goal_guidance=3.0)
+    bot = conversation(model, fmt, cfg)
+    prompt = bot.context_ids()
+    guide = bot.guide_ids(prompt)
+    list(engine.submit([fmt.eos_id], SamplingConfig(max_new_tokens=1)))  # the engine sizes its slots first
+    rows = []
+    handle = engine.decoder.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[0]))
+    try:
+        steps = engine.steps
+        request = engine.submit(prompt, cfg, seed=0, guide_prompt=guide, guidance=3.0)
+        tokens = list(request)
+    finally:
+        handle.remove()
+    assert request.guided and len(tokens) == 6
+    assert engine.steps - steps == 5 and rows == [2] * 6  # one admission and five steps, each over both rows
+    # the local loop steers the same way (greedy: the same tokens)
+    local = conversation(model, fmt, cfg)
+    local.respond()
+    assert local.turn_ids[-1][:6] == tokens[:6]
+    assert engine.active == 0  # both rows left their slots
+
+
+def test_persona_mode_guides_away_from_the_persona(model, fmt):
+    bot = Conversation.from_turns(model, fmt, TURNS[:1], persona=FACTS, fast="off",
+                                  sampling=SamplingConfig(persona_guidance=2.0))
+    prompt = bot.context_ids()
+    assert bot.guidance() == 2.0 and bot.guide_ids(prompt) == fmt.persona_prefix([]) + fmt.history(TURNS[:1])
+    assert Conversation.with_persona(model, fmt, [], fast="off", sampling=SamplingConfig(persona_guidance=2.0)) \
+        .guidance() == 1.0  # no facts: nothing to guide toward
+
+
+def test_best_of_n_candidates_are_guided(model, fmt, engine):
+    cfg = SamplingConfig(max_new_tokens=8, num_candidates=3, commit_tokens=4, goal_guidance=2.0)
+    local = conversation(model, fmt, cfg, seed=2).respond()
+    served = conversation(model, fmt, cfg, seed=2, engine=engine).respond()
+    assert isinstance(local, str) and isinstance(served, str)
+    assert engine.active == 0
+
+
+@pytest.mark.parametrize("value", [-0.5, MAX_GUIDANCE + 1])
+def test_scales_are_validated(value):
+    with pytest.raises(SettingsError, match="guidance"):
+        SamplingConfig(goal_guidance=value)
+    with pytest.raises(SettingsError, match="guidance"):
+        SamplingConfig(persona_guidance=value)
+
+
+def test_the_api_takes_and_validates_the_scales(tokenizer, fmt, model):
+    import openai
+
+    from conftest import LiveServer
+    from personagpt.serve import ServerSettings, create_app
+
+    settings = ServerSettings(precision="no", max_batch=4, max_queue=8, max_context=256)
+    with LiveServer(create_app(settings, loader=lambda: (model, fmt))) as live:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        messages = [{"role": "system", "content": "\n".join(FACTS)}, {"role": "user", "content": "hi !"}]
+        reply = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=8, seed=1,
+                                               extra_body={"goal": 1, "goal_guidance": 2.0, "candidates": 1})
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        reply = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=8, seed=1,
+                                               extra_body={"persona_guidance": 1.5})
+        assert reply.choices[0].message.content is not None
+        for field, value in (("goal_guidance", -1), ("persona_guidance", 100)):
+            with pytest.raises(openai.BadRequestError) as error:
+                client.chat.completions.create(model="personagpt", messages=messages, extra_body={field: value})
+            assert error.value.body["param"] == field
+        assert live.engine.active == 0
