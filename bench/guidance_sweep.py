@@ -9,7 +9,7 @@ question`, seed 1) after the gold history up to a random point, answered in char
 reply's opening words say whether it answers as the fact says (recall) or against it (contradiction).
 
 Fluency: the unguided model's mean log-probability per token of each goal reply under the goal prompt (the first
-``--fluency`` contexts), so a scale that pushes wording off the natural path shows. Repeats: replies that repeat
+``--fluency`` contexts, scored on the engine's forward), so a scale that pushes wording off the natural path shows. Repeats: replies that repeat
 one of their own word 4-grams. Time: seconds per reply with all replies of a setting in flight together.
 
 Each setting is saved to ``--out`` when done; a rerun skips those already there (``--contexts`` and
@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from personagpt.data.dialogues import load_dialogues
+from personagpt.eval.evaluate import persona_probes
 from personagpt.format import DEFAULT_ACTIONS, HISTORY_TURNS
 from personagpt.generate.best_of_n import default_labeler, reply_logprobs, repetition
 from personagpt.generate.conversation import Conversation
@@ -41,7 +42,7 @@ from personagpt.generate.sampling import SamplingConfig
 from personagpt.models.hardware import describe_hardware
 from personagpt.models.load import load_chat_model
 from personagpt.models.precision import serving_model
-from personagpt.personas.facts import answer_polarity, question
+from personagpt.personas.facts import answer_polarity
 
 DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SAMPLING = SamplingConfig(max_new_tokens=40)  # the CLI's sampling; best-of-N set per setting
@@ -56,18 +57,8 @@ def goal_jobs(dialogues, contexts: int) -> list[dict]:
 
 
 def question_jobs(dialogues, questions: int) -> list[dict]:
-    rng = random.Random(1)
-    jobs = []
-    for d in dialogues[:questions]:
-        askable = [f for f in d.p2_facts if question(f)]
-        if not askable:
-            continue
-        fact = rng.choice(askable)
-        asked, expected = question(fact)
-        cut = rng.randrange(0, min(len(d.turns), 6) // 2 + 1) * 2
-        jobs.append({"turns": list(d.turns[:cut]) + [asked], "persona": list(d.p2_facts), "expected": expected,
-                     "fact": fact})
-    return jobs
+    return [{"turns": p.turns, "persona": p.persona, "expected": p.expected, "fact": p.fact}
+            for p in persona_probes(dialogues, questions)]
 
 
 def run(engine, jobs, sampling: SamplingConfig, desc: str, workers: int) -> tuple[list[str], float]:
@@ -95,7 +86,7 @@ def main() -> None:
     parser.add_argument("--persona-scales", type=float, nargs="+", default=[1, 1.5, 2, 3])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1], help="best-of-N settings to cross with "
                         "the scales (4: the default best-of-4, chosen after 8 tokens)")
-    parser.add_argument("--fluency", type=int, default=60, help="contexts whose replies are scored for fluency")
+    parser.add_argument("--fluency", type=int, default=30, help="contexts whose replies are scored for fluency")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results/guidance_sweep.json"))
     args = parser.parse_args()
@@ -134,8 +125,8 @@ def main() -> None:
                     continue
                 prompt = Conversation.from_turns(model, fmt, job["turns"], goal=job["goal"]).context_ids(40)
                 ids = fmt.text(reply)
-                with torch.inference_mode():
-                    fluency.append(float(reply_logprobs(model, prompt, [ids], fmt.eos_id)[0]) / (len(ids) + 1))
+                with torch.inference_mode():  # on the engine's own forward (the fast path): the model as it decodes
+                    fluency.append(float(reply_logprobs(engine.decoder, prompt, [ids], fmt.eos_id)[0]) / (len(ids) + 1))
             results[key] = {"control": 100 * sum(accepted) / len(accepted), "weakest": min(per_goal.values()),
                             "per_goal": per_goal, "fluency_logprob_per_token": sum(fluency) / len(fluency),
                             "self_repeats": 100 * sum(map(self_repeats, replies)) / len(replies),

@@ -41,8 +41,8 @@ from tqdm import tqdm
 from personagpt.control.goals import GoalLabeler
 from personagpt.eval.evaluate import control_success
 from personagpt.data.dialogues import distinct_personas, load_dialogues
-from personagpt.eval.evaluate import distinct_n, word_f1
-from personagpt.personas.facts import answer_polarity, question
+from personagpt.eval.evaluate import distinct_n, persona_probes, word_f1
+from personagpt.personas.facts import answer_polarity
 from personagpt.generate.conversation import Conversation, SamplingConfig
 from personagpt.models.load import load_chat_model
 from personagpt.models.hardware import describe_hardware
@@ -61,22 +61,15 @@ def reply_hits(model, fmt, persona, others, history, reply) -> bool:
 
 def persona_questions(model, fmt, dialogues, sampling: SamplingConfig) -> dict:
     """The probe set: a yes/no question about one of the bot's facts, answered in character."""
-    rng = random.Random(1)
     answers = {"recall": 0, "contradiction": 0, "neither": 0}
     samples = []
-    for i, d in enumerate(tqdm(dialogues, desc="persona questions", unit="question")):
-        askable = [f for f in d.p2_facts if question(f)]
-        if not askable:
-            continue
-        fact = rng.choice(askable)
-        asked, expected = question(fact)
-        cut = rng.randrange(0, min(len(d.turns), 6) // 2 + 1) * 2
-        reply = Conversation.from_turns(model, fmt, list(d.turns[:cut]) + [asked], persona=d.p2_facts, seed=i,
+    for probe in tqdm(persona_probes(dialogues, len(dialogues)), desc="persona questions", unit="question"):
+        reply = Conversation.from_turns(model, fmt, probe.turns, persona=probe.persona, seed=probe.index,
                                         sampling=sampling).respond()
         polarity = answer_polarity(reply)
-        answers["neither" if polarity is None else "recall" if polarity == expected else "contradiction"] += 1
+        answers["neither" if polarity is None else "recall" if polarity == probe.expected else "contradiction"] += 1
         if len(samples) < 8:
-            samples.append({"fact": fact, "question": asked, "reply": reply})
+            samples.append({"fact": probe.fact, "question": probe.turns[-1], "reply": reply})
     total = sum(answers.values())
     return {"questions": total, **{k: 100 * v / total for k, v in answers.items()}, "samples": samples}
 

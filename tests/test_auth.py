@@ -227,12 +227,12 @@ def test_auth_commands(tmp_path):
     common = ["--model", "random:2x64", "--identifier", str(head), "--max-new-tokens", "4", "--turns", "2"]
     run = tmp_path / "policy"
     policy = runner.invoke(app, ["auth", "train", *common, "--rounds", "2", "--episodes-per-round", "2",
-                                 "--updates-per-round", "2", "-k", "4", "--calibration", "4", "--out", str(run),
+                                 "--updates-per-round", "2", "-K", "4", "--calibration", "4", "--out", str(run),
                                  "--warm-start", str(tmp_path / "selfplay.json")])
     assert policy.exit_code == 0, policy.output
     assert {"policy.pt", "training.png", "thresholds.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
     assert json.loads((run / "log.json").read_text())[0]["buffer"] == 4 * 2 + 2 * 2  # warm start + round 1
-    result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "-k", "4", "--likelihood", "2",
+    result = runner.invoke(app, ["auth", "eval", *common, "--conversations", "3", "-K", "4", "--likelihood", "2",
                                  "--policy-path", str(run / "policy.pt"), "--thresholds", str(run / "thresholds.json"),
                                  "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
@@ -256,7 +256,7 @@ def test_auth_commands(tmp_path):
     assert (tmp_path / "eval" / "hits_by_turn_sentence.png").is_file()
     claim = tmp_path / "claim.json"
     claim.write_text(json.dumps({"persona": ["i like dogs.", "i am a pilot."]}))
-    talk = runner.invoke(app, ["auth", "interact", *common, "-k", "4", "--policy-path", str(run / "policy.pt"),
+    talk = runner.invoke(app, ["auth", "interact", *common, "-K", "4", "--policy-path", str(run / "policy.pt"),
                                "--thresholds", str(run / "thresholds.json"), "--claim", str(claim)],
                          input="i have a dog named max.\ni fly planes for a living.\n")
     assert talk.exit_code == 0, talk.output
@@ -269,10 +269,10 @@ def test_auth_commands(tmp_path):
     claim.write_text("{not json")
     for args, message in [(["--claim", str(claim)], "not valid JSON"),
                           (["--claim", str(tmp_path / "missing.json")], "no such claim file"),
-                          (["-k", "100000"], "distractors")]:
+                          (["-K", "100000"], "distractors")]:
         bad = runner.invoke(app, ["auth", "interact", *common, *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output
     for args, message in [(["--policy", "dqn"], "unknown policy"), (["--conversations", "5000"], "personas"),
-                          (["-k", "5000"], "-k must be at most")]:
+                          (["-K", "5000"], "--candidates (-K) must be at most")]:
         bad = runner.invoke(app, ["auth", "eval", *common, *args])
         assert bad.exit_code == 2 and message in bad.output, bad.output

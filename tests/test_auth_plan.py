@@ -324,7 +324,7 @@ def test_distill_and_eval_commands(tmp_path, monkeypatch):
     bars: list[Bar] = []
     monkeypatch.setattr(auth_cli, "_bar", Bar)
     runner = CliRunner()
-    common = ["--model", "random:2x64", "--max-new-tokens", "4", "--turns", "2", "-k", "4"]
+    common = ["--model", "random:2x64", "--max-new-tokens", "4", "--turns", "2", "-K", "4"]
     made = runner.invoke(app, ["auth", "distill", *common, "--interviews", "4", "--steps", "20", "--calibration", "4",
                                "--out", str(tmp_path / "distill")])
     assert made.exit_code == 0, made.output

@@ -151,6 +151,33 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     driver.save_screenshot(str(shots / "page-390x844.png"))
     driver.set_window_size(1280, 800)
 
+    # at phone width the persona panel is below the chat: no text may point "to the left"
+    assert "on the left" not in driver.find_element(By.TAG_NAME, "body").get_attribute("textContent")
+
+    # Stop before any reply: the message says it was not answered, and the next one replaces it
+    count = len(driver.find_elements(By.CSS_SELECTOR, ".msg"))
+    driver.execute_script("""const plain = window.fetch;  // the next reply is slow to start: Stop comes first
+        window.fetch = (url, options) => {
+            if (url !== '/v1/chat/completions' || window.slowed) return plain(url, options);
+            window.slowed = true;
+            return new Promise((resolve, reject) => {
+                const timer = setTimeout(() => resolve(plain(url, options)), 5000);
+                options.signal.addEventListener('abort', () => {
+                    clearTimeout(timer); reject(new DOMException('stopped', 'AbortError')); });
+            });
+        };""")
+    find(By.ID, "input").send_keys("are you there ?", Keys.ENTER)
+    wait_for(lambda: not find(By.ID, "stop").get_attribute("disabled"), what="Stop enabled")
+    find(By.ID, "stop").click()
+    stopped = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".msg.user.stopped"), what="a stopped mark")
+    assert "not answered" in stopped[-1].text and "are you there ?" in stopped[-1].text
+    find(By.ID, "input").send_keys("hello again", Keys.ENTER)
+    wait_for(lambda: not find(By.ID, "send").get_attribute("disabled") and len(
+        driver.find_elements(By.CSS_SELECTOR, ".msg")) == count + 2, what="the reply to the next message")
+    users = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".msg.user .text")]
+    assert users[-1] == "hello again" and "are you there ?" not in users
+    count = len(driver.find_elements(By.CSS_SELECTOR, ".msg"))
+
     # an error is shown in place: a message too long for the context
     find(By.ID, "input").send_keys("word " * 400, Keys.ENTER)
     error = wait_for(lambda: find(By.ID, "chat-error").is_displayed() and find(By.ID, "chat-error").text,

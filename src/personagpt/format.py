@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import torch
-
 from personagpt.errors import SettingsError
 
 # Appended in this order so the ids match the published af1tang/personaGPT checkpoint (50257-50262 on GPT-2).
@@ -25,6 +23,9 @@ SEP, CLS, START, P1, P2, ACT = SPECIAL_TOKENS
 
 # Named defaults shared by training, teaching, control data and scoring.
 MAX_SEQUENCE_LENGTH = 512  # longest training / scoring sequence in tokens
+# The context a conversation keeps, in the terminal and on the server alike: the model learned from 512-token
+# windows of short dialogues, so a longer history only slows every turn (older turns are dropped to fit).
+DEFAULT_CONTEXT = 1024
 HISTORY_TURNS = 6  # turns of history kept before an action-code response
 
 # The 11 turn-level goals PersonaGPT was trained with, spelled exactly as in the original action space.
@@ -96,6 +97,8 @@ def resize_embeddings(model, size: int) -> None:
     Deterministic on purpose (transformers' mean resizing samples noise): a base model resized at load time
     must be the same model every time an adapter is put on it.
     """
+    import torch  # start-up: format is imported by `personagpt --help` and the front door, which need no torch
+
     old = model.get_input_embeddings().weight.shape[0]
     if old >= size:
         return

@@ -132,7 +132,7 @@ def train(
         guide = checked_guide(guide)
         held, pool = training_personas(seed, 200)
         if len(pool) < candidates:
-            raise UserError(f"only {len(pool)} training personas; -k must be at most that")
+            raise UserError(f"only {len(pool)} training personas; --candidates (-K) must be at most that")
         env = _self_play(model, device, identifier, turns, max_new_tokens, workers, need_head=guide == "embedding")
         try:
             def collect(policy, count, round_index):
@@ -287,7 +287,7 @@ def evaluate(
         if conversations > len(pool):
             raise UserError(f"{split} has {len(pool)} personas; ask for at most that many --conversations")
         if candidates > len(pool):
-            raise UserError(f"{split} has {len(pool)} personas; -k must be at most that")
+            raise UserError(f"{split} has {len(pool)} personas; --candidates (-K) must be at most that")
         calibrated, note = load_thresholds(thresholds, candidates)
         if note:
             typer.echo(f"Note: {note}", err=True)
@@ -383,8 +383,9 @@ def distill(
 @app.command("interact")
 def interact(
     model: ModelOpt = None,
-    claim: Annotated[Optional[Path], typer.Option(help="JSON persona the person claims to have; the interview ends "
-                                                       "with accept or reject.")] = None,
+    claim: Annotated[Optional[Path], typer.Option(help=(
+        'A JSON file with the persona the person claims to have: a list of facts, ["i have two dogs.", "i am a '
+        'nurse."], or {"persona": [...]}; the interview ends with accept or reject.'))] = None,
     turns: TurnsOpt = 8,
     candidates: KOpt = 20,
     identifier: IdentifierOpt = None,

@@ -10,7 +10,8 @@ import typer
 from personagpt.cli.common import UserError
 
 TurnsOpt = Annotated[int, typer.Option(min=1, help="Exchanges per interview.")]
-KOpt = Annotated[int, typer.Option("-k", "--candidates", min=2, help="Candidate personas (true + distractors).")]
+# -K, not -k: -k is --top-k in every generating command
+KOpt = Annotated[int, typer.Option("-K", "--candidates", min=2, help="Candidate personas (true + distractors).")]
 MaxNewOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Longest turn.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for personas, distractors and sampling.")]
 IdentifierOpt = Annotated[Optional[Path], typer.Option(

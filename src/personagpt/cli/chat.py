@@ -15,11 +15,11 @@ from typing import Annotated, Optional
 import typer
 
 from personagpt.cli.common import (MAX_FACTS, Prompter, UserError, friendly_errors, load, parse_action,
-                                   persona_from_flags, say_decoding)
+                                   persona_from_flags, say_decoding, typing_hidden)
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     RandomPersonaOpt, SeedOpt, TurnsOpt, sampling_options)
 from personagpt.errors import PersonaGPTError
-from personagpt.format import DEFAULT_ACTIONS
+from personagpt.format import DEFAULT_ACTIONS, DEFAULT_CONTEXT
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.text import DisplayStream, to_model
 
@@ -29,6 +29,7 @@ COMMANDS = """Commands:
   /persona           show the bot's persona facts
   /persona A | B     replace them with facts A, B, ... (separated by |) and start a new conversation
   /save FILE         write the conversation so far as JSONL (the project's dialogue format)
+  /goals             mode 1: show the 11 action codes again
   /quit              end the chat (Ctrl-D does too)"""
 
 # measured in bench/README.md: a cold compilation of the bundled model's decoding step on the 2-core CPU
@@ -52,6 +53,8 @@ class ChatSession:
         self.mode, self.prompter = mode, prompter
         self.facts = facts if facts is not None else []
         self.goals: list[str | None] = []  # mode 1: the goal of each turn (None for the person's)
+        self.turns_done = 0  # bot turns of this conversation (a new conversation starts a new budget)
+        self.menu_shown = False
         if conversation is None:
             if mode == 0:
                 conversation = Conversation.with_persona(model, fmt, self.facts, **kwargs)
@@ -65,6 +68,7 @@ class ChatSession:
         if self.mode == 0:
             self.conversation.set_persona(self.facts)
         self.goals = []
+        self.turns_done = 0
 
     def transcript(self) -> dict:
         """The conversation in the JSONL dialogue format: the person is p1 in mode 0, the bot in mode 1."""
@@ -89,6 +93,8 @@ class ChatSession:
             raise Quit
         if name == "help":
             typer.echo(COMMANDS)
+        elif name == "goals":
+            self.show_goals()
         elif name == "reset":
             self.new_conversation()
             typer.echo("(new conversation)")
@@ -145,10 +151,16 @@ class ChatSession:
             self.goals.append(None)
             return
 
+    def show_goals(self) -> None:
+        typer.echo("Goals (the 11 action codes):")
+        for i, goal in enumerate(DEFAULT_ACTIONS):
+            typer.echo(f"  {i:2d}  {goal}")
+        self.menu_shown = True
+
     def choose_goal(self) -> str:
-        typer.echo("Actions:")
-        for i, action in enumerate(DEFAULT_ACTIONS):
-            typer.echo(f"  {i:2d}  {action}")
+        if not self.menu_shown:
+            self.show_goals()
+            typer.echo("(/goals shows this list again)")
         while True:
             choice = self.read(f">> Action [0-{len(DEFAULT_ACTIONS) - 1}] or type a new goal: ")
             if not choice:
@@ -168,9 +180,10 @@ class ChatSession:
         shown, stream = DisplayStream(), self.conversation.stream()
         turns_before = len(self.conversation.turns)
         try:
-            for piece in stream:
-                sys.stdout.write(shown.push(piece))
-                sys.stdout.flush()
+            with typing_hidden():
+                for piece in stream:
+                    sys.stdout.write(shown.push(piece))
+                    sys.stdout.flush()
             sys.stdout.write(shown.flush() + "\n")
             sys.stdout.flush()
             return True
@@ -185,9 +198,8 @@ class ChatSession:
 
     def run(self, num_turns: int, compiling: bool = False) -> None:
         typer.echo(f"{num_turns} turns (--num-turns to change); /help for commands, Ctrl-D or /quit to end.")
-        turns = 0
         try:
-            while turns < num_turns:
+            while self.turns_done < num_turns:
                 started = time.perf_counter()
                 if self.mode == 0:
                     self.user_turn()
@@ -201,9 +213,9 @@ class ChatSession:
                     if not self.bot_turn(f"Bot [{goal}]"):
                         continue
                     self.goals.append(goal)
-                if compiling and turns == 0:
+                if compiling and self.turns_done == 0:
                     typer.echo(f"(first reply, with the compilation: {time.perf_counter() - started:.0f} s)", err=True)
-                turns += 1
+                self.turns_done += 1
                 if self.mode == 1:
                     self.user_turn()
             typer.echo(f"That was the last of {num_turns} turns (--num-turns to change).")
@@ -251,7 +263,10 @@ def interact(
             check_context_budget(loaded, fmt, facts, max_length, sampling)
         if compile:
             typer.echo(COMPILE_NOTE, err=True)
-        session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling, max_context=max_length,
+        from personagpt.models.load import context_limit  # start-up: the CLI loads the library in its commands
+
+        session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling,
+                              max_context=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)),
                               seed=seed, compile=compile)
         if mode == 0:
             typer.echo("Persona: " + " ".join(facts))
@@ -267,7 +282,7 @@ def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | 
     """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
     from personagpt.models.load import context_limit
 
-    window = max_length or context_limit(model)
+    window = max_length or min(DEFAULT_CONTEXT, context_limit(model))
     persona = len(fmt.persona_prefix(facts or []))
     room = window - sampling.max_new_tokens - persona
     if room < 8:  # not even a short message fits

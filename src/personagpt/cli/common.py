@@ -52,6 +52,29 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+@contextmanager
+def typing_hidden() -> Iterator[None]:
+    """At a terminal, what a person types while the bot streams is not echoed into the bot's line: it waits,
+    unseen, in the terminal's input and is read at the next prompt (Ctrl-C still interrupts)."""
+    try:
+        import termios  # POSIX only
+
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
+    except (ImportError, OSError, ValueError):
+        saved = None
+    if saved is None:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 class Prompter:
     """Reads a person's lines. At a terminal through readline (arrow keys edit the line, up/down recall earlier
     lines of the session); from a pipe as bytes, so bad encodings and EOF are handled, not raised."""
@@ -71,7 +94,12 @@ class Prompter:
         while True:
             if self.terminal:
                 try:
-                    return input(prompt).strip()
+                    line = input(prompt).strip()
+                    line.encode("utf-8")  # input() hands undecodable bytes over as lone surrogates
+                    return line
+                except UnicodeEncodeError:
+                    self.out("That line is not valid UTF-8 text; please type it again.\n")
+                    continue
                 except KeyboardInterrupt:  # what is printed next starts on its own line
                     self.out("\n")
                     raise

@@ -25,7 +25,8 @@ def evaluate_models(
     hits_limit: Annotated[Optional[int], typer.Option(min=1, help="Rank personas for the first N dialogues only (one batched pass over 1 + --distractors candidates per conversation).")] = None,
     control_contexts: Annotated[int, typer.Option(min=1, help="Contexts (x 11 goals) for the control success rate.")] = 50,
     candidates: Annotated[int, typer.Option("--candidates", min=1, help="Generate F1's and control's replies best-of-N (sample N, keep the best scored; with --decode greedy or sample).")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Conversations scored or generated together (more is "
+                                                     "faster and uses more memory).")] = 8,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Tokenizer for random:... models (default: the shared GPT-2 BPE files).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write all results as JSON here.")] = None,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown.")] = False,

@@ -11,7 +11,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -25,10 +25,12 @@ SAMPLING_DEFAULTS = SamplingConfig()
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="Local checkpoint directory, LoRA adapter directory, smollm2-135m (the packaged base), or a "
                     "Hugging Face hub id (needs a network). Default: the bundled model.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda (default: cuda if available).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(help=(
+    "cpu, cuda (or gpu) or cuda:N (default: cuda when this torch build has CUDA and a GPU is visible, else cpu)."))]
 MaxLenOpt = Annotated[Optional[int], typer.Option(
     "--max-length", "--max_length", "-maxlen",
-    help="Context window in tokens (default: the model's). Oldest turns are dropped to fit; the persona never is.")]
+    help="Context window in tokens (default 1024, as the server's --max-context, or the model's if smaller). Oldest "
+         "turns are dropped to fit; the persona never is.")]
 SeedOpt = Annotated[Optional[int], typer.Option(help="Random seed for reproducible sampling.")]
 TurnsOpt = Annotated[int, typer.Option("--num-turns", "--num_turns", "-turns", min=1, help="Number of turns.")]
 PersonaOpt = Annotated[Optional[list[str]], typer.Option(
@@ -62,7 +64,7 @@ SAMPLING_OPTIONS = [
     _option("greedy", Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")], False),
     _option("num_candidates", Annotated[int, typer.Option("--candidates", min=1, max=8, help=(
         "Sample this many replies side by side and keep the best by persona consistency, goal, repetition and "
-        "fluency (best-of-N; 1: plain sampling, as before best-of-N was the default). Ignored with --greedy."))],
+        "fluency (best-of-N; 1: plain sampling, one reply). Ignored with --greedy."))],
         DEFAULT_CANDIDATES),
     _option("goal_guidance", Annotated[float, typer.Option("--goal-guidance", min=0, max=MAX_GUIDANCE, help=(
         "Classifier-free guidance toward the goal (goal mode): each token is sampled from "
@@ -126,6 +128,10 @@ def config_options(cls, skip: tuple[str, ...] = ()) -> list[inspect.Parameter]:
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         flags = f.metadata.get("flags", ())
-        out.append(_option(f.name, Annotated[Optional[kind], typer.Option(*flags, help=f.metadata.get("help"))],
-                           None))
+        # unset flags stay None (so a settings file is not overridden), so the default is said in the help
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+        shown = f" [default: {default}]" if default not in (None, [], (), "") else ""
+        out.append(_option(f.name, Annotated[Optional[kind], typer.Option(
+            *flags, help=(f.metadata.get("help") or "") + shown)], None))
     return out

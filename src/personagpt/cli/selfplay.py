@@ -12,6 +12,7 @@ import typer
 from personagpt.cli.common import friendly_errors, load, parse_action, persona_from_flags, say_decoding
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     SeedOpt, TurnsOpt, sampling_options)
+from personagpt.format import DEFAULT_CONTEXT
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.text import for_people
 
@@ -58,9 +59,13 @@ def selfplay(
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far
-        rows = num_convos * sampling.num_candidates  # best-of-N: each turn's N candidates are rows of the batch
+        # best-of-N: each turn's N candidates are rows of the batch; guidance: each has its guide row beside it
+        guided = sampling.goal_guidance != 1 or sampling.persona_guidance != 1
+        rows = num_convos * sampling.num_candidates * (2 if guided else 1)
         engine = Engine(serving_model(loaded), fmt, max_batch=rows, max_queue=rows,
-                        capacity=max_length or min(1024, context_limit(loaded)))
+                        capacity=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)))
+        for index, facts in enumerate(personas):  # in order: the conversations then run side by side
+            typer.echo(f"Conversation {index + 1}/{num_convos} — persona: {' '.join(facts)}", err=True)
         try:
             transcripts = self_play(loaded, fmt, personas, policy, num_turns, sampling, seed=seed,
                                     on_turn=show_turn(num_convos, num_turns), engine=engine)
@@ -79,8 +84,6 @@ def show_turn(num_convos: int, num_turns: int):
     """Progress on stderr: each turn as it is produced (the tables on stdout come at the end)."""
 
     def show(index: int, transcript) -> None:
-        if len(transcript.turns) == 1:
-            typer.echo(f"Conversation {index + 1}/{num_convos} — persona: {' '.join(transcript.p2_facts)}", err=True)
         turn = (len(transcript.turns) + 1) // 2
         action = transcript.actions[-1]
         who = f"Interviewer [{action}]" if action else "PersonaGPT"

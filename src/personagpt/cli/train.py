@@ -48,12 +48,24 @@ def _settings(values: dict) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def saved_run_settings(run_dir: Path) -> dict:
+    """The settings a run in ``run_dir`` saved (its ``config.json``, or its pretrain phase's), less what belongs to
+    one phase; empty when it saved none."""
+    for path in (run_dir / "config.json", run_dir / "pretrain" / "config.json"):
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            return {k: v for k, v in saved.items() if k not in ("phase", "output_dir", "init_from")}
+    return {}
+
+
 @adds_options(config_options(TrainConfig), _settings, "flags")
 def train(
     phase: Annotated[str, typer.Option(help="pretrain (persona data), train_loop (persona + action-code data) or both.")] = "pretrain",
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="Settings file: .json, .toml, or .env with the original's keys (save_path, data_path, epochs, learn_rate, gradient_accumulation_steps, batch_size, weight_decay, logging_steps, save_steps). Flags override it. Without it, ./.env is read when present.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help=(
+        "Continue from the run's latest checkpoint. `--resume --output-dir DIR` alone is enough: the run's saved "
+        "settings are used, and flags given override them."))] = False,
     flags: dict = None,
 ) -> None:
     """Fine-tune a causal LM into a PersonaGPT model.
@@ -72,11 +84,17 @@ def train(
             settings.update(read_config_file(config_path))
             typer.echo(f"Settings from {config_path}", err=True)
         settings.update(flags)
+        run_dir = Path(settings.get("output_dir") or TrainConfig.output_dir)
+        if resume:  # the run's saved settings come first: `--resume --output-dir DIR` alone continues it
+            settings = saved_run_settings(run_dir) | settings
         if "data" in settings:
             settings["data"] = expand_data_paths(settings["data"])
         quiet_libraries()
         result = train_phases(TrainConfig(**settings), phase, resume=resume)
         if result.interrupted:
+            if result.main_process:
+                typer.echo(f"Continue with: personagpt train --phase {phase} --resume --output-dir {run_dir}",
+                           err=True)
             raise typer.Exit(130)
         if result.main_process:
             typer.echo(f"Done: {result.step} steps. Model in {result.output_dir / 'model'}, "

@@ -47,6 +47,7 @@ from personagpt.models.fastpath import fast_decoder
 from personagpt.models.hardware import resolve_mixed_precision
 from personagpt.models.load import context_limit
 from personagpt.models.precision import generation_model, inference_autocast
+from personagpt.personas.facts import question
 from personagpt.scoring import TurnScore, rank_personas, score_examples
 
 # ---- metric definitions (pure functions, pinned by tests) ---------------------------------------------------------
@@ -293,13 +294,16 @@ def evaluate(model, fmt: PromptFormat, dialogues: Sequence[Dialogue], *, decode:
         # pairs are in dialogue order, so the ranked pairs are the first pairs of targets
         ranked = Targets.of(dialogues[:hits_dialogues]) if hits_dialogues else targets
         runs = len(ranked.pairs) if "hits" in metrics else 0
-        bar = tqdm(total=len(examples) + runs, desc="teacher forcing", unit="seq", disable=not progress)
+        bar = tqdm(total=len(examples), desc="perplexity (teacher forcing)", unit="seq", disable=not progress)
         with autocast:
             true_scores = score_examples(model, fmt, examples, targets.words, batch_size, bar.update)
         results["responses"] = len(true_scores)
         results |= perplexities(true_scores)
         results["tf_f1"] = 100 * original_tf_f1(true_scores, fmt.eos_id)
-        if "hits" in metrics:
+        bar.close()
+        if "hits" in metrics:  # each conversation ranks all its candidate personas: far slower per item
+            bar = tqdm(total=runs, desc=f"Hits@1 ({distractors + 1} personas each)", unit="conversation",
+                       disable=not progress)
             with autocast:
                 drawn = distractor_personas(ranked, distractors, seed, pool=Targets.of(distractor_pool or dialogues))
                 rankings = rank_true_personas(model, fmt, ranked, drawn, bar.update)
@@ -360,6 +364,33 @@ def markdown_table(rows: Sequence[dict]) -> str:
     header, cells = table_rows(rows)
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+@dataclass(frozen=True)
+class PersonaProbe:
+    """A yes/no question about one of the bot's facts, asked as the partner's next turn (the probe set)."""
+
+    index: int  # the dialogue's index in the list it came from
+    turns: list[str]  # the gold history up to a random point, then the question
+    persona: list[str]  # the bot's facts (p2's)
+    fact: str
+    expected: bool  # the answer the fact implies
+
+
+def persona_probes(dialogues: Sequence[Dialogue], count: int, seed: int = 1) -> list[PersonaProbe]:
+    """For each of the first ``count`` dialogues with an askable fact of p2's (:func:`personas.facts.question`),
+    one such fact asked after the gold history up to a random even turn (one draw per dialogue, in order)."""
+    rng = random.Random(seed)
+    probes = []
+    for i, d in enumerate(dialogues[:count]):
+        askable = [f for f in d.p2_facts if question(f)]
+        if not askable:
+            continue
+        fact = rng.choice(askable)
+        asked, expected = question(fact)
+        cut = rng.randrange(0, min(len(d.turns), 6) // 2 + 1) * 2
+        probes.append(PersonaProbe(i, list(d.turns[:cut]) + [asked], list(d.p2_facts), fact, expected))
+    return probes
 
 
 def control_success(model, fmt, dialogues, labeler: GoalLabeler, goals: Sequence[str] = DEFAULT_ACTIONS,

@@ -2,6 +2,7 @@
 
 * :class:`Row`: one sequence being decoded, with its own settings and generator (so a server's requests and a
   chat's candidates sample independently), the ids its repetition penalty reads, and its tokens.
+* :func:`pick_token`: one next token, by the rules of transformers' logits processors in their order.
 * :class:`Sampler`: one token for each live row of a batch of next-token logits, by :func:`pick_token`'s rules.
 * :class:`TokenLoop`: N rows after one shared prompt, one forward per token for all of them (a chat session is
   N = 1; best-of-N's candidates are N > 1). The engine (many users' slots) and replays (masked holes) run their
@@ -19,7 +20,33 @@ import torch
 
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step
-from personagpt.generate.sampling import SamplingConfig, pick_token, suppressed_ids
+from personagpt.generate.sampling import SamplingConfig
+
+
+def suppressed_ids(fmt: PromptFormat, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids never generated (the format's added tokens), and the same plus eos (before ``min_new_tokens``)."""
+    return (torch.tensor(fmt.special_ids, device=device),
+            torch.tensor([*fmt.special_ids, fmt.eos_id], device=device))
+
+
+def pick_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, suppress: torch.Tensor,
+               generator: torch.Generator | None = None) -> int:
+    """One next token, by the rules of transformers' logits processors in their order."""
+    if cfg.repetition_penalty != 1.0:
+        prior = logits[seen]
+        logits = logits.index_put((seen,), torch.where(prior < 0, prior * cfg.repetition_penalty,
+                                                       prior / cfg.repetition_penalty))
+    logits = logits.index_fill(0, suppress, float("-inf"))
+    if not cfg.do_sample:
+        return int(logits.argmax())
+    logits = logits / cfg.temperature
+    k = cfg.top_k if 0 < cfg.top_k < logits.numel() else logits.numel()
+    values, indices = torch.topk(logits, k)  # sorted, descending
+    if cfg.top_p < 1.0:
+        probs = values.softmax(-1)
+        before = probs.cumsum(-1) - probs  # mass of strictly likelier tokens
+        values = values.masked_fill(before >= cfg.top_p, float("-inf"))
+    return int(indices[torch.multinomial(values.softmax(-1), 1, generator=generator)])
 
 
 @dataclass(eq=False)

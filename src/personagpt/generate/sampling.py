@@ -1,10 +1,9 @@
-"""Decoding settings and the choice of one next token, by the rules of transformers' logits processors."""
+"""Decoding settings (no torch here: the command line builds them before any model loads; the token step that
+reads them is :mod:`personagpt.generate.loop`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-
-import torch
 
 from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
@@ -78,28 +77,3 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(do_sample=False)
-
-def suppressed_ids(fmt: PromptFormat, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids never generated (the format's added tokens), and the same plus eos (before ``min_new_tokens``)."""
-    return (torch.tensor(fmt.special_ids, device=device),
-            torch.tensor([*fmt.special_ids, fmt.eos_id], device=device))
-
-
-def pick_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, suppress: torch.Tensor,
-               generator: torch.Generator | None = None) -> int:
-    """One next token, by the rules of transformers' logits processors in their order."""
-    if cfg.repetition_penalty != 1.0:
-        prior = logits[seen]
-        logits = logits.index_put((seen,), torch.where(prior < 0, prior * cfg.repetition_penalty,
-                                                       prior / cfg.repetition_penalty))
-    logits = logits.index_fill(0, suppress, float("-inf"))
-    if not cfg.do_sample:
-        return int(logits.argmax())
-    logits = logits / cfg.temperature
-    k = cfg.top_k if 0 < cfg.top_k < logits.numel() else logits.numel()
-    values, indices = torch.topk(logits, k)  # sorted, descending
-    if cfg.top_p < 1.0:
-        probs = values.softmax(-1)
-        before = probs.cumsum(-1) - probs  # mass of strictly likelier tokens
-        values = values.masked_fill(before >= cfg.top_p, float("-inf"))
-    return int(indices[torch.multinomial(values.softmax(-1), 1, generator=generator)])

@@ -35,6 +35,9 @@ def export_hf(model, fmt: PromptFormat, out: str | Path, dtype: str = "float32")
     GenerationConfig(eos_token_id=fmt.eos_id, pad_token_id=fmt.tokenizer.pad_token_id,
                      bos_token_id=getattr(model.config, "bos_token_id", None), do_sample=True, top_k=10, top_p=0.92,
                      suppress_tokens=list(fmt.special_ids)).save_pretrained(out)
+    for written in out.iterdir():  # safetensors writes 0600; an engine running as another user must read it
+        if written.is_file():
+            written.chmod(0o644)
     return out
 
 

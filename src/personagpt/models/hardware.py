@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from personagpt.errors import SettingsError
+
 
 def resolve_mixed_precision(choice: str) -> str:
     """``auto`` becomes bf16 where the hardware is fast at it (recent GPUs; CPUs with AMX or AVX512-BF16)."""
@@ -53,3 +55,23 @@ def describe_hardware() -> str:
     features = [shown for f, shown in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx2", "AVX2"))
                 if f in flags]
     return f"{name} ({', '.join(features) or 'no AVX2'}, {os.cpu_count()} cores)"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The torch device to run on: ``None`` is CUDA when this torch build and machine have it, else the CPU;
+    ``gpu`` is ``cuda``. A GPU asked of a build without CUDA is a user's error that says how to get one."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(device).strip().lower()
+    name = "cuda" + name[3:] if name.startswith("gpu") else name
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise SettingsError(f"--device {device!r} is not a device; use cpu, cuda (or gpu) or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        build = torch.__version__
+        why = ("this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible")
+        raise SettingsError(f"--device {device}: {why} (torch {build}). On a machine with an NVIDIA GPU, install "
+                            "the CUDA build of torch 2.13.0 for its CUDA version (pytorch.org lists the pip command); "
+                            "or leave --device out to run on the CPU")
+    return resolved

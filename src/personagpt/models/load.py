@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LM
 from personagpt.data.dialogues import default_data_dir
 from personagpt.errors import ModelNotFoundError, PersonaGPTError, SettingsError
 from personagpt.format import PromptFormat, add_special_tokens
+from personagpt.models.hardware import resolve_device
 
 # Hub ids that work when a network exists; any causal LM id does.
 HUB_MODELS = {
@@ -141,8 +142,7 @@ def load_model(name_or_path: str | os.PathLike | None, *, device: str | torch.de
         add_special_tokens(tokenizer, model)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), tokenizer
+    return model.to(resolve_device(device)).eval(), tokenizer
 
 
 def _load_adapter(path: Path, dtype):
@@ -211,9 +211,10 @@ def load_chat_model(name: str | None = None, device: str | torch.device | None =
     (a random GPT-2 on ``tokenizer``, default the shared GPT-2 BPE files) or None for the bundled model. A LoRA
     adapter is merged into its base for speed unless ``trainable`` (the caller goes on training it).
     """
+    device = resolve_device(device)  # before anything loads: a wrong --device fails at once
     if name and name.startswith(RANDOM_PREFIX):
         tok = load_tokenizer(tokenizer or default_data_dir() / "tokenizer" / "gpt2")
-        model = random_gpt2(name[len(RANDOM_PREFIX):], tok).to(device or "cpu")
+        model = random_gpt2(name[len(RANDOM_PREFIX):], tok).to(device)
         return model, PromptFormat(tok)
     model, tok = load_model(name, device=device, merge_adapter=not trainable)
     return model, PromptFormat(tok)

@@ -28,7 +28,13 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_, error: StarletteHTTPException):
+    async def http_error(request: Request, error: StarletteHTTPException):
+        if error.status_code == 400 and str(error.detail).startswith("There was an error parsing the body"):
+            # FastAPI's words for a body it cannot decode (e.g. not UTF-8): say what to send, and where
+            example = EXAMPLES.get(request.url.path, "{...}")
+            return JSONResponse(error_body(f"the request body could not be read as JSON text (UTF-8); send a JSON "
+                                           f"object such as {example}", "invalid_request_error", "body"),
+                                status_code=400)
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(error.detail), kind), status_code=error.status_code,
                             headers=getattr(error, "headers", None))
@@ -42,13 +48,18 @@ def add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
 
+def _union_tag(part: str) -> bool:
+    return part in ("str", "int", "float", "bool", "dict") or part.startswith(("list[", "function-", "tagged-union"))
+
+
 def explain(first: dict, path: str) -> tuple[str, str | None]:
     """A validation error as one sentence that names the field and says what to send."""
     kind = first.get("type", "")
     example = EXAMPLES.get(path, "{...}")
     if kind == "json_invalid":
         return f"the request body is not valid JSON; send a JSON object such as {example}", "body"
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # pydantic names the member of a union it tried ("goal.str", "prompt.list[int]"): not a field a client sent
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _union_tag(str(p))]
     param = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".") or None
     if param is None:  # the body as a whole
         if kind == "missing":

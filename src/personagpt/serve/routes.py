@@ -85,9 +85,14 @@ async def chat(body: ChatRequest, http: Request):
     refuse_unsupported(body)
     facts, turns = conversation_of(body, state.personas)
     cfg = sampling_of(body)
-    if cfg.num_candidates > min(eng.max_batch, eng.max_queue):  # N rows must fit the batch side by side
-        cfg = replace(cfg, num_candidates=min(eng.max_batch, eng.max_queue))
-    busy = eng.active + eng.queue_depth + cfg.num_candidates > eng.max_batch
+    per_candidate = 2 if cfg.goal_guidance != 1 or cfg.persona_guidance != 1 else 1  # guidance: a guide row each
+    fits = min(eng.max_batch // per_candidate, eng.max_queue)
+    if per_candidate > eng.max_batch:
+        raise ApiError(400, "guidance needs two rows of the batch; this server decodes one (--max-batch 1)",
+                       param="goal_guidance" if cfg.goal_guidance != 1 else "persona_guidance")
+    if cfg.num_candidates > fits:  # N rows (and their guides) must fit the batch side by side
+        cfg = replace(cfg, num_candidates=fits)
+    busy = eng.active + eng.queue_depth + cfg.num_candidates * per_candidate > eng.max_batch
     if cfg.num_candidates > 1 and busy and "candidates" not in body.model_fields_set:
         cfg = replace(cfg, num_candidates=1)  # the default best-of-N uses spare rows only, never queues for them
     try:

@@ -127,6 +127,13 @@ class ChatRequest(BaseModel):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
 
+    @field_validator("goal", mode="before")
+    @classmethod
+    def _not_a_bool(cls, goal):
+        if isinstance(goal, bool):  # JSON true/false would pass as the index 1/0
+            raise ValueError("must be an action code's index (0-10) or a goal's text, not true or false")
+        return goal
+
     @field_validator("goal")
     @classmethod
     def _known_goal(cls, goal):

@@ -11,6 +11,7 @@ from pathlib import Path
 from personagpt.control.goals import GoalLabeler, minilm_path
 from personagpt.data.dialogues import load_personas, resolve_personas_path
 from personagpt.errors import PersonaGPTError, QueueFullError
+from personagpt.format import DEFAULT_CONTEXT
 from personagpt.generate.best_of_n import RerankWeights
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
@@ -31,7 +32,7 @@ class ServerSettings:
     precision: str = "auto"  # auto: bf16 weights on CPUs fast at bf16; no: fp32
     max_batch: int = 16
     max_queue: int = 64
-    max_context: int = 1024
+    max_context: int = DEFAULT_CONTEXT
     prefix_cache_tokens: int = 8192
     api_key: str | None = None
     cors_origins: list[str] = field(default_factory=list)

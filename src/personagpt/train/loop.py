@@ -210,7 +210,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> R
     if interrupted:
         save_training_checkpoint(output_dir, accelerator, loss_module, tokenizer, optimizer, scheduler, state, config)
         if accelerator.is_main_process:
-            print(f"Interrupted at step {state['step']}; continue with --resume.")
+            print(f"Interrupted at step {state['step']}; checkpoint saved in {output_dir}.")
         return RunResult(output_dir, state["step"], state["stats"], True, accelerator.is_main_process)
     evaluated = any(r.get("step") == state["step"] and "eval_loss" in r for r in state["stats"])
     if eval_set is not None and not evaluated:

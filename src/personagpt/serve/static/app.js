@@ -114,6 +114,13 @@ function messageElement(message) {
     badge.textContent = message.accepted ? "✓ goal met" : "✗ goal not met";
     meta.append(badge);
   }
+  if (message.stopped) {  // Stop came before any reply: say so, and what happens to it
+    box.classList.add("stopped");
+    const badge = document.createElement("span");
+    badge.className = "badge stopped";
+    badge.textContent = "stopped: not answered; your next message replaces it";
+    meta.append(badge);
+  }
   const text = document.createElement("span");
   text.className = "text";
   text.textContent = message.content;
@@ -128,11 +135,11 @@ function emptyHint() {
   const who = document.createElement("p");
   who.append("You are talking with a bot who says: ");
   const facts = document.createElement("strong");
-  facts.textContent = state.facts.length ? state.facts.join(" ") : "(no persona yet: add facts on the left)";
+  facts.textContent = state.facts.length ? state.facts.join(" ") : "(no persona yet: add facts in the Persona panel)";
   who.append(facts);
   const how = document.createElement("p");
   how.textContent = "Say hi below. To steer its next reply, open \u201cSteer the next reply\u201d and pick a goal " +
-    "such as \u201cask about pets.\u201d; the persona on the left can be edited or drawn at random.";
+    "such as \u201cask about pets.\u201d; the Persona panel edits the facts or draws a random persona.";
   box.append(who, how);
   return box;
 }
@@ -227,7 +234,11 @@ async function reply(goal, sent = null) {
       }
     }
   } finally {
-    if (!message.content) state.messages.pop();  // nothing came: leave no empty bubble
+    if (!message.content) {
+      state.messages.pop();  // nothing came: leave no empty bubble
+      const asked = state.messages[state.messages.length - 1];
+      if (asked && asked.role === "user" && controller && controller.signal.aborted) asked.stopped = true;
+    }
     controller = null;
     setBusy(false);
     renderMessages();
