@@ -34,10 +34,16 @@ API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatib
   `commit_tokens` (8) tokens, then streamed; `candidates: 1` samples once.
 * `POST /v1/completions`: raw text completion of a prompt in the model's own format (special tokens such as
   `<|p2|>` are read as such).
-* Limits: `max_tokens` (or `max_completion_tokens`) at most {MAX_REPLY_TOKENS}; prompt plus reply within the
-  server's context (`--max-context`, 1024 by default; older turns are dropped to fit); `n` = 1; `top_logprobs` at
-  most 20; `candidates` (best-of-N) at most 8; request bodies up to 1 MiB; tools, `logit_bias`, penalties and
-  response formats are refused with a 400 naming the field rather than silently ignored.
+* What chat front ends send is taken as meant: system messages anywhere give persona facts (the first five
+  are used; the response's `persona` says which); consecutive messages of one role are one turn; a last assistant
+  message is continued (the reply extends it); `tools` offered with `tool_choice` absent, "auto" or "none" are
+  ignored (the model answers in plain text; "required" or a named function is a 400); a `max_tokens` above
+  {MAX_REPLY_TOKENS} is clamped to it (`max_tokens_used` in the response; the reply ends with `finish_reason`
+  "length" when cut).
+* Limits: prompt plus reply within the server's context (`--max-context`, 1024 by default; older turns are dropped
+  to fit); `n` = 1; `top_logprobs` at most 20; `candidates` (best-of-N) at most 8; request bodies up to 1 MiB;
+  `logit_bias`, penalties and response formats are refused with a 400 naming the field rather than silently
+  ignored.
 * Errors are OpenAI-shaped: `{{"error": {{"message", "type", "param", "code"}}}}`; 503 with `Retry-After` while
   the model loads or the queue is full."""
 

@@ -8,7 +8,8 @@ import hashlib
 from personagpt.control.selfplay import FixedPolicy, RandomPolicy
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.serve.errors import ApiError
-from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
+from personagpt.serve.schemas import (MAX_FACTS, ChatRequest, SelfPlayRequest, resolve_goal, split_system,
+                                      unsupported_field)
 from personagpt.text import to_model
 
 
@@ -22,9 +23,23 @@ def refuse_unsupported(body) -> None:
 def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[str], list[str]]:
     """(persona facts, turns in the model's style) from the messages; wrong shapes are 400s naming the problem.
     With no persona given, the bot gets one from ``personas``, chosen by the conversation's first message so
-    that every turn of one conversation keeps it."""
+    that every turn of one conversation keeps it.
+
+    What chat front ends send is taken as a person meant it: system messages anywhere all give persona facts
+    (a later one adds to the persona of the whole conversation); consecutive messages of one role are one turn
+    (a front end that dropped a failed reply sends two user messages in a row); a last assistant message is
+    continued (see :func:`continues`); more facts than the prompt holds keep the first five."""
+    for i, m in enumerate(body.messages):
+        if m.role != "system" and not m.content.strip():
+            raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
+                           param=f"messages[{i}].content")
     system = [m for m in body.messages if m.role == "system"]
-    dialogue = [m for m in body.messages if m.role != "system"]
+    dialogue = []
+    for m in (m for m in body.messages if m.role != "system"):
+        if dialogue and dialogue[-1][0] == m.role:
+            dialogue[-1] = (m.role, dialogue[-1][1] + "\n" + m.content)
+        else:
+            dialogue.append((m.role, m.content))
     parsed = [split_system(m.content) for m in system]
     written_goal = next((goal for _, goal in parsed if goal), None)
     if body.goal is None and written_goal:  # the chat template's "goal: TEXT" system line
@@ -36,30 +51,21 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[
         raise ApiError(400, 'messages is empty: send at least the user\'s message, e.g. [{"role": "user", '
                             '"content": "hi!"}] (only a request with a goal may open the conversation)',
                        param="messages")
-    if any(m.role == "system" for m in body.messages[len(system):]):
-        raise ApiError(400, "system messages go first (the persona), before the user and assistant turns",
-                       param="messages")
-    for i, (a, b) in enumerate(zip(dialogue, dialogue[1:]), len(system) + 1):
-        if a.role == b.role:
-            raise ApiError(400, f"messages[{i}]: user and assistant messages must alternate (two {a.role} messages "
-                                "in a row)", param=f"messages[{i}]")
-    if dialogue and dialogue[-1].role != "user":
-        raise ApiError(400, "the last message must be the user's: the assistant speaks next",
-                       param=f"messages[{len(body.messages) - 1}]")
     if not dialogue and body.goal is None:
         raise ApiError(400, "no user message: add one (without a goal, the bot answers a user)", param="messages")
-    for i, m in enumerate(body.messages):
-        if m.role != "system" and not m.content.strip():
-            raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
-                           param=f"messages[{i}].content")
-    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines]
-    if len(facts) > 5:
-        raise ApiError(400, f"at most 5 persona facts, got {len(facts)}", param="persona")
+    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines][:MAX_FACTS]
     if not facts and body.goal is None and personas:
-        opening = dialogue[0].content if dialogue else ""
+        opening = dialogue[0][1] if dialogue else ""
         digest = hashlib.sha256(to_model(opening).encode()).digest()
         facts = personas[int.from_bytes(digest[:8], "big") % len(personas)]
-    return [f.strip() for f in facts], [to_model(m.content) for m in dialogue]
+    return [f.strip() for f in facts], [to_model(text) for _, text in dialogue]
+
+
+def continues(body: ChatRequest) -> bool:
+    """Whether the request asks to continue the assistant's last message ("Continue response" in chat front ends):
+    its last non-system message is the assistant's. The reply then extends that message."""
+    last = next((m for m in reversed(body.messages) if m.role != "system"), None)
+    return last is not None and last.role == "assistant"
 
 
 def sampling_of(body) -> SamplingConfig:

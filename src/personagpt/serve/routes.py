@@ -20,8 +20,8 @@ from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
 from personagpt.serve.completions import Reply, TextReply, UpstreamReply
 from personagpt.serve.errors import ApiError
-from personagpt.serve.requests import (conversation_of, policy_of, refuse_local_only, refuse_unsupported,
-                                       sampling_of)
+from personagpt.serve.requests import (continues, conversation_of, policy_of, refuse_local_only,
+                                       refuse_unsupported, sampling_of)
 from personagpt.serve.schemas import ChatRequest, CompletionRequest, SelfPlayRequest
 from personagpt.serve.state import AppState
 from personagpt.text import for_people
@@ -99,6 +99,8 @@ async def chat(body: ChatRequest, http: Request):
         conversation = Conversation.from_turns(eng.model, eng.fmt, turns, persona=facts, goal=body.goal,
                                                sampling=cfg, engine=eng, seed=body.seed)
         prompt = conversation.context_ids(cfg.max_new_tokens)
+        if continues(body):  # the reply extends the assistant's last message: its end of turn goes
+            prompt = prompt[:-1]
     except PersonaGPTError as e:
         raise ApiError(400, f"the conversation does not fit the {eng.capacity}-token context: {e}",
                        param="messages") from None
@@ -112,7 +114,8 @@ async def chat(body: ChatRequest, http: Request):
                            conversation.guide_ids(prompt) if scale != 1 else None, scale)
     reply = Reply(job, eng.fmt, body.stop or [], state.model_name, state.metrics,
                   goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
-                  extra={"persona": facts} | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {}),
+                  extra={"persona": facts} | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {})
+                  | ({"max_tokens_used": cfg.max_new_tokens} if (body.asked_limit or 0) > cfg.max_new_tokens else {}),
                   http=http)
     return await respond(reply, body.stream, http)
 

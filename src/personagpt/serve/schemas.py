@@ -43,7 +43,6 @@ class Message(BaseModel):
 # OpenAI request fields that would change the answer and that this server cannot honour, with the values that
 # mean "not used" (those pass). Anything else unknown (user, metadata, store, ...) is ignored.
 UNSUPPORTED = {
-    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none"),
     "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
     "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
     "prediction": (None,), "web_search_options": (None,), "best_of": (None, 1), "suffix": (None, ""),
@@ -52,7 +51,12 @@ UNSUPPORTED = {
 
 
 def unsupported_field(extra: dict) -> str | None:
-    """The first field of ``extra`` (a request's unknown fields) that asks for what this server cannot do."""
+    """The first field of ``extra`` (a request's unknown fields) that asks for what this server cannot do. Tools
+    offered with ``tool_choice`` absent, "auto" or "none" are not: the model may always answer in plain text
+    instead of calling one (Open WebUI sends its built-in tools with every chat); only a call it must make is."""
+    for name in ("tool_choice", "function_call"):
+        if extra.get(name) == "required" or isinstance(extra.get(name), dict):
+            return name
     for name, neutral in UNSUPPORTED.items():
         if name in extra and extra[name] not in neutral:
             return name
@@ -71,11 +75,12 @@ class ChatRequest(BaseModel):
                                                 "and assistant messages alternate and the last one is the user's.")
     model: str | None = Field(None, description="Ignored: the server has one model.")
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS,
-                                   description=f"Longest reply, in tokens (default 64, at most {MAX_REPLY_TOKENS}).")
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_REPLY_TOKENS,
-                                              description="The newer name of max_tokens (the smaller one wins when "
-                                                          "both are given).")
+    max_tokens: int | None = Field(None, ge=1, description=(
+        f"Longest reply, in tokens (default 64). More than the model writes in a turn ({MAX_REPLY_TOKENS}) is "
+        "clamped to that: the reply then ends with finish_reason \"length\" when cut, and the response's "
+        "max_tokens_used says the clamp."))
+    max_completion_tokens: int | None = Field(None, ge=1, description="The newer name of max_tokens (the smaller "
+                                                                      "one wins when both are given).")
     logprobs: bool = Field(False, description="Return each reply token's log-probability (under the model, before "
                                               "sampling settings).")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="With logprobs: this many likeliest "
@@ -115,9 +120,14 @@ class ChatRequest(BaseModel):
         return facts
 
     @property
-    def reply_limit(self) -> int | None:
+    def asked_limit(self) -> int | None:
         limits = [n for n in (self.max_tokens, self.max_completion_tokens) if n is not None]
         return min(limits) if limits else None
+
+    @property
+    def reply_limit(self) -> int | None:
+        """The reply's token limit: what was asked, clamped to what a reply can be."""
+        return None if self.asked_limit is None else min(self.asked_limit, MAX_REPLY_TOKENS)
 
     @field_validator("stop")
     @classmethod
@@ -150,8 +160,8 @@ class CompletionRequest(BaseModel):
                                                             "strings may hold one prompt only.")
     model: str | None = Field(None, description="Ignored: the server has one model.")
     stream: bool = False
-    max_tokens: int | None = Field(16, ge=1, le=MAX_REPLY_TOKENS,
-                                   description=f"Longest completion, in tokens (16, at most {MAX_REPLY_TOKENS}).")
+    max_tokens: int | None = Field(16, ge=1, description=f"Longest completion, in tokens (16; more than "
+                                                          f"{MAX_REPLY_TOKENS} is clamped to that).")
     temperature: float | None = Field(None, ge=0, le=2, description="0 decodes greedily (1).")
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
@@ -181,8 +191,12 @@ class CompletionRequest(BaseModel):
         return prompt
 
     @property
-    def reply_limit(self) -> int | None:
+    def asked_limit(self) -> int | None:
         return self.max_tokens
+
+    @property
+    def reply_limit(self) -> int | None:
+        return None if self.max_tokens is None else min(self.max_tokens, MAX_REPLY_TOKENS)
 
 
 def resolve_goal(goal: str | int | None) -> str | None:

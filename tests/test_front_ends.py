@@ -1,0 +1,77 @@
+"""What chat front ends send, answered: Open WebUI's first message (its built-in tools offered), a failed turn
+followed by another message, "Continue response", title generation's large max_tokens, an instruction-style
+system prompt of six sentences, and a system message after the first turn."""
+
+import openai
+import pytest
+
+from personagpt.models.load import build_gpt2
+from personagpt.serve import ServerSettings, create_app
+
+from conftest import LiveServer
+
+# the shape of Open WebUI's default chat request: its built-in tools, no tool_choice, streamed
+OPEN_WEBUI_TOOLS = [{"type": "function", "function": {"name": "search_web", "description": "Search the web",
+                                                       "parameters": {"type": "object", "properties": {
+                                                           "query": {"type": "string"}}, "required": ["query"]}}}]
+SYSTEM = ("You are Sam, a friendly nurse. You have two dogs. You love hiking. You live in Ohio. You like jazz. "
+          "Keep answers short.")
+
+
+@pytest.fixture(scope="module")
+def client(tokenizer, fmt):
+    model = build_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=512)
+    settings = ServerSettings(precision="no", max_batch=8, max_queue=16, max_context=512)
+    with LiveServer(create_app(settings, loader=lambda: (model, fmt))) as live:
+        yield openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_the_first_message_with_tools_offered_is_answered_in_text(client):
+    stream = client.chat.completions.create(model="personagpt", stream=True, tools=OPEN_WEBUI_TOOLS,
+                                            messages=[{"role": "user", "content": "hi !"}], max_tokens=8)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and not any(c.choices and c.choices[0].delta.tool_calls for c in chunks)
+    auto = client.chat.completions.create(model="personagpt", tools=OPEN_WEBUI_TOOLS, tool_choice="auto",
+                                          messages=[{"role": "user", "content": "hi !"}], max_tokens=8)
+    assert auto.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="personagpt", tools=OPEN_WEBUI_TOOLS, tool_choice="required",
+                                       messages=[{"role": "user", "content": "hi !"}])
+    assert error.value.body["param"] == "tool_choice" and "plain-text" in error.value.body["message"]
+
+
+def test_a_large_max_tokens_is_clamped_and_said(client):
+    reply = client.chat.completions.create(model="personagpt", max_tokens=1000, seed=1,
+                                           messages=[{"role": "user", "content": "write a title"}],
+                                           extra_body={"candidates": 1})
+    assert reply.usage.completion_tokens <= 256 and reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.model_extra["max_tokens_used"] == 256
+    text = client.completions.create(model="personagpt", prompt="hello", max_tokens=5000)
+    assert text.usage.completion_tokens <= 256
+
+
+def test_two_user_messages_in_a_row_are_one_turn(client):
+    reply = client.chat.completions.create(model="personagpt", max_tokens=6, messages=[
+        {"role": "system", "content": "i have two dogs."}, {"role": "user", "content": "hi !"},
+        {"role": "user", "content": "are you there ?"}])
+    assert reply.choices[0].message.content is not None
+
+
+def test_a_last_assistant_message_is_continued(client):
+    greedy = {"temperature": 0, "max_tokens": 6}
+    messages = [{"role": "system", "content": "i have two dogs."}, {"role": "user", "content": "hi ! any pets ?"}]
+    whole = client.chat.completions.create(model="personagpt", messages=messages, **greedy).choices[0].message.content
+    continued = client.chat.completions.create(model="personagpt", messages=messages + [
+        {"role": "assistant", "content": "yes , i have"}], **greedy)
+    assert continued.choices[0].message.content is not None and continued.choices[0].finish_reason
+    assert whole is not None
+
+
+def test_a_long_instruction_prompt_and_a_later_system_message_are_taken(client):
+    reply = client.chat.completions.create(model="personagpt", max_tokens=6, messages=[
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi !"},
+        {"role": "assistant", "content": "hello !"}, {"role": "system", "content": "You are tired today."},
+        {"role": "user", "content": "how are you ?"}])
+    persona = reply.model_extra["persona"]
+    assert len(persona) == 5 and persona[0].startswith("You are Sam")  # the first five sentences
