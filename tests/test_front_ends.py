@@ -75,3 +75,51 @@ def test_a_long_instruction_prompt_and_a_later_system_message_are_taken(client):
         {"role": "user", "content": "how are you ?"}])
     persona = reply.model_extra["persona"]
     assert len(persona) == 5 and persona[0].startswith("You are Sam")  # the first five sentences
+
+
+def test_a_text_completion_keeps_its_first_tokens_space(client, fmt):
+    echoed = client.completions.create(model="m", prompt="The capital of France is", max_tokens=4, temperature=0,
+                                       echo=True, logprobs=0, extra_body={"min_tokens": 4})
+    choice = echoed.choices[0]
+    tokens, prompt = choice.logprobs.tokens, "The capital of France is"
+    assert choice.logprobs.text_offset[0] == len(prompt)
+    whole = [t for t in tokens if "\ufffd" not in t]  # a token may hold part of a character (a random model)
+    if len(whole) == len(tokens):
+        assert choice.text == prompt + "".join(tokens)  # the text is the tokens as they are spelled
+        assert [choice.text[o:o + len(t)] for o, t in zip(choice.logprobs.text_offset, tokens)] == tokens
+    assert choice.text.startswith(prompt + tokens[0]) or "\ufffd" in tokens[0]
+
+
+def test_models_retrieve_and_include_usage_as_openai_sends_them(client):
+    listed = client.models.list().data[0].id
+    assert listed == "personagpt" or listed  # the bundled model is "personagpt", as the README calls it
+    assert client.models.retrieve(listed).id == listed
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-5")
+    chunks = list(client.chat.completions.create(model=listed, stream=True, max_tokens=4,
+                                                 stream_options={"include_usage": True},
+                                                 messages=[{"role": "user", "content": "hi !"}]))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_presence_and_frequency_penalties_follow_openai(client):
+    import torch
+
+    from personagpt.generate.loop import pick_token
+    from personagpt.generate.sampling import SamplingConfig
+
+    logits = torch.tensor([3.0, 2.9, 0.0, -1.0])
+    none, ban = torch.tensor([], dtype=torch.long), torch.tensor([3])
+    greedy = SamplingConfig(do_sample=False, presence_penalty=0.5)
+    assert pick_token(logits, greedy, none, ban, reply=[0]) == 1  # 3.0 - 0.5 < 2.9
+    frequent = SamplingConfig(do_sample=False, frequency_penalty=0.2)
+    assert pick_token(logits, frequent, none, ban, reply=[0]) == 0 and pick_token(
+        logits, frequent, none, ban, reply=[0, 0]) == 1  # 3.0 - 2 * 0.2 < 2.9
+    reply = client.chat.completions.create(model="personagpt", max_tokens=6, presence_penalty=0.6,
+                                           frequency_penalty=0.4, messages=[{"role": "user", "content": "hi !"}])
+    assert reply.choices[0].message.content is not None
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="personagpt", presence_penalty=3,
+                                       messages=[{"role": "user", "content": "hi !"}])
+    assert error.value.body["param"] == "presence_penalty"

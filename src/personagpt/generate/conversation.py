@@ -364,19 +364,24 @@ class TextStream:
     """Incremental detokenization: the text a token adds, held back while it ends inside a UTF-8 character.
 
     The pieces join to ``fmt.decode`` of all the tokens: leading and trailing whitespace is never emitted (a
-    space is held until a visible character follows it), special tokens and eos add nothing.
+    space is held until a visible character follows it), special tokens and eos add nothing. ``raw`` keeps the
+    text as the tokens spell it, leading space included (a text completion continues its prompt: " Paris").
     """
 
-    def __init__(self, fmt: PromptFormat) -> None:
-        self.fmt = fmt
+    def __init__(self, fmt: PromptFormat, raw: bool = False) -> None:
+        self.fmt, self.raw = fmt, raw
         self.ids: list[int] = []
         self.emitted = ""
+
+    def _text(self) -> str:
+        text = self.fmt.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return text.rstrip() if self.raw else text.strip()
 
     def push(self, token: int) -> str:
         if token == self.fmt.eos_id or token in self.fmt.special_ids:
             return ""
         self.ids.append(token)
-        text = self.fmt.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        text = self._text()
         if text.endswith("\ufffd") or not text.startswith(self.emitted):
             return ""  # an incomplete character (or a rewrite, which byte-level BPE never does): wait
         piece, self.emitted = text[len(self.emitted):], text
@@ -392,7 +397,10 @@ class TextStream:
 
     def flush(self) -> str:
         """What is left once the tokens end (e.g. a character the model never completed)."""
-        text = self.fmt.decode(self.ids)
+        if self.raw:
+            text = self.fmt.tokenizer.decode(self.ids, skip_special_tokens=True) if self.ids else ""
+        else:
+            text = self.fmt.decode(self.ids)
         piece = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text
         return piece

@@ -30,12 +30,17 @@ def suppressed_ids(fmt: PromptFormat, device) -> tuple[torch.Tensor, torch.Tenso
 
 
 def pick_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, suppress: torch.Tensor,
-               generator: torch.Generator | None = None) -> int:
-    """One next token, by the rules of transformers' logits processors in their order."""
+               generator: torch.Generator | None = None, reply: Sequence[int] = ()) -> int:
+    """One next token, by the rules of transformers' logits processors in their order, after OpenAI's presence
+    and frequency penalties over ``reply`` (the tokens sampled so far)."""
     if cfg.repetition_penalty != 1.0:
         prior = logits[seen]
         logits = logits.index_put((seen,), torch.where(prior < 0, prior * cfg.repetition_penalty,
                                                        prior / cfg.repetition_penalty))
+    if (cfg.presence_penalty or cfg.frequency_penalty) and reply:
+        tokens, counts = torch.tensor(list(reply), device=logits.device).unique(return_counts=True)
+        logits = logits.index_put((tokens,), logits[tokens] - cfg.frequency_penalty * counts
+                                  - cfg.presence_penalty)
     logits = logits.index_fill(0, suppress, float("-inf"))
     if not cfg.do_sample:
         return int(logits.argmax())
@@ -91,7 +96,8 @@ class Sampler:
             return picks
         banned = [self.suppress_eos if len(rows[i].tokens) < rows[i].cfg.min_new_tokens else self.suppress
                   for i in live]
-        if all(not rows[i].cfg.do_sample and rows[i].cfg.repetition_penalty == 1.0 for i in live) \
+        if all(not rows[i].cfg.do_sample and rows[i].cfg.repetition_penalty == 1.0
+               and not rows[i].cfg.presence_penalty and not rows[i].cfg.frequency_penalty for i in live) \
                 and all(b is banned[0] for b in banned):
             best = logits.float().index_fill(1, banned[0], float("-inf")).argmax(-1).tolist()
             for i in live:
@@ -99,7 +105,7 @@ class Sampler:
         else:
             for i, ban in zip(live, banned):
                 row = rows[i]
-                picks[i] = pick_token(logits[i].float(), row.cfg, row.seen, ban, row.generator)
+                picks[i] = pick_token(logits[i].float(), row.cfg, row.seen, ban, row.generator, row.tokens)
         for i in live:
             self.take(rows[i], picks[i])
         return picks

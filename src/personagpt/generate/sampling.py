@@ -26,6 +26,9 @@ class SamplingConfig:
     top_p: float = 0.92
     temperature: float = 1.0
     repetition_penalty: float = 1.0
+    # OpenAI's penalties over the reply's own tokens so far: logit -= frequency * count + presence * (count > 0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     max_new_tokens: int = 64
     min_new_tokens: int = 0  # eos is banned before this many tokens (benchmarks that need fixed-length turns)
     num_beams: int = 1
@@ -45,6 +48,9 @@ class SamplingConfig:
             raise SettingsError("temperature must be > 0")
         if self.repetition_penalty <= 0:
             raise SettingsError("repetition_penalty must be > 0")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise SettingsError(f"{name} must be between -2 and 2")
         if self.max_new_tokens < 1:
             raise SettingsError("max_new_tokens must be >= 1")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
@@ -60,12 +66,15 @@ class SamplingConfig:
                 raise SettingsError(f"{name} must be between 0 and {MAX_GUIDANCE:g} (1: no guidance)")
         if self.num_beams > 1 and (self.goal_guidance != 1 or self.persona_guidance != 1):
             raise SettingsError("guidance samples token by token; use it without beams")
+        if self.num_beams > 1 and (self.presence_penalty or self.frequency_penalty):
+            raise SettingsError("presence and frequency penalties apply to sampling and greedy decoding, not beams")
         if self.num_candidates > 1 and self.num_beams > 1:
             raise SettingsError("use either candidates (reranked sampling) or beams, not both")
 
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
         del kwargs["num_candidates"], kwargs["commit_tokens"], kwargs["goal_guidance"], kwargs["persona_guidance"]
+        del kwargs["presence_penalty"], kwargs["frequency_penalty"]
         if not self.do_sample:
             del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
         return kwargs | {

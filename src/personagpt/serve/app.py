@@ -42,7 +42,7 @@ API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatib
   "length" when cut).
 * Limits: prompt plus reply within the server's context (`--max-context`, 1024 by default; older turns are dropped
   to fit); `n` = 1; `top_logprobs` at most 20; `candidates` (best-of-N) at most 8; request bodies up to 1 MiB;
-  `logit_bias`, penalties and response formats are refused with a 400 naming the field rather than silently
+  `logit_bias` and response formats are refused with a 400 naming the field rather than silently
   ignored.
 * Errors are OpenAI-shaped: `{{"error": {{"message", "type", "param", "code"}}}}`; 503 with `Retry-After` while
   the model loads or the queue is full."""

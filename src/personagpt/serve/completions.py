@@ -29,6 +29,11 @@ class Envelope:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **(choice or {})}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
+    def usage_chunk(self, usage: dict) -> dict:
+        """The last chunk of a stream asked for with ``stream_options.include_usage``: no choices, the usage."""
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage}
+
     def whole(self, content: str, finish: str, choice: dict | None = None, **extra) -> dict:
         """A ``chat.completion`` response body."""
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
@@ -123,10 +128,11 @@ class Reply:
         self.extra, self.http = extra or {}, http
         self.sent_tokens = 0  # tokens whose log-probabilities went out
         self.read_tokens = 0  # tokens whose text has been taken into the pieces so far
+        self.include_usage = False  # stream_options.include_usage: the usage in a last chunk of its own
 
     async def pieces(self):
         """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
-        text, shown = TextStream(self.fmt), DisplayStream() if self.display else None
+        text, shown = TextStream(self.fmt, raw=not self.display), DisplayStream() if self.display else None
         show = shown.push if shown else (lambda piece: piece)
         try:
             async for token in self.job.stream():
@@ -203,7 +209,12 @@ class Reply:
             yield self.envelope.chunk({"content": piece}, choice=self._choice_extra(self.read_tokens))
         self.metrics.observe(self.job)
         extra = await self.extras(content)
-        yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), **extra)
+        if self.include_usage:  # as OpenAI sends it: the finish chunk, then one with no choices and the usage
+            usage = extra.pop("usage")
+            yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), usage=None, **extra)
+            yield f"data: {json.dumps(self.envelope.usage_chunk(usage))}\n\n"
+        else:
+            yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), **extra)
         yield "data: [DONE]\n\n"
 
     async def text(self, http: Request) -> str:

@@ -82,6 +82,8 @@ def sampling_of(body) -> SamplingConfig:
                           max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
                           num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
                           commit_tokens=getattr(body, "commit_tokens", 0),
+                          presence_penalty=getattr(body, "presence_penalty", 0.0),
+                          frequency_penalty=getattr(body, "frequency_penalty", 0.0),
                           goal_guidance=getattr(body, "goal_guidance", defaults.goal_guidance),
                           persona_guidance=getattr(body, "persona_guidance", defaults.persona_guidance))
 

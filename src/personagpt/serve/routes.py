@@ -62,6 +62,16 @@ def models(http: Request):
                                         "owned_by": "personagpt"}]}
 
 
+@router.get("/v1/models/{model_id:path}")
+def model(model_id: str, http: Request):
+    state = state_of(http)
+    state.ready()
+    if model_id != state.model_name:
+        raise ApiError(404, f"no model {model_id!r} here; this server serves {state.model_name!r}",
+                       kind="not_found_error", param="model")
+    return {"id": state.model_name, "object": "model", "created": 0, "owned_by": "personagpt"}
+
+
 @router.get("/v1/goals", summary="The goals a goal index refers to: the 11 action codes")
 def goals():
     return {"goals": [{"index": i, "goal": g} for i, g in enumerate(DEFAULT_ACTIONS)]}
@@ -117,6 +127,8 @@ async def chat(body: ChatRequest, http: Request):
                   extra={"persona": facts} | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {})
                   | ({"max_tokens_used": cfg.max_new_tokens} if (body.asked_limit or 0) > cfg.max_new_tokens else {}),
                   http=http)
+    options = (body.model_extra or {}).get("stream_options") or {}
+    reply.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     return await respond(reply, body.stream, http)
 
 

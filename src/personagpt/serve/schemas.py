@@ -43,7 +43,7 @@ class Message(BaseModel):
 # OpenAI request fields that would change the answer and that this server cannot honour, with the values that
 # mean "not used" (those pass). Anything else unknown (user, metadata, store, ...) is ignored.
 UNSUPPORTED = {
-    "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
     "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
     "prediction": (None,), "web_search_options": (None,), "best_of": (None, 1), "suffix": (None, ""),
     "echo": (None, False),
@@ -96,6 +96,10 @@ class ChatRequest(BaseModel):
                                                      "free-text goal; the reply pursues it (goal mode).")
     top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
     repetition_penalty: float | None = Field(None, gt=0, le=10, description="Extension: > 1 discourages repeats.")
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI's: lowers the logit of every token the "
+                                                                  "reply has used (by this much, once).")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI's: lowers the logit of each token by this "
+                                                                   "much per time the reply has used it.")
     min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "
                                                                       "before this many tokens (benchmarks).")
     candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=8, description=(
