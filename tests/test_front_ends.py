@@ -74,7 +74,12 @@ def test_a_long_instruction_prompt_and_a_later_system_message_are_taken(client):
         {"role": "assistant", "content": "hello !"}, {"role": "system", "content": "You are tired today."},
         {"role": "user", "content": "how are you ?"}])
     persona = reply.model_extra["persona"]
-    assert len(persona) == 5 and persona[0].startswith("You are Sam")  # the first five sentences
+    assert persona == ["i am sam, a friendly nurse.", "i have two dogs.", "i love hiking.", "i live in ohio.",
+                       "i like jazz."]  # in the first person, the first five
+    assert reply.model_extra["persona_left_out"] == ["Keep answers short.", "i am tired today."]
+    plain = client.chat.completions.create(model="personagpt", max_tokens=4, messages=[
+        {"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "hi !"}])
+    assert plain.model_extra["persona"] and plain.model_extra["persona"] != ["You are a helpful assistant."]
 
 
 def test_a_text_completion_keeps_its_first_tokens_space(client, fmt):

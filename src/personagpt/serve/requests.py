@@ -4,12 +4,13 @@ policy, and the fields this server refuses. Wrong shapes are 400s that name the 
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 from personagpt.control.selfplay import FixedPolicy, RandomPolicy
 from personagpt.generate.sampling import SamplingConfig
+from personagpt.personas.prompts import facts_from_prompt
 from personagpt.serve.errors import ApiError
-from personagpt.serve.schemas import (MAX_FACTS, ChatRequest, SelfPlayRequest, resolve_goal, split_system,
-                                      unsupported_field)
+from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
 from personagpt.text import to_model
 
 
@@ -20,7 +21,13 @@ def refuse_unsupported(body) -> None:
                             f"{name} out of the request", param=name)
 
 
-def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[str], list[str]]:
+class Conversed(NamedTuple):
+    facts: list[str]  # the persona facts used
+    turns: list[str]  # the dialogue, in the model's style
+    left_out: list[str]  # sentences of the system messages not used as facts (instructions, past the budget)
+
+
+def conversation_of(body: ChatRequest, personas: list[list[str]]) -> Conversed:
     """(persona facts, turns in the model's style) from the messages; wrong shapes are 400s naming the problem.
     With no persona given, the bot gets one from ``personas``, chosen by the conversation's first message so
     that every turn of one conversation keeps it.
@@ -28,7 +35,8 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[
     What chat front ends send is taken as a person meant it: system messages anywhere all give persona facts
     (a later one adds to the persona of the whole conversation); consecutive messages of one role are one turn
     (a front end that dropped a failed reply sends two user messages in a row); a last assistant message is
-    continued (see :func:`continues`); more facts than the prompt holds keep the first five."""
+    continued (see :func:`continues`); system prompts in any style become first-person facts, instructions left
+    out, the first five kept (:func:`~personagpt.personas.prompts.facts_from_prompt`)."""
     for i, m in enumerate(body.messages):
         if m.role != "system" and not m.content.strip():
             raise ApiError(400, f"messages[{i}].content is empty: send the {m.role}'s text",
@@ -53,12 +61,17 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> tuple[list[
                        param="messages")
     if not dialogue and body.goal is None:
         raise ApiError(400, "no user message: add one (without a goal, the bot answers a user)", param="messages")
-    facts = body.persona if body.persona is not None else [f for lines, _ in parsed for f in lines][:MAX_FACTS]
+    left_out: list[str] = []
+    if body.persona is not None:
+        facts = body.persona
+    else:  # prompts in any style: first-person facts, instructions left out (personas/prompts.py)
+        taken = facts_from_prompt("\n".join(line for lines, _ in parsed for line in lines))
+        facts, left_out = taken.facts, taken.instructions + taken.unused
     if not facts and body.goal is None and personas:
         opening = dialogue[0][1] if dialogue else ""
         digest = hashlib.sha256(to_model(opening).encode()).digest()
         facts = personas[int.from_bytes(digest[:8], "big") % len(personas)]
-    return [f.strip() for f in facts], [to_model(text) for _, text in dialogue]
+    return Conversed([f.strip() for f in facts], [to_model(text) for _, text in dialogue], left_out)
 
 
 def continues(body: ChatRequest) -> bool:
