@@ -128,3 +128,14 @@ def test_presence_and_frequency_penalties_follow_openai(client):
         client.chat.completions.create(model="personagpt", presence_penalty=3,
                                        messages=[{"role": "user", "content": "hi !"}])
     assert error.value.body["param"] == "presence_penalty"
+
+
+def test_a_card_as_an_extension_field_gives_the_persona(client):
+    card = {"spec": "chara_card_v2", "data": {"name": "Tom", "description": "{{char}} is a mechanic. He fixes old cars."}}
+    reply = client.chat.completions.create(model="personagpt", max_tokens=4, extra_body={"card": card},
+                                           messages=[{"role": "user", "content": "hi !"}])
+    assert reply.model_extra["persona"] == ["i am a mechanic.", "i fix old cars."]
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="personagpt", extra_body={"card": {"spec": "chara_card_v9"}},
+                                       messages=[{"role": "user", "content": "hi !"}])
+    assert error.value.body["param"] == "card" and "spec" in error.value.body["message"]

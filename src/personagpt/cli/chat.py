@@ -21,6 +21,7 @@ from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileO
 from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS, DEFAULT_CONTEXT
 from personagpt.generate.sampling import SamplingConfig
+from personagpt.personas.cards import persona_card, read_card, write_card
 from personagpt.text import DisplayStream, to_model
 
 COMMANDS = """Commands:
@@ -30,6 +31,8 @@ COMMANDS = """Commands:
   /persona A | B     replace them with facts A, B, ... (separated by |) and start a new conversation
   /save FILE         write the conversation so far as JSONL (the project's dialogue format)
   /goals             mode 1: show the 11 action codes again
+  /greeting [N]      a character card's greetings; /greeting N starts over with greeting N
+  /card FILE         write the persona as a character card (V2; .json, or a PNG for any other name)
   /quit              end the chat (Ctrl-D does too)"""
 
 # measured in bench/README.md: a cold compilation of the bundled model's decoding step on the 2-core CPU
@@ -45,9 +48,10 @@ class ChatSession:
     """The terminal chat: the conversation, its persona, and the person's in-chat commands."""
 
     def __init__(self, model, fmt, mode: int, facts: list[str] | None, prompter: Prompter, conversation=None,
-                 **kwargs) -> None:
+                 greetings: list[str] | None = None, name: str = "", **kwargs) -> None:
         """``conversation`` continues an existing session (e.g. teaching's); ``facts`` is then its list, which
-        ``/persona`` changes in place."""
+        ``/persona`` changes in place. ``greetings`` (a character card's, mode 0): the bot opens the conversation
+        with the first, as speaker 1."""
         from personagpt.generate.conversation import Conversation
 
         self.mode, self.prompter = mode, prompter
@@ -55,26 +59,43 @@ class ChatSession:
         self.goals: list[str | None] = []  # mode 1: the goal of each turn (None for the person's)
         self.turns_done = 0  # bot turns of this conversation (a new conversation starts a new budget)
         self.menu_shown = False
+        self.greetings, self.greeting, self.name = list(greetings or []), 0, name
         if conversation is None:
             if mode == 0:
-                conversation = Conversation.with_persona(model, fmt, self.facts, **kwargs)
+                conversation = Conversation.with_persona(model, fmt, self.facts, speaker=self.bot_speaker, **kwargs)
             else:
                 conversation = Conversation.with_goal(model, fmt, DEFAULT_ACTIONS[0], self.facts, **kwargs)
         self.conversation = conversation
+        self.open()
+
+    @property
+    def bot_speaker(self) -> int:
+        return 1 if self.greetings and self.mode == 0 else 2
+
+    def open(self) -> None:
+        """With a card's greeting, the bot's opening turn starts the conversation."""
+        if self.greetings and self.mode == 0:
+            self.conversation.add_turn(to_model(self.greetings[self.greeting]))
 
     def new_conversation(self) -> None:
         """Forget the turns; the persona prefix is rebuilt from the current facts."""
         self.conversation.reset()
         if self.mode == 0:
-            self.conversation.set_persona(self.facts)
+            self.conversation.set_persona(self.facts, speaker=self.bot_speaker)
         self.goals = []
         self.turns_done = 0
+        self.open()
+
+    def show_opening(self) -> None:
+        if self.greetings and self.mode == 0:
+            typer.echo(f"Bot: {self.greetings[self.greeting]}")
 
     def transcript(self) -> dict:
         """The conversation in the JSONL dialogue format: the person is p1 in mode 0, the bot in mode 1."""
+        bot_first = self.mode == 1 or self.bot_speaker == 1
         record = {"turns": list(self.conversation.turns),
-                  "p1_facts": self.facts if self.mode == 1 else [],
-                  "p2_facts": self.facts if self.mode == 0 else []}
+                  "p1_facts": self.facts if bot_first else [],
+                  "p2_facts": self.facts if not bot_first else []}
         if self.mode == 1:
             record["actions"] = self.goals
         return record
@@ -95,6 +116,27 @@ class ChatSession:
             typer.echo(COMMANDS)
         elif name == "goals":
             self.show_goals()
+        elif name == "greeting":
+            if not self.greetings:
+                typer.echo("(no greetings: --card gives a character card's)")
+            elif not argument:
+                for i, greeting in enumerate(self.greetings):
+                    typer.echo(f"  {i}  {greeting}")
+            elif not argument.isdigit() or int(argument) >= len(self.greetings):
+                typer.echo(f"(no greeting {argument}; /greeting lists them, 0-{len(self.greetings) - 1})")
+            else:
+                self.greeting = int(argument)
+                self.new_conversation()
+                typer.echo("(new conversation)")
+                self.show_opening()
+        elif name == "card":
+            if not argument:
+                typer.echo("(usage: /card FILE; FILE.json writes JSON, any other name a PNG)")
+            else:
+                path = write_card(persona_card(self.name or "PersonaGPT", self.facts,
+                                               self.greetings[self.greeting] if self.greetings else ""),
+                                  Path(argument).expanduser())
+                typer.echo(f"(the persona as a character card: {path})")
         elif name == "reset":
             self.new_conversation()
             typer.echo("(new conversation)")
@@ -198,6 +240,7 @@ class ChatSession:
 
     def run(self, num_turns: int, compiling: bool = False) -> None:
         typer.echo(f"{num_turns} turns (--num-turns to change); /help for commands, Ctrl-D or /quit to end.")
+        self.show_opening()
         try:
             while self.turns_done < num_turns:
                 started = time.perf_counter()
@@ -232,6 +275,9 @@ def interact(
     persona: PersonaOpt = None,
     persona_file: PersonaFileOpt = None,
     random_persona: RandomPersonaOpt = False,
+    card: Annotated[Optional[Path], typer.Option("--card", help=(
+        "A character card (V2 or V3: JSON, or a PNG with the card inside): its prose becomes the persona facts "
+        "and the bot opens with its greeting (/greeting lists the others)."))] = None,
     personas_path: PersonasPathOpt = None,
     num_turns: TurnsOpt = 8,
     max_length: MaxLenOpt = None,
@@ -255,6 +301,18 @@ def interact(
     with friendly_errors():
         prompter = Prompter()
         facts = persona_from_flags(persona, persona_file, random_persona, personas_path, random.Random(seed))
+        greetings, name = [], ""
+        if card is not None:
+            if facts is not None or mode == 1:
+                raise UserError("--card gives the persona of a mode 0 chat: leave out --persona, --persona-file, "
+                                "--random-persona and --mode 1")
+            read = read_card(card)
+            taken = read.persona()
+            if not taken.facts:
+                raise UserError(f"{card}: the card's description gives no persona facts")
+            facts, greetings, name = taken.facts, read.greetings(), read.name
+            typer.echo(f"Card: {read.name}" + (f" ({len(greetings)} greetings; /greeting lists them)"
+                                               if len(greetings) > 1 else ""))
         loaded, fmt = load(model, device)  # before asking for facts: a bad --model fails before any typing
         say_decoding(loaded, compile, sampling)
         check_context_budget(loaded, fmt, facts, max_length, sampling)
@@ -267,7 +325,7 @@ def interact(
 
         session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling,
                               max_context=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)),
-                              seed=seed, compile=compile)
+                              seed=seed, compile=compile, greetings=greetings, name=name)
         if mode == 0:
             typer.echo("Persona: " + " ".join(facts))
         try:

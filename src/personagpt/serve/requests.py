@@ -8,6 +8,8 @@ from typing import NamedTuple
 
 from personagpt.control.selfplay import FixedPolicy, RandomPolicy
 from personagpt.generate.sampling import SamplingConfig
+from personagpt.errors import DataError
+from personagpt.personas.cards import card_from_json
 from personagpt.personas.prompts import facts_from_prompt
 from personagpt.serve.errors import ApiError
 from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
@@ -64,6 +66,12 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> Conversed:
     left_out: list[str] = []
     if body.persona is not None:
         facts = body.persona
+    elif body.card is not None:
+        try:
+            taken = card_from_json(body.card, "card").persona()
+        except DataError as e:
+            raise ApiError(400, str(e), param="card") from None
+        facts, left_out = taken.facts, taken.instructions + taken.unused
     else:  # prompts in any style: first-person facts, instructions left out (personas/prompts.py)
         taken = facts_from_prompt("\n".join(line for lines, _ in parsed for line in lines))
         facts, left_out = taken.facts, taken.instructions + taken.unused

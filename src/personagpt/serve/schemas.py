@@ -92,6 +92,8 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="One reply per request.")
     persona: list[str] | None = Field(None, max_length=MAX_FACTS,
                                       description="Extension: the bot's persona facts (instead of a system message).")
+    card: dict | None = Field(None, description="Extension: a character card (V2 or V3, its JSON object): its "
+                                                "prose gives the persona facts (unless the persona field does).")
     goal: str | int | None = Field(None, description="Extension: an action code (its text or index 0-10) or any "
                                                      "free-text goal; the reply pursues it (goal mode).")
     top_k: int | None = Field(None, ge=0, description="Extension: sample from the k likeliest tokens (10).")
