@@ -217,15 +217,18 @@ class ChatSession:
         """Stream the bot's reply to the terminal as it is decoded (with natural spacing). Ctrl-C stops this
         reply only: the cut-off reply is dropped, with the message it answered, so the transcript holds no half
         turn; returns False then."""
+        with typing_hidden():  # from the label on: keys typed now wait, unseen, for the next prompt
+            return self._stream_reply(label)
+
+    def _stream_reply(self, label: str) -> bool:
         sys.stdout.write(f"{label}: ")
         sys.stdout.flush()
         shown, stream = DisplayStream(), self.conversation.stream()
         turns_before = len(self.conversation.turns)
         try:
-            with typing_hidden():
-                for piece in stream:
-                    sys.stdout.write(shown.push(piece))
-                    sys.stdout.flush()
+            for piece in stream:
+                sys.stdout.write(shown.push(piece))
+                sys.stdout.flush()
             sys.stdout.write(shown.flush() + "\n")
             sys.stdout.flush()
             return True
@@ -321,10 +324,8 @@ def interact(
             check_context_budget(loaded, fmt, facts, max_length, sampling)
         if compile:
             typer.echo(COMPILE_NOTE, err=True)
-        from personagpt.models.load import context_limit  # start-up: the CLI loads the library in its commands
-
         session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling,
-                              max_context=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)),
+                              max_context=max_length or default_window(loaded, sampling),
                               seed=seed, compile=compile, greetings=greetings, name=name)
         if mode == 0:
             typer.echo("Persona: " + " ".join(facts))
@@ -336,11 +337,19 @@ def interact(
         typer.echo("Goodbye.")
 
 
+def default_window(model, sampling: SamplingConfig) -> int:
+    """The chat's context without --max-length: the server's (1024 tokens), grown for a longer --max-new-tokens,
+    never past the model's own."""
+    from personagpt.models.load import context_limit  # start-up: the CLI loads the library in its commands
+
+    return min(context_limit(model), max(DEFAULT_CONTEXT, sampling.max_new_tokens + 256))
+
+
 def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | None, sampling: SamplingConfig) -> None:
     """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
     from personagpt.models.load import context_limit
 
-    window = max_length or min(DEFAULT_CONTEXT, context_limit(model))
+    window = max_length or default_window(model, sampling)
     persona = len(fmt.persona_prefix(facts or []))
     room = window - sampling.max_new_tokens - persona
     if room < 8:  # not even a short message fits
