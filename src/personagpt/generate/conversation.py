@@ -19,6 +19,7 @@ minute) and suits long sessions and servers, not one-shot commands.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -355,8 +356,10 @@ def generate_batch(model, fmt: PromptFormat, contexts: Sequence[Sequence[int]],
     rows = [[pad] * (width - len(c)) + list(c) for c in contexts]
     mask = [[0] * (width - len(c)) + [1] * len(c) for c in contexts]
     device = model.device
-    out = model.generate(torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
-                         **cfg.generate_kwargs(fmt))
+    with warnings.catch_warnings():  # transformers' own generate still passes the old name to the model's forward
+        warnings.filterwarnings("ignore", message=".*past_key_values.*is deprecated", category=FutureWarning)
+        out = model.generate(torch.tensor(rows, device=device), attention_mask=torch.tensor(mask, device=device),
+                             **cfg.generate_kwargs(fmt))
     return [strip_reply(row[width:], fmt.eos_id) for row in out.tolist()]
 
 
