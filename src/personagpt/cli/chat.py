@@ -347,8 +347,6 @@ def default_window(model, sampling: SamplingConfig) -> int:
 
 def check_context_budget(model, fmt, facts: list[str] | None, max_length: int | None, sampling: SamplingConfig) -> None:
     """Fail before any typing when the context window cannot hold the persona, a reply and a message."""
-    from personagpt.models.load import context_limit
-
     window = max_length or default_window(model, sampling)
     persona = len(fmt.persona_prefix(facts or []))
     room = window - sampling.max_new_tokens - persona

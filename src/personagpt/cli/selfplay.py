@@ -60,8 +60,7 @@ def selfplay(
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far
         # best-of-N: each turn's N candidates are rows of the batch; guidance: each has its guide row beside it
-        guided = sampling.goal_guidance != 1 or sampling.persona_guidance != 1
-        rows = num_convos * sampling.num_candidates * (2 if guided else 1)
+        rows = num_convos * sampling.num_candidates * (2 if sampling.guided else 1)
         engine = Engine(serving_model(loaded), fmt, max_batch=rows, max_queue=rows,
                         capacity=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)))
         for index, facts in enumerate(personas):  # in order: the conversations then run side by side

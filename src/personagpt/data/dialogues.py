@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from personagpt.errors import DataError, PersonaGPTError
+from personagpt.errors import DataError
 
 SILENCE = "__SILENCE__"
 _YOUR = "your persona:"

@@ -33,7 +33,7 @@ from personagpt.control.goals import GoalLabeler, minilm_path
 from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, crop_to_prefix
-from personagpt.generate.loop import Choose, Commitment, Guide, TokenLoop
+from personagpt.generate.loop import Choose, Commitment, Guide, TokenLoop, feed_tokens
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.personas.facts import negate
 
@@ -151,11 +151,8 @@ def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg:
         finished = loop.finished
         cut = [r for r in range(n) if not finished[r]]
         if cut:  # their eos was never sampled: score it too
-            final = torch.log_softmax(loop.model(
-                torch.tensor([fmt.eos_id if finished[r] else loop.replies[r][-1] for r in range(n)],
-                             device=model.device).unsqueeze(1),
-                position_ids=torch.full((n, 1), loop.position, device=model.device), cache=loop.cache,
-                use_cache=True).logits[:, -1].float(), -1)
+            last = [fmt.eos_id if finished[r] else loop.replies[r][-1] for r in range(n)]
+            final = torch.log_softmax(feed_tokens(loop.model, loop.cache, last, loop.position).float(), -1)
             for r in cut:
                 loop.logprobs[r] += float(final[r, fmt.eos_id])
         logprobs[:] = loop.logprobs

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers.cache_utils import Cache, StaticCache
 
-from personagpt.errors import ContextOverflowError, PersonaGPTError
+from personagpt.errors import ContextOverflowError
 from personagpt.models.fastpath import fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
@@ -171,6 +171,11 @@ class Conversation:
             return self.fmt.goalless_prefix(self.facts) + history
         return self.fmt.persona_prefix([], 1 if self.prefix[0] == self.fmt.p1_id else 2) + history
 
+    def guide_request(self, ids: Sequence[int], cfg: SamplingConfig | None = None) -> dict:
+        """The engine's guidance arguments for the prompt ``ids`` (``guide_prompt``, ``guidance``)."""
+        scale = self.guidance(cfg)
+        return {"guide_prompt": self.guide_ids(ids) if scale != 1 else None, "guidance": scale}
+
     def _guide(self, ids: Sequence[int], cfg: SamplingConfig, rows: int) -> Guide | None:
         scale = self.guidance(cfg)
         if scale == 1.0:
@@ -228,9 +233,7 @@ class Conversation:
             self._record(strip_reply(generated, self.fmt.eos_id))
 
     def _stream_from_engine(self, ids: list[int], cfg: SamplingConfig, text: TextStream) -> Iterator[str]:
-        scale = self.guidance(cfg)
-        request = self.engine.submit(ids, cfg, self.generator, guide_prompt=self.guide_ids(ids) if scale != 1 else None,
-                                     guidance=scale)
+        request = self.engine.submit(ids, cfg, self.generator, **self.guide_request(ids, cfg))
         try:
             yield from text.pieces(request)
         finally:
@@ -243,9 +246,8 @@ class Conversation:
         others dropped."""
         generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
-            scale = self.guidance(cfg)
-            requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator, guidance=scale,
-                                               guide_prompt=self.guide_ids(ids) if scale != 1 else None)
+            requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator,
+                                               **self.guide_request(ids, cfg))
             tokens = best_of_n_requests(requests,
                                         cfg.commit_tokens, self.fmt.eos_id,
                                         lambda replies, finished: self.choose(ids, replies, finished))

@@ -65,6 +65,12 @@ class Request:
     logprobs: int | None = None  # record each token's log-probability and this many top alternatives
     guide_prompt: list[int] | None = None  # guidance: the same prompt without the goal (or the persona)
     guidance: float = 1.0  # logits = guide + guidance * (prompt - guide); 1: the prompt's own
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._events: deque = deque()
+        self._ready = threading.Condition()
+        self._async_queue: asyncio.Queue | None = asyncio.Queue() if self.loop is not None else None
 
     @property
     def guided(self) -> bool:
@@ -74,12 +80,6 @@ class Request:
     @property
     def slots(self) -> int:
         return 2 if self.guided else 1
-    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._events: deque = deque()
-        self._ready = threading.Condition()
-        self._async_queue: asyncio.Queue | None = asyncio.Queue() if self.loop is not None else None
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the next step."""
@@ -363,7 +363,7 @@ class Engine:
                 kb[slot, :, :length] = kb[first + source, :, :length]
                 vb[slot, :, :length] = vb[first + source, :, :length]
             if not is_guide:
-                request.cached_tokens = unique[source][0].cached_tokens if not unique[source][2] else 0
+                request.cached_tokens = starts[source]
         elapsed = time.perf_counter() - started
         rows, sources, guides = [], [], {}
         for sequence, source in [(s, i) for i, s in enumerate(unique)] + copies:

@@ -59,7 +59,7 @@ class Row:
     """One sequence being decoded."""
 
     cfg: SamplingConfig
-    seen: torch.Tensor  # the ids the repetition penalty reads: the prompt's, then every sampled token
+    seen: torch.Tensor  # the ids the repetition penalty reads: the prompt's, then every sampled token (with one)
     generator: torch.Generator | None = None
     tokens: list[int] = field(default_factory=list)  # sampled so far, eos included once sampled
     ended: bool = False  # eos was sampled
@@ -83,8 +83,10 @@ class Sampler:
 
     def row(self, cfg: SamplingConfig, prompt: Sequence[int], generator: torch.Generator | None = None,
             tokens: list[int] | None = None) -> Row:
-        """A row after ``prompt`` (``tokens``: a list the row appends to, e.g. a request's own)."""
-        return Row(cfg, torch.tensor(sorted(set(prompt)), device=self.device), generator,
+        """A row after ``prompt`` (``tokens``: a list the row appends to, e.g. a request's own). Its seen ids are
+        kept only when its repetition penalty reads them."""
+        seen = sorted(set(prompt)) if cfg.repetition_penalty != 1.0 else []
+        return Row(cfg, torch.tensor(seen, dtype=torch.long, device=self.device), generator,
                    tokens if tokens is not None else [])
 
     def pick(self, logits: torch.Tensor, rows: Sequence[Row | None]) -> list[int | None]:
@@ -180,13 +182,10 @@ class TokenLoop:
         return picks
 
     def _forward(self, tokens: list[int]) -> None:
-        device = self.model.device
         if self.step is not None and len(tokens) == 1:
-            self.logits = self.step(torch.tensor([tokens], device=device), self.cache).unsqueeze(0)
+            self.logits = self.step(torch.tensor([tokens], device=self.model.device), self.cache).unsqueeze(0)
         else:
-            positions = torch.full((len(tokens), 1), self.position, device=device)
-            self.logits = self.model(torch.tensor(tokens, device=device).unsqueeze(1), position_ids=positions,
-                                     cache=self.cache, use_cache=True).logits[:, -1]
+            self.logits = feed_tokens(self.model, self.cache, tokens, self.position)
         if self.guide is not None:
             self.guide.feed(self.model, tokens)
         self.position += 1
@@ -215,9 +214,7 @@ class Guide:
         return guide + self.scale * (logits.float() - guide)
 
     def feed(self, model, tokens: list[int]) -> None:
-        positions = torch.full((len(tokens), 1), self.position, device=model.device)
-        self.logits = model(torch.tensor(tokens, device=model.device).unsqueeze(1), position_ids=positions,
-                            cache=self.cache, use_cache=True).logits[:, -1]
+        self.logits = feed_tokens(model, self.cache, tokens, self.position)
         self.position += 1
 
     def keep(self, i: int) -> None:
@@ -231,6 +228,13 @@ def select_rows(cache: ReservedCache, rows: Sequence[int]) -> ReservedCache:
     for i, layer in enumerate(cache.layers):
         out.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), i)
     return out
+
+
+def feed_tokens(model, cache, tokens: Sequence[int], position: int) -> torch.Tensor:
+    """One token per cache row, all at ``position``: the rows' next-token logits [rows, vocab]."""
+    positions = torch.full((len(tokens), 1), position, device=model.device)
+    return model(torch.tensor(list(tokens), device=model.device).unsqueeze(1), position_ids=positions, cache=cache,
+                 use_cache=True).logits[:, -1]
 
 
 def strip_reply(ids: Sequence[int], eos_id: int) -> list[int]:

@@ -9,7 +9,7 @@ import torch
 
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache
-from personagpt.generate.loop import Row, Sampler
+from personagpt.generate.loop import Sampler
 from personagpt.models.load import context_limit
 from personagpt.generate.sampling import SamplingConfig
 
@@ -54,7 +54,7 @@ def generate_replays(model, fmt: PromptFormat, replays: Sequence[Replay], sampli
 
 
 def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: SamplingConfig, progress):
-    device, pad, eos = model.device, fmt.tokenizer.pad_token_id, fmt.eos_id
+    device, pad = model.device, fmt.tokenizer.pad_token_id
     sampler = Sampler(fmt, device)
     size = len(replays)
     cache = ReservedCache()
@@ -88,7 +88,7 @@ def _replay_batch(model, fmt: PromptFormat, replays: Sequence[Replay], cfg: Samp
             fed[row] = turn
         logits = step(chunks)
         kept_length, kept_mask, kept_seen = cache.get_seq_length(), mask, [list(s) for s in seen]
-        rows = [Row(cfg, torch.tensor(seen[r], device=device)) if chunk else None for r, chunk in enumerate(chunks)]
+        rows = [sampler.row(cfg, seen[r]) if chunk else None for r, chunk in enumerate(chunks)]
         while True:  # the one token step (Sampler); the forward feeds each live row into the shared cache
             picks = sampler.pick(logits, rows)
             live = [row is not None and not row.done for row in rows]

@@ -71,6 +71,11 @@ class SamplingConfig:
         if self.num_candidates > 1 and self.num_beams > 1:
             raise SettingsError("use either candidates (reranked sampling) or beams, not both")
 
+    @property
+    def guided(self) -> bool:
+        """Whether either guidance is on (a guided sequence takes a second batch row)."""
+        return self.goal_guidance != 1 or self.persona_guidance != 1
+
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
         del kwargs["num_candidates"], kwargs["commit_tokens"], kwargs["goal_guidance"], kwargs["persona_guidance"]

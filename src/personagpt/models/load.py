@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 from personagpt.data.dialogues import default_data_dir
-from personagpt.errors import ModelNotFoundError, PersonaGPTError, SettingsError
+from personagpt.errors import ModelNotFoundError, SettingsError
 from personagpt.format import PromptFormat, add_special_tokens
 from personagpt.models.hardware import resolve_device
 

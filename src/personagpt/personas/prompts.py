@@ -52,6 +52,11 @@ class PromptFacts:
     instructions: list[str] = field(default_factory=list)  # sentences about style or format, not the persona
     unused: list[str] = field(default_factory=list)  # facts past the prompt budget
 
+    @property
+    def left_out(self) -> list[str]:
+        """Everything of the prompt not used as a fact: the instructions, then the facts past the budget."""
+        return self.instructions + self.unused
+
 
 def sentences(text: str) -> list[str]:
     out = []

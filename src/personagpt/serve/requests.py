@@ -12,7 +12,7 @@ from personagpt.errors import DataError
 from personagpt.personas.cards import card_from_json
 from personagpt.personas.prompts import facts_from_prompt
 from personagpt.serve.errors import ApiError
-from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_system, unsupported_field
+from personagpt.serve.schemas import ChatRequest, SelfPlayRequest, resolve_goal, split_goal_lines, unsupported_field
 from personagpt.text import to_model
 
 
@@ -50,7 +50,7 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> Conversed:
             dialogue[-1] = (m.role, dialogue[-1][1] + "\n" + m.content)
         else:
             dialogue.append((m.role, m.content))
-    parsed = [split_system(m.content) for m in system]
+    parsed = [split_goal_lines(m.content) for m in system]
     written_goal = next((goal for _, goal in parsed if goal), None)
     if body.goal is None and written_goal:  # the chat template's "goal: TEXT" system line
         try:
@@ -71,10 +71,10 @@ def conversation_of(body: ChatRequest, personas: list[list[str]]) -> Conversed:
             taken = card_from_json(body.card, "card").persona()
         except DataError as e:
             raise ApiError(400, str(e), param="card") from None
-        facts, left_out = taken.facts, taken.instructions + taken.unused
+        facts, left_out = taken.facts, taken.left_out
     else:  # prompts in any style: first-person facts, instructions left out (personas/prompts.py)
-        taken = facts_from_prompt("\n".join(line for lines, _ in parsed for line in lines))
-        facts, left_out = taken.facts, taken.instructions + taken.unused
+        taken = facts_from_prompt("\n".join(text for text, _ in parsed))
+        facts, left_out = taken.facts, taken.left_out
     if not facts and body.goal is None and personas:
         opening = dialogue[0][1] if dialogue else ""
         digest = hashlib.sha256(to_model(opening).encode()).digest()

@@ -95,7 +95,7 @@ async def chat(body: ChatRequest, http: Request):
     refuse_unsupported(body)
     facts, turns, left_out = conversation_of(body, state.personas)
     cfg = sampling_of(body)
-    per_candidate = 2 if cfg.goal_guidance != 1 or cfg.persona_guidance != 1 else 1  # guidance: a guide row each
+    per_candidate = 2 if cfg.guided else 1  # guidance: a guide row beside each candidate
     fits = min(eng.max_batch // per_candidate, eng.max_queue)
     if per_candidate > eng.max_batch:
         raise ApiError(400, "guidance needs two rows of the batch; this server decodes one (--max-batch 1)",
@@ -119,9 +119,8 @@ async def chat(body: ChatRequest, http: Request):
             raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
         job = state.submit_best_of_n(prompt, cfg, conversation)
     else:
-        scale = conversation.guidance(cfg)
         job = state.submit(prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None,
-                           conversation.guide_ids(prompt) if scale != 1 else None, scale)
+                           **conversation.guide_request(prompt, cfg))
     reply = Reply(job, eng.fmt, body.stop or [], state.model_name, state.metrics,
                   goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
                   extra={"persona": facts} | ({"persona_left_out": left_out} if left_out else {})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -219,15 +218,13 @@ def resolve_goal(goal: str | int | None) -> str | None:
     return goal.strip()
 
 
-def split_system(system: str) -> tuple[list[str], str | None]:
-    """Persona facts from a system message (one per line, or one per sentence when it is a single line) and the
-    goal of a ``goal: TEXT`` line, the convention of the chat template for engines that cannot pass variables."""
+def split_goal_lines(system: str) -> tuple[str, str | None]:
+    """A system message without its ``goal: TEXT`` lines (the chat template's convention for engines that cannot
+    pass variables), and the first such goal."""
     lines = [line.strip() for line in system.splitlines() if line.strip()]
     goals = [line[5:].strip() for line in lines if line.lower().startswith("goal:")]
-    lines = [line for line in lines if not line.lower().startswith("goal:")]
-    if len(lines) == 1:
-        lines = [s.strip() for s in re.split(r"(?<=[.!?])\s+", lines[0]) if s.strip()]
-    return lines, (goals[0] or None) if goals else None
+    rest = "\n".join(line for line in lines if not line.lower().startswith("goal:"))
+    return rest, (goals[0] or None) if goals else None
 
 
 class SelfPlayRequest(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,26 +108,27 @@ class AppState:
         if self.upstream is None:
             self.ready_engine()
 
-    def submit(self, prompt: list[int], cfg: SamplingConfig, generator, logprobs: int | None,
-               guide_prompt: list[int] | None = None, guidance: float = 1.0):
+    @contextmanager
+    def queue_room(self) -> Iterator[None]:
+        """A full engine queue is a 503 with Retry-After, counted."""
         try:
-            return self.ready_engine().submit(prompt, cfg, generator, loop=asyncio.get_running_loop(),
-                                              logprobs=logprobs, guide_prompt=guide_prompt, guidance=guidance)
+            yield
         except QueueFullError as e:
             self.metrics.rejected.inc()
             raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
 
+    def submit(self, prompt: list[int], cfg: SamplingConfig, generator, logprobs: int | None,
+               guide_prompt: list[int] | None = None, guidance: float = 1.0):
+        with self.queue_room():
+            return self.ready_engine().submit(prompt, cfg, generator, loop=asyncio.get_running_loop(),
+                                              logprobs=logprobs, guide_prompt=guide_prompt, guidance=guidance)
+
     def submit_best_of_n(self, prompt: list[int], cfg: SamplingConfig, conversation: Conversation) -> BestOfNJob:
         """The N requests of a best-of-N turn, as one job (they count against the batch like N users)."""
         engine = self.ready_engine()
-        try:
-            scale = conversation.guidance(cfg)
+        with self.queue_room():
             requests = engine.submit_many(prompt, cfg.num_candidates, cfg, conversation.generator,
-                                          loop=asyncio.get_running_loop(), guidance=scale,
-                                          guide_prompt=conversation.guide_ids(prompt) if scale != 1 else None)
-        except QueueFullError as e:
-            self.metrics.rejected.inc()
-            raise ApiError(503, str(e), kind="server_error", headers={"Retry-After": "1"}) from None
+                                          loop=asyncio.get_running_loop(), **conversation.guide_request(prompt, cfg))
         # Without the persona/goal PMI: a stateless request has no reference cache from its previous turn, so that
         # pass would re-encode the whole history in a worker thread beside the engine (16 users at best of 4: a
         # turn's p95 went to 48 s; bench/README.md, "Best replies by default"). Consistency, goal, repetition and
