@@ -139,3 +139,40 @@ def test_a_card_as_an_extension_field_gives_the_persona(client):
         client.chat.completions.create(model="personagpt", extra_body={"card": {"spec": "chara_card_v9"}},
                                        messages=[{"role": "user", "content": "hi !"}])
     assert error.value.body["param"] == "card" and "spec" in error.value.body["message"]
+
+
+def test_n_replies_come_as_n_choices_streamed_or_whole(client):
+    messages = [{"role": "system", "content": "i have two dogs."}, {"role": "user", "content": "hi !"}]
+    whole = client.chat.completions.create(model="personagpt", messages=messages, n=3, max_tokens=6, seed=4,
+                                           logprobs=True)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert all(c.message.content is not None and c.logprobs.content for c in whole.choices)
+    assert whole.usage.completion_tokens == sum(len(c.logprobs.content) + (c.finish_reason == "stop")
+                                                for c in whole.choices)
+    again = client.chat.completions.create(model="personagpt", messages=messages, n=3, max_tokens=6, seed=4)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in whole.choices]  # seeded
+    chunks = list(client.chat.completions.create(model="personagpt", messages=messages, n=2, max_tokens=6,
+                                                 stream=True, stream_options={"include_usage": True}))
+    texts, finished = {0: "", 1: ""}, set()
+    for chunk in chunks[:-1]:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert finished == {0, 1} and len({c.id for c in chunks}) == 1
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError) as error:  # more than the batch holds side by side
+        client.chat.completions.create(model="personagpt", messages=messages, n=8, max_tokens=4,
+                                       extra_body={"persona_guidance": 2.0})
+    assert error.value.body["param"] == "n"
+
+
+def test_logprobs_with_best_of_n_are_the_chosen_replys(client):
+    messages = [{"role": "system", "content": "i have two dogs."}, {"role": "user", "content": "hi !"}]
+    reply = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=6, seed=2,
+                                           logprobs=True, top_logprobs=2,
+                                           extra_body={"candidates": 3, "commit_tokens": 2})
+    tokens = reply.choices[0].logprobs.content
+    assert reply.model_extra["candidates"] == 3 and tokens
+    assert len(tokens) == reply.usage.completion_tokens - (reply.choices[0].finish_reason == "stop")  # eos not listed
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in tokens)

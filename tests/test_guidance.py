@@ -129,3 +129,24 @@ def test_the_api_takes_and_validates_the_scales(tokenizer, fmt, model):
                 client.chat.completions.create(model="personagpt", messages=messages, extra_body={field: value})
             assert error.value.body["param"] == field
         assert live.engine.active == 0
+
+
+def test_front_ends_use_the_default_scales_and_answer_rule():
+    import typer
+
+    from personagpt.cli import app
+    from personagpt.generate.sampling import FRONT_END_DEFAULTS
+    from personagpt.serve.requests import sampling_of
+    from personagpt.serve.schemas import ChatRequest, SelfPlayRequest
+
+    command = typer.main.get_command(app)
+    for name in ("interact", "selfplay", "teach"):
+        params = {p.name: p.default for p in command.commands[name].params}
+        assert params["goal_guidance"] == FRONT_END_DEFAULTS.goal_guidance, name
+        assert params["persona_guidance"] == FRONT_END_DEFAULTS.persona_guidance, name
+        assert params["consistent_answers"] is FRONT_END_DEFAULTS.consistent_answers is True, name
+    chat = sampling_of(ChatRequest(messages=[{"role": "user", "content": "hi"}]))
+    selfplay = sampling_of(SelfPlayRequest())
+    for cfg in (chat, selfplay):
+        assert (cfg.goal_guidance, cfg.persona_guidance, cfg.consistent_answers) == (
+            FRONT_END_DEFAULTS.goal_guidance, FRONT_END_DEFAULTS.persona_guidance, True)

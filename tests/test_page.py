@@ -118,7 +118,8 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     reply = wait_for(done, what="a streamed reply")
     assert driver.execute_script("return window.updates") > 4, "the reply should grow piece by piece"
     streamed = [b for b in driver.execute_script("return window.bodies") if "chat.completion.chunk" in b]
-    assert streamed and f'"candidates": {DEFAULT_CANDIDATES}' in streamed[-1]  # best-of-N by default, streamed
+    assert streamed and '"persona"' in streamed[-1]  # streamed with the server's defaults
+    assert (f'"candidates": {DEFAULT_CANDIDATES}' in streamed[-1]) == (DEFAULT_CANDIDATES > 1)
     assert find(By.CSS_SELECTOR, ".msg.user .text").text == "hi ! what music do you like ?\ntell me"
 
     # steering: a goal button applies to the reply to the next message, which shows its goal and a verdict

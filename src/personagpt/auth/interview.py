@@ -114,14 +114,17 @@ class Lookahead:
         self.asked: dict[str, str] = {}  # goal -> the question generated for it (reused if the goal is chosen)
         self.rows = 0  # replies generated so far (its cost)
 
-    def _generate(self, contexts: list[list[int]], keys: list[str], sampling: SamplingConfig) -> list[str]:
+    def _generate(self, contexts: list[list[int]], keys: list[str], sampling: SamplingConfig,
+                  guides: list[dict] | None = None) -> list[str]:
+        """``guides``: each context's guidance arguments (goal guidance, on the engine; see ``questions``)."""
         if not contexts:
             return []
         self.rows += len(contexts)
         seeds = [None if self.seed is None else zlib.crc32(f"{self.seed} {len(self.turns)} {k}".encode())
                  for k in keys]
         if self.engine is not None:
-            requests = [self.engine.submit(c, sampling, seed=s) for c, s in zip(contexts, seeds)]
+            requests = [self.engine.submit(c, sampling, seed=s, **(g or {}))
+                        for c, s, g in zip(contexts, seeds, guides or [None] * len(contexts))]
             replies = [strip_reply(list(r), self.fmt.eos_id) for r in requests]
         else:
             if seeds and seeds[0] is not None:
@@ -133,9 +136,12 @@ class Lookahead:
     def questions(self, goals: Sequence[str]) -> list[str]:
         """The interviewer's turn for each goal, generated (once per goal and turn)."""
         missing = [g for g in dict.fromkeys(goals) if g not in self.asked]
-        contexts = [Conversation.from_turns(self.model, self.fmt, self.turns, goal=g, max_context=self._limit())
-                    .context_ids(self.sampling.max_new_tokens) for g in missing]
-        self.asked.update(zip(missing, self._generate(contexts, [f"goal {g}" for g in missing], self.sampling)))
+        sessions = [Conversation.from_turns(self.model, self.fmt, self.turns, goal=g, max_context=self._limit())
+                    for g in missing]
+        contexts = [s.context_ids(self.sampling.max_new_tokens) for s in sessions]
+        guides = [s.guide_request(c, self.sampling) for s, c in zip(sessions, contexts)]  # goal guidance, as chat
+        self.asked.update(zip(missing, self._generate(contexts, [f"goal {g}" for g in missing], self.sampling,
+                                                      guides)))
         return [self.asked[g] for g in goals]
 
     def answers(self, questions: Sequence[str], personas: Sequence[Sequence[str]],

@@ -18,9 +18,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from personagpt.cli.common import friendly_errors
-from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, MAX_GUIDANCE, SamplingConfig
+from personagpt.generate.sampling import FRONT_END_DEFAULTS, MAX_GUIDANCE, SamplingConfig
 
-SAMPLING_DEFAULTS = SamplingConfig()
 
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", help="Local checkpoint directory, LoRA adapter directory, smollm2-135m (the packaged base), or a "
@@ -51,31 +50,38 @@ def _option(name: str, annotation, default) -> inspect.Parameter:
 
 SAMPLING_OPTIONS = [
     _option("top_k", Annotated[int, typer.Option("--top-k", "--top_k", "-k", help=(
-        "Top-k sampling: keep the k likeliest tokens."))], SAMPLING_DEFAULTS.top_k),
+        "Top-k sampling: keep the k likeliest tokens."))], FRONT_END_DEFAULTS.top_k),
     _option("top_p", Annotated[float, typer.Option("--top-p", "--top_p", "-p", help=(
-        "Nucleus sampling probability mass."))], SAMPLING_DEFAULTS.top_p),
+        "Nucleus sampling probability mass."))], FRONT_END_DEFAULTS.top_p),
     _option("temperature", Annotated[float, typer.Option(help=(
         "Sampling temperature, > 0 (lower is more conservative; for deterministic replies use --greedy)."))],
-        SAMPLING_DEFAULTS.temperature),
+        FRONT_END_DEFAULTS.temperature),
     _option("repetition_penalty", Annotated[float, typer.Option("--repetition-penalty", help=(
-        "Penalty > 1 discourages repeated tokens."))], SAMPLING_DEFAULTS.repetition_penalty),
+        "Penalty > 1 discourages repeated tokens."))], FRONT_END_DEFAULTS.repetition_penalty),
     _option("max_new_tokens", Annotated[int, typer.Option("--max-new-tokens", help="Longest reply, in tokens.")],
-            SAMPLING_DEFAULTS.max_new_tokens),
+            FRONT_END_DEFAULTS.max_new_tokens),
     _option("greedy", Annotated[bool, typer.Option("--greedy", help="Greedy decoding instead of sampling.")], False),
     _option("num_candidates", Annotated[int, typer.Option("--candidates", min=1, max=8, help=(
         "Sample this many replies side by side and keep the best by persona consistency, goal, repetition and "
         "fluency (best-of-N; 1: plain sampling, one reply). Ignored with --greedy."))],
-        DEFAULT_CANDIDATES),
+        FRONT_END_DEFAULTS.num_candidates),
     _option("goal_guidance", Annotated[float, typer.Option("--goal-guidance", min=0, max=MAX_GUIDANCE, help=(
         "Classifier-free guidance toward the goal (goal mode): each token is sampled from "
         "guide + g * (prompt - guide), the guide being the prompt without the goal; 1: off."))],
-        SAMPLING_DEFAULTS.goal_guidance),
+        FRONT_END_DEFAULTS.goal_guidance),
     _option("persona_guidance", Annotated[float, typer.Option("--persona-guidance", min=0, max=MAX_GUIDANCE, help=(
         "Classifier-free guidance toward the persona (persona mode), the guide being the prompt without the "
-        "persona facts; 1: off."))], SAMPLING_DEFAULTS.persona_guidance),
+        "persona facts; 1: off."))], FRONT_END_DEFAULTS.persona_guidance),
+    _option("consistent_answers", Annotated[bool, typer.Option("--consistent-answers/--free-answers", help=(
+        "A yes/no question about the persona (one of its facts, or a thing of the same kind it does not have: "
+        "another pet, job, place ...) is never answered against it: the openings that would (\"yes\" to "
+        "\"do you have cats ?\" from a dog owner) are not sampled."))], FRONT_END_DEFAULTS.consistent_answers),
+    _option("yes_no_first", Annotated[bool, typer.Option("--yes-no-first/--any-opening", help=(
+        "With --consistent-answers, such a question is answered with the yes or no the persona implies first "
+        "(\"no , i have two dogs .\")."))], FRONT_END_DEFAULTS.yes_no_first),
     _option("commit_tokens", Annotated[int, typer.Option("--commit-tokens", min=0, help=(
         "Best-of-N: choose after this many tokens of each candidate, then stream the chosen one (0: choose "
-        "among whole replies, shown only when all have ended)."))], DEFAULT_COMMIT_TOKENS),
+        "among whole replies, shown only when all have ended)."))], FRONT_END_DEFAULTS.commit_tokens),
 ]
 
 

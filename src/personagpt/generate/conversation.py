@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import torch
 from transformers.cache_utils import Cache, StaticCache
@@ -31,7 +32,7 @@ from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
 from personagpt.generate.best_of_n import (PrefixScorer, RerankWeights, best_of_n_lockstep, best_of_n_requests,
                                           candidates_loop, default_labeler, rank_candidates, repeated)
-from personagpt.generate.consistency import ConsistencyChecker
+from personagpt.generate.consistency import ConsistencyChecker, opening_ban, yes_no_openers
 from personagpt.generate.loop import Guide, TokenLoop, strip_reply
 from personagpt.generate.replay import Replay, generate_replays
 from personagpt.models.load import context_limit
@@ -186,6 +187,21 @@ class Conversation:
         cache, logits = self._guide_scorer.prefill(guide_ids, raw=True)
         return Guide(logits.expand(rows, -1), repeated(cache, rows), len(guide_ids), scale)
 
+    def turn_sampling(self, cfg: SamplingConfig | None = None) -> SamplingConfig:
+        """``cfg`` for the bot's next turn. With ``consistent_answers``, when the last turn ends with a yes/no question
+        about the persona (one of its facts, or a thing of a fact's kind it does not have), the opening words that
+        would answer against the persona are banned (:func:`~personagpt.generate.consistency.opening_ban`); with
+        ``yes_no_first`` the reply opens with the yes or no the persona implies."""
+        cfg = cfg or self.sampling
+        if not cfg.consistent_answers or cfg.opening_ban or not self.facts or not self.turns:
+            return cfg
+        asked = self.checker.asked_fact(self.turns[-1], self.facts)
+        if asked is None:
+            return cfg
+        only = yes_no_openers(self.fmt.tokenizer, asked.expected) if cfg.yes_no_first else ()
+        return replace(cfg, opening_ban=opening_ban(self.fmt.tokenizer, asked.expected, self.fmt.eos_id),
+                       opening_only=only)
+
     def respond(self, sampling: SamplingConfig | None = None) -> str:
         """Generate, record and return the bot's next turn (the joined :meth:`stream`)."""
         return "".join(self.stream(sampling))
@@ -196,7 +212,7 @@ class Conversation:
         Pieces never split a multi-byte character and join to the recorded turn. The turn is recorded when
         the stream ends; a stream closed early (a cancelled request, Ctrl-C) records what was generated so far.
         """
-        cfg = sampling or self.sampling
+        cfg = self.turn_sampling(sampling)
         ids = self.context_ids(cfg.max_new_tokens)
         text = TextStream(self.fmt)
         if cfg.num_beams > 1:

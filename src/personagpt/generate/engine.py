@@ -36,7 +36,7 @@ from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.models.load import context_limit
 from personagpt.generate.kvcache import PrefixCache, ReservedCache
-from personagpt.generate.loop import Row, Sampler
+from personagpt.generate.loop import Row, Sampler, guided_logits
 from personagpt.generate.sampling import SamplingConfig
 from personagpt.scoring import decoder_and_head
 
@@ -232,9 +232,9 @@ class Engine:
     def submit_many(self, prompt: Sequence[int], count: int, sampling: SamplingConfig | None = None,
                     generator: torch.Generator | None = None,
                     loop: asyncio.AbstractEventLoop | None = None, guide_prompt: Sequence[int] | None = None,
-                    guidance: float = 1.0) -> list[Request]:
+                    guidance: float = 1.0, logprobs: int | None = None) -> list[Request]:
         """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
-        encoded once (best-of-N candidates). All or none are queued."""
+        encoded once (best-of-N candidates; each records ``logprobs`` as :meth:`submit`). All or none are queued."""
         # each candidate samples from its own generator, seeded from ``generator``: its tokens then do not depend
         # on how many draws the others made before they were cancelled (a seeded request stays reproducible)
         seeds = torch.randint(2 ** 62, (count,), generator=generator).tolist() if generator is not None else None
@@ -242,8 +242,8 @@ class Engine:
         with self._lock:  # reentrant: submit() takes it again
             if len(self._waiting) + count > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
-            return [self.submit(prompt, sampling, g, loop=loop, guide_prompt=guide_prompt, guidance=guidance)
-                    for g in generators]
+            return [self.submit(prompt, sampling, g, loop=loop, guide_prompt=guide_prompt, guidance=guidance,
+                                logprobs=logprobs) for g in generators]
 
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
@@ -405,8 +405,7 @@ class Engine:
             if row.guide is not None:
                 if steered is logits:
                     steered = logits.float().clone()
-                guide = logits[position[id(row.guide)]].float()
-                steered[i] = guide + row.request.guidance * (logits[i].float() - guide)
+                steered[i] = guided_logits(logits[i], logits[position[id(row.guide)]], row.request.guidance)
         picks = self.sampler.pick(steered, [row.row for row in rows])  # appends to each request's tokens
         for i, (row, token) in enumerate(zip(rows, picks)):
             if row.guide is not None and token is not None:

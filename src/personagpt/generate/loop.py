@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +55,14 @@ def pick_token(logits: torch.Tensor, cfg: SamplingConfig, seen: torch.Tensor, su
     return int(indices[torch.multinomial(values.softmax(-1), 1, generator=generator)])
 
 
+def guided_logits(logits: torch.Tensor, guide: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``guide + scale * (logits - guide)``; a token either side rules out (-inf, e.g. a
+    banned end of turn) stays out rather than becoming NaN."""
+    logits, guide = logits.float(), guide.float()
+    return (guide + scale * (logits - guide)).masked_fill(torch.isneginf(logits) | torch.isneginf(guide),
+                                                          float("-inf"))
+
+
 @dataclass(eq=False)
 class Row:
     """One sequence being decoded."""
@@ -72,6 +81,22 @@ class Row:
     @property
     def reply(self) -> list[int]:
         return self.tokens[:-1] if self.ended else list(self.tokens)
+
+
+@functools.lru_cache(maxsize=64)
+def _ban_table(opening_ban: tuple[tuple[int, ...], ...]) -> dict[tuple[int, ...], list[int]]:
+    """An opening ban as what may not follow each prefix: {(i, do): [,, ., eos], (): [yes, ...]}."""
+    table: dict[tuple[int, ...], list[int]] = {}
+    for seq in opening_ban:
+        table.setdefault(seq[:-1], []).append(seq[-1])
+    return table
+
+
+@functools.lru_cache(maxsize=16)
+def _all_but(allowed: tuple[int, ...], vocab: int, device) -> torch.Tensor:
+    keep = torch.ones(vocab, dtype=torch.bool)
+    keep[list(allowed)] = False
+    return keep.nonzero().squeeze(1).to(device)
 
 
 class Sampler:
@@ -96,8 +121,7 @@ class Sampler:
         picks: list[int | None] = [None] * len(rows)
         if not live:
             return picks
-        banned = [self.suppress_eos if len(rows[i].tokens) < rows[i].cfg.min_new_tokens else self.suppress
-                  for i in live]
+        banned = [self.banned(rows[i], logits.shape[-1]) for i in live]
         if all(not rows[i].cfg.do_sample and rows[i].cfg.repetition_penalty == 1.0
                and not rows[i].cfg.presence_penalty and not rows[i].cfg.frequency_penalty for i in live) \
                 and all(b is banned[0] for b in banned):
@@ -111,6 +135,18 @@ class Sampler:
         for i in live:
             self.take(rows[i], picks[i])
         return picks
+
+    def banned(self, row: Row, vocab: int) -> torch.Tensor:
+        """The ids ``row`` may not sample next: the format's tokens, eos before ``min_new_tokens``, and at the first
+        tokens the turn's ``opening_ban`` (openings that would answer against the persona); at the first token,
+        with ``opening_only``, everything else."""
+        base = self.suppress_eos if len(row.tokens) < row.cfg.min_new_tokens else self.suppress
+        if row.cfg.opening_only and not row.tokens:
+            return _all_but(row.cfg.opening_only, vocab, self.device)
+        if not row.cfg.opening_ban:
+            return base
+        extra = _ban_table(row.cfg.opening_ban).get(tuple(row.tokens))
+        return torch.cat([base, torch.tensor(extra, device=self.device)]) if extra else base
 
     def take(self, row: Row, token: int) -> None:
         row.tokens.append(token)
@@ -210,8 +246,7 @@ class Guide:
         self.logits, self.cache, self.position, self.scale = logits, cache, position, scale
 
     def steer(self, logits: torch.Tensor) -> torch.Tensor:
-        guide = self.logits.float()
-        return guide + self.scale * (logits.float() - guide)
+        return guided_logits(logits, self.logits, self.scale)
 
     def feed(self, model, tokens: list[int]) -> None:
         self.logits = feed_tokens(model, self.cache, tokens, self.position)

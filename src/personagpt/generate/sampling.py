@@ -9,11 +9,16 @@ from personagpt.errors import SettingsError
 from personagpt.format import PromptFormat
 
 
-# What the front ends (interact, selfplay, the server and its page) use unless told otherwise: best-of-N with a
-# commitment after a few tokens, the setting bench/rerank_sweep.py supports (bench/README.md, "Best replies by
-# default"). The library's SamplingConfig stays at one sample: what a caller asks for is what runs.
-DEFAULT_CANDIDATES = 4
-DEFAULT_COMMIT_TOKENS = 8
+# What the front ends (interact, selfplay, teach, auth, the server and its page) use unless told otherwise, chosen by
+# measurement (docs/character.md, "Defaults"): one sample (best-of-N, opt-in, buys F1 at 2x the turn and 8x the
+# first text), goal guidance 2.5 (control 41% -> 83%), the answer rule with yes/no first (questions about the
+# persona: 58% -> 100% answered as its facts say; another thing of a fact's kind: 54% -> 96%). The library's
+# SamplingConfig stays plain but for the answer rule: what a caller asks for is what runs.
+DEFAULT_CANDIDATES = 1
+DEFAULT_COMMIT_TOKENS = 8  # best-of-N, when asked for: choose after this many tokens
+DEFAULT_GOAL_GUIDANCE = 2.5
+DEFAULT_PERSONA_GUIDANCE = 1.0
+DEFAULT_YES_NO_FIRST = True
 MAX_GUIDANCE = 8.0  # beyond this the guided logits are mostly the difference: replies stop being sentences
 
 
@@ -38,6 +43,13 @@ class SamplingConfig:
     # prompt without its goal (goal mode) or without its persona facts (persona mode); 1: off
     goal_guidance: float = 1.0
     persona_guidance: float = 1.0
+    # a yes/no question about the persona (one of its facts, or a thing of the same kind it does not have) may not be
+    # answered against the persona: the opening words that would are banned (generate/consistency.py)
+    consistent_answers: bool = True
+    yes_no_first: bool = False  # and such an answer opens with the yes or no the persona implies
+    # set per turn by Conversation.turn_sampling, not by users: token sequences a reply may not open with
+    opening_ban: tuple[tuple[int, ...], ...] = ()
+    opening_only: tuple[int, ...] = ()  # the only first tokens allowed (yes_no_first)
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -79,7 +91,8 @@ class SamplingConfig:
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
         del kwargs["num_candidates"], kwargs["commit_tokens"], kwargs["goal_guidance"], kwargs["persona_guidance"]
-        del kwargs["presence_penalty"], kwargs["frequency_penalty"]
+        del kwargs["presence_penalty"], kwargs["frequency_penalty"], kwargs["consistent_answers"], kwargs["opening_ban"]
+        del kwargs["yes_no_first"], kwargs["opening_only"]
         if not self.do_sample:
             del kwargs["top_k"], kwargs["top_p"], kwargs["temperature"]
         return kwargs | {
@@ -91,3 +104,8 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(do_sample=False)
+
+
+FRONT_END_DEFAULTS = SamplingConfig(num_candidates=DEFAULT_CANDIDATES, commit_tokens=DEFAULT_COMMIT_TOKENS,
+                                    goal_guidance=DEFAULT_GOAL_GUIDANCE, persona_guidance=DEFAULT_PERSONA_GUIDANCE,
+                                    yes_no_first=DEFAULT_YES_NO_FIRST)

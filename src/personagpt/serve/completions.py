@@ -23,10 +23,11 @@ class Envelope:
         self.created = int(time.time())
         self.model = model
 
-    def chunk(self, delta: dict, finish: str | None = None, choice: dict | None = None, **extra) -> str:
+    def chunk(self, delta: dict, finish: str | None = None, choice: dict | None = None, index: int = 0,
+              **extra) -> str:
         """One server-sent ``chat.completion.chunk`` event (``choice``: more fields of the choice)."""
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **(choice or {})}], **extra}
+                "choices": [{"index": index, "delta": delta, "finish_reason": finish, **(choice or {})}], **extra}
         return f"data: {json.dumps(body)}\n\n"
 
     def usage_chunk(self, usage: dict) -> dict:
@@ -73,9 +74,7 @@ class StopScanner:
 class BestOfNJob:
     """Best-of-N as one job for :class:`Reply`: N engine requests for one prompt are read until
     ``commit_tokens`` tokens each (0: to their ends), ``choose`` (run in a worker thread: it scores on the model)
-    keeps one, the others are cancelled and the kept one streams on."""
-
-    logprobs, token_logprobs = None, []
+    keeps one, the others are cancelled and the kept one streams on (its log-probabilities with it)."""
 
     def __init__(self, requests: list, commit_tokens: int, eos_id: int, choose) -> None:
         self.requests, self.commit_tokens, self.eos_id, self.choose = requests, commit_tokens, eos_id, choose
@@ -129,6 +128,7 @@ class Reply:
         self.sent_tokens = 0  # tokens whose log-probabilities went out
         self.read_tokens = 0  # tokens whose text has been taken into the pieces so far
         self.include_usage = False  # stream_options.include_usage: the usage in a last chunk of its own
+        self.index = 0  # the choice's index (n > 1: see Choices)
 
     async def pieces(self):
         """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
@@ -202,20 +202,26 @@ class Reply:
         return {} if logprobs is None else {"logprobs": logprobs}
 
     async def events(self):
-        yield self.envelope.chunk({"role": "assistant", "content": ""})
+        async for event in self.choice_events():
+            yield event
+        if self.include_usage:  # as OpenAI sends it: the finish chunk, then one with no choices and the usage
+            yield f"data: {json.dumps(self.envelope.usage_chunk(self.usage()))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def choice_events(self):
+        """This choice's chunks: the role, the text pieces, the finish with the extension fields."""
+        index = self.index
+        yield self.envelope.chunk({"role": "assistant", "content": ""}, index=index)
         content = ""
         async for piece in self.pieces():
             content += piece
-            yield self.envelope.chunk({"content": piece}, choice=self._choice_extra(self.read_tokens))
+            yield self.envelope.chunk({"content": piece}, choice=self._choice_extra(self.read_tokens), index=index)
         self.metrics.observe(self.job)
         extra = await self.extras(content)
-        if self.include_usage:  # as OpenAI sends it: the finish chunk, then one with no choices and the usage
-            usage = extra.pop("usage")
-            yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), usage=None, **extra)
-            yield f"data: {json.dumps(self.envelope.usage_chunk(usage))}\n\n"
-        else:
-            yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), **extra)
-        yield "data: [DONE]\n\n"
+        if self.include_usage:
+            extra.pop("usage")
+            extra["usage"] = None
+        yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), index=index, **extra)
 
     async def text(self, http: Request) -> str:
         """The whole text (stop strings applied); a client that hangs up meanwhile cancels the generation."""
@@ -238,6 +244,61 @@ class Reply:
         content = await self.text(http)
         return self.envelope.whole(content, self.finish_reason(), choice=self._choice_extra(),
                                    **await self.extras(content))
+
+
+class Choices:
+    """OpenAI's ``n`` > 1: several replies to one request, each its own job, streamed side by side as the choices
+    0 .. n-1 of one completion (one id); the usage counts the prompt once and every choice's tokens."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = replies
+        for i, reply in enumerate(replies):
+            reply.envelope, reply.index = replies[0].envelope, i
+        self.include_usage = False
+
+    def usage(self) -> dict:
+        prompt = len(self.replies[0].job.prompt)
+        completion = sum(len(r.job.tokens) for r in self.replies)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def events(self):
+        queue: asyncio.Queue = asyncio.Queue()
+        for reply in self.replies:
+            reply.include_usage = self.include_usage
+
+        async def run(reply: Reply) -> None:
+            try:
+                async for event in reply.choice_events():
+                    await queue.put(event)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(run(reply)) for reply in self.replies]
+        try:
+            running = len(tasks)
+            while running:
+                event = await queue.get()
+                if event is None:
+                    running -= 1
+                else:
+                    yield event
+            for task in tasks:
+                task.result()  # a choice that failed fails the stream
+        finally:
+            for task in tasks:
+                task.cancel()
+            for reply in self.replies:
+                reply.job.cancel()
+        if self.include_usage:
+            yield f"data: {json.dumps(self.replies[0].envelope.usage_chunk(self.usage()))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def whole(self, http: Request) -> dict:
+        bodies = await asyncio.gather(*(reply.whole(http) for reply in self.replies))
+        body = bodies[0]
+        body["choices"] = [dict(b["choices"][0], index=i) for i, b in enumerate(bodies)]
+        body["usage"] = self.usage()
+        return body
 
 
 class TextReply(Reply):

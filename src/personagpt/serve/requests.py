@@ -7,7 +7,7 @@ import hashlib
 from typing import NamedTuple
 
 from personagpt.control.selfplay import FixedPolicy, RandomPolicy
-from personagpt.generate.sampling import SamplingConfig
+from personagpt.generate.sampling import FRONT_END_DEFAULTS, SamplingConfig
 from personagpt.errors import DataError
 from personagpt.personas.cards import card_from_json
 from personagpt.personas.prompts import facts_from_prompt
@@ -90,7 +90,8 @@ def continues(body: ChatRequest) -> bool:
 
 
 def sampling_of(body) -> SamplingConfig:
-    defaults = SamplingConfig()
+    """The request's decoding settings; what it leaves out is the front ends' default (self-play's guidance too)."""
+    defaults = FRONT_END_DEFAULTS
     greedy = body.temperature == 0
     min_tokens = getattr(body, "min_tokens", 0)
     limit = getattr(body, "reply_limit", body.max_tokens)
@@ -106,7 +107,9 @@ def sampling_of(body) -> SamplingConfig:
                           presence_penalty=getattr(body, "presence_penalty", 0.0),
                           frequency_penalty=getattr(body, "frequency_penalty", 0.0),
                           goal_guidance=getattr(body, "goal_guidance", defaults.goal_guidance),
-                          persona_guidance=getattr(body, "persona_guidance", defaults.persona_guidance))
+                          persona_guidance=getattr(body, "persona_guidance", defaults.persona_guidance),
+                          consistent_answers=getattr(body, "consistent_answers", defaults.consistent_answers),
+                          yes_no_first=getattr(body, "yes_no_first", defaults.yes_no_first))
 
 
 def policy_of(body: SelfPlayRequest):

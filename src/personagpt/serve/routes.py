@@ -18,7 +18,7 @@ from personagpt.errors import PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
-from personagpt.serve.completions import Reply, TextReply, UpstreamReply
+from personagpt.serve.completions import Choices, Reply, TextReply, UpstreamReply
 from personagpt.serve.errors import ApiError
 from personagpt.serve.requests import (continues, conversation_of, policy_of, refuse_local_only,
                                        refuse_unsupported, sampling_of)
@@ -95,11 +95,19 @@ async def chat(body: ChatRequest, http: Request):
     refuse_unsupported(body)
     facts, turns, left_out = conversation_of(body, state.personas)
     cfg = sampling_of(body)
-    per_candidate = 2 if cfg.guided else 1  # guidance: a guide row beside each candidate
-    fits = min(eng.max_batch // per_candidate, eng.max_queue)
+    scale = "goal_guidance" if body.goal is not None else "persona_guidance"  # the one this turn uses
+    per_candidate = 2 if getattr(cfg, scale) != 1 else 1  # guidance: a guide row beside each candidate
     if per_candidate > eng.max_batch:
-        raise ApiError(400, "guidance needs two rows of the batch; this server decodes one (--max-batch 1)",
-                       param="goal_guidance" if cfg.goal_guidance != 1 else "persona_guidance")
+        if scale in body.model_fields_set:
+            raise ApiError(400, "guidance needs two rows of the batch; this server decodes one (--max-batch 1)",
+                           param=scale)
+        cfg, per_candidate = replace(cfg, **{scale: 1.0}), 1  # the default guidance needs a row it does not have
+    fits = min(eng.max_batch // per_candidate, eng.max_queue)
+    if body.n > 1:  # OpenAI's n: n plain samples side by side (each guided and answer-checked as one would be)
+        if body.n > fits:
+            raise ApiError(400, f"n must be at most {fits} on this server (its batch holds {eng.max_batch} rows"
+                                f"{', two per guided reply' if per_candidate > 1 else ''})", param="n")
+        cfg = replace(cfg, num_candidates=1)
     if cfg.num_candidates > fits:  # N rows (and their guides) must fit the batch side by side
         cfg = replace(cfg, num_candidates=fits)
     busy = eng.active + eng.queue_depth + cfg.num_candidates * per_candidate > eng.max_batch
@@ -111,25 +119,42 @@ async def chat(body: ChatRequest, http: Request):
         prompt = conversation.context_ids(cfg.max_new_tokens)
         if continues(body):  # the reply extends the assistant's last message: its end of turn goes
             prompt = prompt[:-1]
+        else:
+            cfg = conversation.turn_sampling(cfg)
     except PersonaGPTError as e:
         raise ApiError(400, f"the conversation does not fit the {eng.capacity}-token context: {e}",
                        param="messages") from None
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
     if cfg.num_candidates > 1:
-        if body.logprobs:
-            raise ApiError(400, "logprobs are not available with candidates > 1 (best-of-N)", param="logprobs")
-        job = state.submit_best_of_n(prompt, cfg, conversation)
+        jobs = [state.submit_best_of_n(prompt, cfg, conversation, logprobs)]
     else:
-        job = state.submit(prompt, cfg, conversation.generator, (body.top_logprobs or 0) if body.logprobs else None,
-                           **conversation.guide_request(prompt, cfg))
-    reply = Reply(job, eng.fmt, body.stop or [], state.model_name, state.metrics,
-                  goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
-                  extra={"persona": facts} | ({"persona_left_out": left_out} if left_out else {})
-                  | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {})
-                  | ({"max_tokens_used": cfg.max_new_tokens} if (body.asked_limit or 0) > cfg.max_new_tokens else {}),
-                  http=http)
+        jobs = []
+        try:
+            for generator in choice_generators(conversation.generator, body.n, body.seed):
+                jobs.append(state.submit(prompt, cfg, generator, logprobs, **conversation.guide_request(prompt, cfg)))
+        except ApiError:  # no room for every choice: none is generated
+            for job in jobs:
+                job.cancel()
+            raise
+    replies = [Reply(job, eng.fmt, body.stop or [], state.model_name, state.metrics,
+                     goal_check=(lambda text: state.goal_accepted(body.goal, text)) if body.goal else None,
+                     extra={"persona": facts} | ({"persona_left_out": left_out} if left_out else {})
+                     | ({"candidates": cfg.num_candidates} if cfg.num_candidates > 1 else {})
+                     | ({"max_tokens_used": cfg.max_new_tokens} if (body.asked_limit or 0) > cfg.max_new_tokens
+                        else {}),
+                     http=http) for job in jobs]
+    reply = replies[0] if len(replies) == 1 else Choices(replies)
     options = (body.model_extra or {}).get("stream_options") or {}
     reply.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     return await respond(reply, body.stream, http)
+
+
+def choice_generators(first: torch.Generator, n: int, seed: int | None) -> list[torch.Generator]:
+    """One generator per choice: the conversation's for the first, then ``seed + i`` (or fresh) for the others."""
+    others = [torch.Generator(device=first.device) for _ in range(n - 1)]
+    for i, generator in enumerate(others, 1):
+        generator.manual_seed(seed + i) if seed is not None else generator.seed()
+    return [first, *others]
 
 
 async def upstream_chat(state: AppState, body: ChatRequest, http: Request):

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personagpt.format import DEFAULT_ACTIONS
-from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, MAX_GUIDANCE, SamplingConfig
+from personagpt.generate.sampling import FRONT_END_DEFAULTS, MAX_GUIDANCE
 
 MAX_FACTS = 5
 MAX_REPLY_TOKENS = 256
@@ -88,7 +88,8 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the reply (not included).")
-    n: int = Field(1, ge=1, le=1, description="One reply per request.")
+    n: int = Field(1, ge=1, le=8, description="Replies to sample side by side, as OpenAI's n (each a plain sample: "
+                                               "no best-of-N; at most what the batch holds).")
     persona: list[str] | None = Field(None, max_length=MAX_FACTS,
                                       description="Extension: the bot's persona facts (instead of a system message).")
     card: dict | None = Field(None, description="Extension: a character card (V2 or V3, its JSON object): its "
@@ -103,17 +104,23 @@ class ChatRequest(BaseModel):
                                                                    "much per time the reply has used it.")
     min_tokens: int = Field(0, ge=0, le=MAX_REPLY_TOKENS, description="Extension (as vLLM's): no end of reply "
                                                                       "before this many tokens (benchmarks).")
-    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=8, description=(
+    candidates: int = Field(FRONT_END_DEFAULTS.num_candidates, ge=1, le=8, description=(
         "Extension: sample this many replies side by side and keep the one scored best (persona consistency, "
         "goal, repetition, fluency) after `commit_tokens` tokens, then stream it; 1: plain sampling. Greedy "
         "requests (temperature 0) sample once."))
-    goal_guidance: float = Field(SamplingConfig.goal_guidance, ge=0, le=MAX_GUIDANCE, description=(
+    goal_guidance: float = Field(FRONT_END_DEFAULTS.goal_guidance, ge=0, le=MAX_GUIDANCE, description=(
         "Extension: classifier-free guidance toward the goal: tokens are sampled from guide + g * (prompt - "
         "guide), the guide being the prompt without the goal; 1: off. Costs one more batch row."))
-    persona_guidance: float = Field(SamplingConfig.persona_guidance, ge=0, le=MAX_GUIDANCE, description=(
+    persona_guidance: float = Field(FRONT_END_DEFAULTS.persona_guidance, ge=0, le=MAX_GUIDANCE, description=(
         "Extension: classifier-free guidance toward the persona (no goal), the guide being the prompt without "
         "the persona facts; 1: off. Costs one more batch row."))
-    commit_tokens: int = Field(DEFAULT_COMMIT_TOKENS, ge=0, le=MAX_REPLY_TOKENS, description=(
+    consistent_answers: bool = Field(FRONT_END_DEFAULTS.consistent_answers, description=(
+        "Extension: a yes/no question about the persona (one of its facts, or a thing of the same kind it does not "
+        "have) is never answered against it: the openings that would are not sampled. false: free answers."))
+    yes_no_first: bool = Field(FRONT_END_DEFAULTS.yes_no_first, description=(
+        "Extension: with consistent_answers, such a question is answered with the yes or no the persona implies "
+        "first."))
+    commit_tokens: int = Field(FRONT_END_DEFAULTS.commit_tokens, ge=0, le=MAX_REPLY_TOKENS, description=(
         "Extension: with candidates > 1, choose after this many tokens (0: among whole replies, which then "
         "arrive at once)."))
 
@@ -241,9 +248,9 @@ class SelfPlayRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    candidates: int = Field(DEFAULT_CANDIDATES, ge=1, le=8, description="Best-of-N for both bots' turns, as in "
+    candidates: int = Field(FRONT_END_DEFAULTS.num_candidates, ge=1, le=8, description="Best-of-N for both bots' turns, as in "
                                                                         "chat completions; 1: plain sampling.")
-    commit_tokens: int = Field(DEFAULT_COMMIT_TOKENS, ge=0, le=MAX_REPLY_TOKENS)
+    commit_tokens: int = Field(FRONT_END_DEFAULTS.commit_tokens, ge=0, le=MAX_REPLY_TOKENS)
     stream: bool = False
 
     @field_validator("goals")

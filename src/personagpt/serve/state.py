@@ -123,12 +123,15 @@ class AppState:
             return self.ready_engine().submit(prompt, cfg, generator, loop=asyncio.get_running_loop(),
                                               logprobs=logprobs, guide_prompt=guide_prompt, guidance=guidance)
 
-    def submit_best_of_n(self, prompt: list[int], cfg: SamplingConfig, conversation: Conversation) -> BestOfNJob:
-        """The N requests of a best-of-N turn, as one job (they count against the batch like N users)."""
+    def submit_best_of_n(self, prompt: list[int], cfg: SamplingConfig, conversation: Conversation,
+                         logprobs: int | None = None) -> BestOfNJob:
+        """The N requests of a best-of-N turn, as one job (they count against the batch like N users; the
+        log-probabilities, when asked for, are the chosen reply's)."""
         engine = self.ready_engine()
         with self.queue_room():
             requests = engine.submit_many(prompt, cfg.num_candidates, cfg, conversation.generator,
-                                          loop=asyncio.get_running_loop(), **conversation.guide_request(prompt, cfg))
+                                          loop=asyncio.get_running_loop(), logprobs=logprobs,
+                                          **conversation.guide_request(prompt, cfg))
         # Without the persona/goal PMI: a stateless request has no reference cache from its previous turn, so that
         # pass would re-encode the whole history in a worker thread beside the engine (16 users at best of 4: a
         # turn's p95 went to 48 s; bench/README.md, "Best replies by default"). Consistency, goal, repetition and
