@@ -66,6 +66,8 @@ def test_a_last_assistant_message_is_continued(client):
         {"role": "assistant", "content": "yes , i have"}], **greedy)
     assert continued.choices[0].message.content is not None and continued.choices[0].finish_reason
     assert whole is not None
+    text = continued.choices[0].message.content  # appended to "yes , i have" as it is: it brings its own space
+    assert not text or text[0].isspace() or text[0] in ".,!?;:'\")"
 
 
 def test_a_long_instruction_prompt_and_a_later_system_message_are_taken(client):
@@ -176,3 +178,23 @@ def test_logprobs_with_best_of_n_are_the_chosen_replys(client):
     assert reply.model_extra["candidates"] == 3 and tokens
     assert len(tokens) == reply.usage.completion_tokens - (reply.choices[0].finish_reason == "stop")  # eos not listed
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in tokens)
+
+
+def test_what_open_webui_sent_is_answered(client):
+    """The chat requests a real Open WebUI 0.12.4 sent to our server (bench/frontends/open_webui.py; its built-in
+    tools kept by name): its first message, regenerate, continue, a system prompt, its title, tag and follow-up
+    tasks, two user messages after a failed turn; replayed through the official client."""
+    import json
+    from pathlib import Path
+
+    bodies = [json.loads(line) for line in
+              (Path(__file__).parent / "fixtures" / "open_webui_requests.jsonl").read_text().splitlines()]
+    assert len(bodies) >= 6 and any(b.get("tools") for b in bodies) and any(b.get("max_tokens") == 1000 for b in bodies)
+    for body in bodies:
+        body = body | {"max_tokens": min(body.get("max_tokens") or 8, 8)}  # the tiny model: short replies suffice
+        if body.get("stream"):
+            chunks = list(client.chat.completions.create(**body))
+            assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+        else:
+            reply = client.chat.completions.create(**body)
+            assert reply.choices[0].message.content is not None and reply.choices[0].finish_reason

@@ -20,6 +20,7 @@ PERSONA = ["i have two dogs.", "i am a nurse.", "i love hiking."]
 def test_facts_have_kinds_and_things():
     assert fact_kinds("i've two dogs.") == {"pet": {"dog"}}
     assert fact_kinds("i'm a baby delivery nurse.") == {"job": {"nurse"}}
+    assert fact_kinds("i am sam , a friendly nurse .") == {"job": {"nurse"}}  # a system prompt's "You are Sam, ..."
     assert fact_kinds("i am 24 years old.") == {"age": {24}}
     assert fact_kinds("i play the violin and the guitar.") == {"instrument": {"violin", "guitar"}}
     assert fact_kinds("i live in california but the market was dead.") == {"place": {"california"}}
@@ -28,6 +29,7 @@ def test_facts_have_kinds_and_things():
     assert fact_kinds("i'm getting married in the spring.") == {"relationship": {"engaged"}}
     assert fact_kinds("mickey mouse is my favorite character.") == {}  # a mouse, but not a pet
     assert fact_kinds("my dad is a doctor.") == {}  # his job, not mine
+    assert fact_kinds("i am married to a doctor.") == {"relationship": {"married"}}
     assert fact_kinds("i love hiking.") == {}
 
 

@@ -63,6 +63,10 @@ class Recorder:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = body.decode("utf-8", "replace")
+        if isinstance(parsed, dict) and parsed.get("tools"):  # its built-in tools (about 40 KB): their names only
+            parsed = parsed | {"tools": [{"type": "function", "function": {"name": t["function"]["name"],
+                                                                           "parameters": {"type": "object"}}}
+                                         for t in parsed["tools"]]}
         record = {"method": request.method, "path": request.url.path, "body": parsed, "at": time.time()}
         if self.fail_next and request.url.path.endswith("/chat/completions") and request.method == "POST":
             self.fail_next = False
@@ -94,9 +98,12 @@ class Recorder:
         return StreamingResponse(relay(), upstream.status_code, media_type=upstream.headers.get("content-type"))
 
 
-def wait_http(url: str, timeout: float, what: str) -> None:
+def wait_http(url: str, timeout: float, what: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited ({process.returncode}); see its log (server.log in --out, "
+                             "webui.log in Open WebUI's data folder)")
         try:
             if httpx.get(url, timeout=5).status_code < 500:
                 return
@@ -190,11 +197,11 @@ def main() -> None:
     ours, proxy_port, webui_port = free_port(), free_port(), free_port()
     processes = []
     try:
-        server = subprocess.Popen([sys.executable, "-m", "personagpt", "serve", "--port", str(ours),
+        server = subprocess.Popen([str(Path(sys.executable).parent / "personagpt"), "serve", "--port", str(ours),
                                    *args.server_args.split()], stdout=open(args.out / "server.log", "w"),
                                   stderr=subprocess.STDOUT)
         processes.append(server)
-        wait_http(f"http://127.0.0.1:{ours}/health", 300, "personagpt serve")
+        wait_http(f"http://127.0.0.1:{ours}/health", 300, "personagpt serve", server)
         recorder = Recorder(f"http://127.0.0.1:{ours}", args.out / "requests.jsonl")
         proxy = uvicorn.Server(uvicorn.Config(recorder.app, host="127.0.0.1", port=proxy_port, log_level="warning"))
         threading.Thread(target=proxy.run, daemon=True).start()
@@ -203,9 +210,9 @@ def main() -> None:
                             "OPENAI_API_BASE_URL": f"http://127.0.0.1:{proxy_port}/v1", "OPENAI_API_KEY": "none",
                             "DATA_DIR": str(data), "HF_HUB_OFFLINE": "1", "ENABLE_VERSION_UPDATE_CHECK": "false"}
         webui = subprocess.Popen([str(args.webui / "bin" / "open-webui"), "serve", "--port", str(webui_port)],
-                                 env=env, stdout=open(args.out / "webui.log", "w"), stderr=subprocess.STDOUT)
+                                 env=env, cwd=data, stdout=open(data / "webui.log", "w"), stderr=subprocess.STDOUT)
         processes.append(webui)
-        wait_http(f"http://127.0.0.1:{webui_port}/health", 600, "Open WebUI")
+        wait_http(f"http://127.0.0.1:{webui_port}/health", 600, "Open WebUI", webui)
         summary = run_steps(Browser(f"http://127.0.0.1:{webui_port}", args.out), recorder)
         summary["requests"] = [{k: r.get(k) for k in ("method", "path", "status", "injected_failure", "error")}
                                for r in recorder.records]
@@ -239,19 +246,19 @@ def run_steps(browser: Browser, recorder: Recorder) -> dict:
         browser.shot("0-opened")
         step("1-first-message", lambda: browser.send("hi ! what do you do for a living ?"), 1)
         step("2-regenerate", lambda: browser.click_last(".regenerate-response-button"), 1)
-        step("3-continue", lambda: browser.click_last(".continue-response-button"), 1)
+        step("3-continue", lambda: browser.click_last("#continue-response-button"), 1)
         token = browser.js("return localStorage.token")
         browser.js("return fetch('/api/v1/users/user/settings/update', {method: 'POST', headers: {'Content-Type': "
                    "'application/json', Authorization: 'Bearer ' + arguments[0]}, body: JSON.stringify({ui: "
                    "{system: arguments[1]}})}).then(r => r.status)", token, SYSTEM_PROMPT)
         browser.open()
         step("4-system-prompt", lambda: browser.send("hi ! tell me about yourself . are you a doctor ?"), 1)
+        step("5-same-kind-question", lambda: browser.send("do you have any cats ?"), 2)
         recorder.fail_next = True
-        step("5-failed-turn", lambda: browser.send("do you have any cats ?"), 2)
-        steps["5-failed-turn"]["page_errors"] = browser.page_errors()[:5]
-        step("6-after-failure", lambda: browser.send("where do you live ?"), 3)
+        step("6-failed-turn", lambda: browser.send("are you a doctor ?"), 3)
+        steps["6-failed-turn"]["page_errors"] = browser.page_errors()[:5]
+        step("7-after-failure", lambda: browser.send("where do you live ?"), 4)
     finally:
-        browser.shot("last")
         browser.driver.quit()
     return {"steps": steps}
 

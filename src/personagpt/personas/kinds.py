@@ -80,10 +80,11 @@ def fact_kinds(text: str) -> dict[str, frozenset]:
         kinds["pet"] = pets
     elif re.search(r"\b(i have|i own)\b.*\b(pets?|animals?)\b", t):
         kinds["pet"] = {"pet"}  # any pet: a question about one is about this fact
-    job = re.search(r"\b(?:i am|i work as|i became|i want to be|my job is|i am working as) (?:an? )?((?:\w+ ){0,3}\w+)", t)
+    job = re.search(r"\b(?:i am|i work as|i became|i want to be|my job is|i am working as) (?:\w+ ?, )?(?:an? )?"
+                    r"((?:\w+ ){0,3}\w+)", t)  # "i am sam , a friendly nurse": a name first
     if job:
         jobs = {_singular(w) if _singular(w) in JOBS else w for w in job.group(1).split()} & JOBS
-        if jobs and not re.search(r"\b(want to be|wants to be|would like to be|dream)\b", t):
+        if jobs and not re.search(r"\b(want to be|wants to be|would like to be|dream|married to|engaged to|dating)\b", t):
             kinds["job"] = jobs
     place = re.search(r"\b(?:i live in|i am from|i grew up in|i was born in|i moved to|i live on|i reside in) "
                       r"((?:\w+ ){0,3}\w+)", t)

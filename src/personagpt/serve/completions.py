@@ -129,15 +129,19 @@ class Reply:
         self.read_tokens = 0  # tokens whose text has been taken into the pieces so far
         self.include_usage = False  # stream_options.include_usage: the usage in a last chunk of its own
         self.index = 0  # the choice's index (n > 1: see Choices)
+        self.continuing = False  # the reply extends the client's last assistant message: it opens with a space
 
     async def pieces(self):
         """Text pieces, stop strings applied; cancels the job when the consumer goes away."""
         text, shown = TextStream(self.fmt, raw=not self.display), DisplayStream() if self.display else None
         show = shown.push if shown else (lambda piece: piece)
+        lead = self.continuing  # a front end appends the reply to the message as it is: "manager." + " i am ..."
         try:
             async for token in self.job.stream():
                 self.read_tokens += 1
                 piece = self.scanner.feed(show(text.push(token)))
+                if piece and lead:
+                    piece, lead = (piece if piece[0].isspace() or piece[0] in ".,!?;:'\")" else " " + piece), False
                 if piece:
                     yield piece
                 if self.scanner.stopped:

@@ -143,6 +143,9 @@ async def chat(body: ChatRequest, http: Request):
                      | ({"max_tokens_used": cfg.max_new_tokens} if (body.asked_limit or 0) > cfg.max_new_tokens
                         else {}),
                      http=http) for job in jobs]
+    last = body.messages[-1].content if body.messages else None
+    for one in replies:  # a continued message that ends in a word or a stop gets its space from us
+        one.continuing = continues(body) and isinstance(last, str) and not last[-1:].isspace()
     reply = replies[0] if len(replies) == 1 else Choices(replies)
     options = (body.model_extra or {}).get("stream_options") or {}
     reply.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
