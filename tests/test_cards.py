@@ -86,3 +86,26 @@ def test_the_chat_opens_with_the_cards_greeting_and_writes_our_card(tiny_checkpo
     assert saved["turns"][0] == "hi there ! i am sam ." and saved["p1_facts"]  # the bot opened: it is p1
     bad = run(["interact", "--model", tiny_checkpoint, "--card", tmp_path / "none.png"], b"")
     assert bad.exit_code != 0 and "no such card file" in bad.output
+
+
+def test_the_api_reads_a_card_file_for_the_page(tokenizer, fmt):
+    """POST /v1/cards (what the page's Import sends): the facts, what was left out, the greetings; a chat that
+    opens with the greeting is answered; a malformed card is a 400 naming it."""
+    import httpx
+
+    from conftest import LiveServer
+    from personagpt.models.load import build_gpt2
+    from personagpt.serve import ServerSettings, create_app
+
+    model = build_gpt2(tokenizer, n_layer=1, n_embd=16, n_head=1, n_positions=256)
+    png = png_with_text("chara", base64.b64encode(json.dumps(V2).encode()).decode())
+    with LiveServer(create_app(ServerSettings(precision="no", max_context=256), loader=lambda: (model, fmt))) as live:
+        read = httpx.post(live.url + "/v1/cards", content=png).json()
+        assert read["name"] == "Sam" and read["persona"] and read["greetings"][0].startswith("hi")
+        assert httpx.post(live.url + "/v1/cards", content=json.dumps(V2)).json()["persona"] == read["persona"]
+        chat = httpx.post(live.url + "/v1/chat/completions", json={
+            "persona": read["persona"], "max_tokens": 4,
+            "messages": [{"role": "assistant", "content": read["greetings"][0]}, {"role": "user", "content": "hi !"}]})
+        assert chat.status_code == 200
+        bad = httpx.post(live.url + "/v1/cards", content=png_with_text("comment", "hello"))
+        assert bad.status_code == 400 and "no 'chara' or 'ccv3'" in bad.json()["error"]["message"]

@@ -210,6 +210,35 @@ def test_the_page_as_a_person_uses_it(server, browser, tmp_path):
     assert console_errors(driver, allowed=("status of 400",)) == []
 
 
+def test_a_character_card_imports_on_the_page(server, browser, tmp_path):
+    """Import takes a character card (a PNG with its chunk): the facts its prose gives fill the Persona panel, a
+    note says where they came from, and the card's greeting opens the chat."""
+    import base64
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    from personagpt.personas.cards import png_with_text
+
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Sam", "description": "{{char}} is a nurse. {{char}} has two dogs. Keep answers short.",
+        "personality": "", "scenario": "", "first_mes": "hi {{user}} ! i am {{char}} ."}}
+    path = tmp_path / "sam.png"
+    path.write_bytes(png_with_text("chara", base64.b64encode(json.dumps(card).encode()).decode()))
+    driver = browser
+    driver.get(server.url + "/")
+    driver.execute_script("localStorage.clear()")
+    driver.get(server.url + "/")
+    upload = driver.find_element(By.ID, "import-persona")
+    driver.execute_script("arguments[0].hidden = false", upload)  # the Import button opens it for a person
+    upload.send_keys(str(path))
+    note = wait_for(lambda: driver.find_element(By.ID, "card-note").text or None, what="the card's note")
+    facts = [e.get_attribute("value") for e in driver.find_elements(By.CSS_SELECTOR, "#facts input")]
+    assert facts == ["i am a nurse.", "i have two dogs."] and "From Sam's card: 2 facts" in note
+    assert "Keep answers short." in note  # what was left out is said
+    assert driver.find_element(By.CSS_SELECTOR, ".msg.assistant .text").text == "hi there! i am Sam."
+
+
 def test_api_docs_render_offline(server, browser):
     """/docs is Swagger UI from files in the package: it renders with no network (a CDN page stays blank)."""
     from selenium.webdriver.common.by import By

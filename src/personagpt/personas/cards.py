@@ -66,17 +66,23 @@ def read_card(path: str | Path) -> Card:
         raise DataError(f"{path}: no such card file")
     if path.stat().st_size > MAX_CARD_BYTES:
         raise DataError(f"{path}: {path.stat().st_size >> 20} MiB is too large for a character card")
-    data = path.read_bytes()
+    return card_from_bytes(path.read_bytes(), str(path))
+
+
+def card_from_bytes(data: bytes, where: str = "card") -> Card:
+    """A card from a file's bytes: JSON, or a PNG with a ``chara``/``ccv3`` chunk (the page's upload)."""
+    if len(data) > MAX_CARD_BYTES:
+        raise DataError(f"{where}: {len(data) >> 20} MiB is too large for a character card")
     if data.startswith(PNG_SIGNATURE):
-        chunks = png_text_chunks(data, path)
+        chunks = png_text_chunks(data, where)
         encoded = chunks.get("ccv3") or chunks.get("chara")
         if encoded is None:
-            raise DataError(f"{path}: a PNG without a character card (no 'chara' or 'ccv3' text chunk)")
+            raise DataError(f"{where}: a PNG without a character card (no 'chara' or 'ccv3' text chunk)")
         try:
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise DataError(f"{path}: the PNG's card chunk is not valid base64") from None
-    return card_from_json(data, str(path))
+            raise DataError(f"{where}: the PNG's card chunk is not valid base64") from None
+    return card_from_json(data, where)
 
 
 def card_from_json(data: bytes | str | dict, where: str = "card") -> Card:

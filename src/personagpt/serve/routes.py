@@ -86,6 +86,22 @@ def random_persona(http: Request, seed: int | None = Query(None)):
     return {"persona": random.Random(seed).choice(state.personas)}
 
 
+@router.post("/v1/cards", summary="A character card (its file's bytes: JSON, or PNG) read into persona facts")
+async def read_card(http: Request):
+    """What the page's Import does with a card: the persona facts its prose gives (as a system prompt's would),
+    what was left out, and its greetings ({{user}} as "there"). Nothing is kept."""
+    from personagpt.errors import DataError
+    from personagpt.personas.cards import card_from_bytes
+
+    try:
+        card = card_from_bytes(await http.body(), "the card")
+        taken = card.persona()
+    except DataError as e:
+        raise ApiError(400, str(e), param="card") from None
+    return {"name": card.name, "persona": taken.facts, "persona_left_out": taken.left_out,
+            "greetings": [for_people(g) for g in card.greetings()]}  # spaced as every reply the page shows
+
+
 @router.post("/v1/chat/completions", summary="A reply of the persona bot (streamed with stream=true)")
 async def chat(body: ChatRequest, http: Request):
     state = state_of(http)

@@ -87,9 +87,27 @@ function download(name, text, type) {
   link.remove();
 }
 
+async function importCard(file) {
+  // a character card (PNG, or JSON with a spec): the server reads it into facts as it reads a system prompt
+  const response = await fetch("/v1/cards", { method: "POST", headers: headers(), body: file });
+  if (!response.ok) return showError("chat-error", `Could not import ${file.name}: ${await errorMessage(response)}`);
+  const card = await response.json();
+  setFacts(card.persona);
+  if (card.greetings.length && !state.messages.length) {  // the card's greeting opens the chat
+    state.messages.push({ role: "assistant", content: card.greetings[0] });
+    renderMessages();
+  }
+  const left = card.persona_left_out.length ? ` (left out: ${card.persona_left_out.join(" ")})` : "";
+  showError("chat-error", "");
+  $("card-note").textContent = `From ${card.name}'s card: ${card.persona.length} facts${left}.`;
+}
+
 async function importPersona(file) {
+  const head = new Uint8Array(await file.slice(0, 8).arrayBuffer());
+  const text = head[0] === 0x89 ? null : await file.text();
+  if (text === null || /"spec"\s*:\s*"chara_card/.test(text)) return importCard(file);
   try {
-    const data = JSON.parse(await file.text());
+    const data = JSON.parse(text);
     const facts = Array.isArray(data) ? data : data.persona;
     if (!Array.isArray(facts) || !facts.every((f) => typeof f === "string") || facts.length > MAX_FACTS)
       throw new Error(`expected {"persona": [up to ${MAX_FACTS} facts]}`);
