@@ -180,18 +180,26 @@ def test_logprobs_with_best_of_n_are_the_chosen_replys(client):
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in tokens)
 
 
-def test_what_open_webui_sent_is_answered(client):
-    """The chat requests a real Open WebUI 0.12.4 sent to our server (bench/frontends/open_webui.py; its built-in
-    tools kept by name): its first message, regenerate, continue, a system prompt, its title, tag and follow-up
-    tasks, two user messages after a failed turn; replayed through the official client."""
+@pytest.mark.parametrize("recorded", ["open_webui_requests.jsonl", "langchain_requests.jsonl"])
+def test_what_real_clients_sent_is_answered(client, recorded):
+    """The chat requests real clients sent to our server, replayed through the official client: Open WebUI 0.12.4
+    (bench/frontends/open_webui.py; its built-in tools kept by name): its first message, regenerate, continue, a
+    system prompt, its title, tag and follow-up tasks, two user messages after a failed turn; LangChain's ChatOpenAI
+    (bench/frontends/langchain_bodies.py): max_completion_tokens 1024 and 500, streamed, logprobs with n = 2,
+    penalties, stop, top_p."""
     import json
     from pathlib import Path
 
-    bodies = [json.loads(line) for line in
-              (Path(__file__).parent / "fixtures" / "open_webui_requests.jsonl").read_text().splitlines()]
-    assert len(bodies) >= 6 and any(b.get("tools") for b in bodies) and any(b.get("max_tokens") == 1000 for b in bodies)
+    bodies = [json.loads(line) for line in (Path(__file__).parent / "fixtures" / recorded).read_text().splitlines()]
+    if recorded.startswith("open_webui"):
+        assert len(bodies) >= 6 and any(b.get("tools") for b in bodies)
+        assert any(b.get("max_tokens") == 1000 for b in bodies)
+    else:
+        assert any(b.get("n") == 2 and b.get("logprobs") for b in bodies)
+        assert any(b.get("frequency_penalty") for b in bodies)
     for body in bodies:
-        body = body | {"max_tokens": min(body.get("max_tokens") or 8, 8)}  # the tiny model: short replies suffice
+        limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        body = body | {limit: min(body.get(limit) or 8, 8)}  # the tiny model: short replies suffice
         if body.get("stream"):
             chunks = list(client.chat.completions.create(**body))
             assert chunks[-1].choices[0].finish_reason in ("stop", "length")
