@@ -179,3 +179,20 @@ def test_help_says_defaults_and_k_is_top_k_everywhere():
     assert "as before" not in said(["teach", "--help"])
     interview = said(["auth", "interact", "--help"])
     assert "-K, --candidates" in interview and '{"persona": [...]}' in interview
+
+
+def test_a_reply_cut_by_a_crash_is_recorded_in_the_models_spacing(tiny_model, fmt):
+    """What a transcript saves at a crash is the conversation's record: the cut reply in the model's own spacing
+    (as it will be fed back), never the terminal's display spacing."""
+    from personagpt.generate.conversation import Conversation, SamplingConfig
+
+    conversation = Conversation.with_persona(tiny_model, fmt, ["i like dogs."], seed=0,
+                                             sampling=SamplingConfig(num_candidates=1, max_new_tokens=12))
+    conversation.add_turn("hi , how are you ?")
+    stream = conversation.stream()
+    for _ in range(3):
+        next(stream)
+    with pytest.raises(RuntimeError):
+        stream.throw(RuntimeError("a crash mid-reply"))
+    cut = conversation.turns[-1]
+    assert len(conversation.turns) == 2 and cut == fmt.decode(conversation.turn_ids[-1][:-1])  # the tokens' own text
