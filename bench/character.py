@@ -21,27 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
+import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-
-from tqdm import tqdm
 
 from personagpt.data.dialogues import load_dialogues
 from personagpt.eval.evaluate import distinct_n, persona_probes, word_f1
 from personagpt.eval.probes import same_kind_probes, same_kind_verdict
-from personagpt.generate.conversation import Conversation
-from personagpt.generate.engine import Engine
 from personagpt.generate.sampling import SamplingConfig
-from personagpt.models.hardware import describe_hardware
-from personagpt.models.load import load_chat_model
-from personagpt.models.precision import serving_model
 from personagpt.personas.facts import answer_polarity
 
-DATA = Path(os.environ.get("PERSONAGPT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).parent))
+from guidance_sweep import DATA, bundled_engine, resumable, run  # noqa: E402  (the same engine runs, one way)
+
 SAMPLING = SamplingConfig(max_new_tokens=40, num_candidates=1, commit_tokens=0)
 SETTINGS = {  # name: changes to the CLI's sampling
     "N=1, free": dict(consistent_answers=False),
@@ -54,15 +47,8 @@ SETTINGS = {  # name: changes to the CLI's sampling
 
 
 def answer_all(engine, probes, sampling: SamplingConfig, desc: str, workers: int) -> tuple[list[str], float]:
-    def one(i_probe):
-        i, probe = i_probe
-        return Conversation.from_turns(engine.model, engine.fmt, probe.turns, persona=probe.persona,
-                                       sampling=sampling, seed=i, engine=engine).respond()
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        replies = list(tqdm(pool.map(one, enumerate(probes)), total=len(probes), desc=desc, unit="reply"))
-    return replies, time.perf_counter() - started
+    """Each probe's reply in character (seed = its index), all in flight together."""
+    return run(engine, [{"turns": p.turns, "persona": p.persona} for p in probes], sampling, desc, workers)
 
 
 def next_turns(dialogues, count: int) -> list:
@@ -87,14 +73,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results/character.json"))
     args = parser.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    size = {"questions": args.questions, "same_kind": args.same_kind}
-    if results and results.get("size") != size:
-        raise SystemExit(f"{args.out} holds a run of another size ({results.get('size')}); use another --out")
-    results["size"], results["cpu"] = size, describe_hardware()
-    model, fmt = load_chat_model(None)
-    model.eval()
-    engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=4096, capacity=1024)
+    results = resumable(args.out, {"questions": args.questions, "same_kind": args.same_kind})
+    _, _, engine = bundled_engine()
     results["decoding"] = engine.fast_path.describe()
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
     facts, others = persona_probes(split, args.questions), same_kind_probes(split, args.same_kind)
@@ -108,13 +88,15 @@ def main() -> None:
             own, other = replies[:len(facts)], replies[len(facts):]
             polarity = [answer_polarity(r) for r in own]
             verdicts = [same_kind_verdict(r, p) for r, p in zip(other, others)]
-            per_kind = {kind: {"count": n, "consistent": 100 * sum(v == "consistent" for v, p in zip(verdicts, others)
-                                                                     if p.kind == kind) / n,
-                               "against": 100 * sum(v == "against" for v, p in zip(verdicts, others) if p.kind == kind) / n}
-                        for kind, n in Counter(p.kind for p in others).items()}
+            per_kind = {}
+            for kind, n in Counter(p.kind for p in others).items():
+                said = [v for v, p in zip(verdicts, others) if p.kind == kind]
+                per_kind[kind] = {"count": n, "consistent": 100 * said.count("consistent") / n,
+                                  "against": 100 * said.count("against") / n}
+            agree = [p == q.expected for p, q in zip(polarity, facts)]
+            disagree = [p is not None and p != q.expected for p, q in zip(polarity, facts)]
             results[name] = {
-                "fact_consistent": 100 * sum(p == q.expected for p, q in zip(polarity, facts)) / len(facts),
-                "fact_against": 100 * sum(p is not None and p != q.expected for p, q in zip(polarity, facts)) / len(facts),
+                "fact_consistent": 100 * sum(agree) / len(facts), "fact_against": 100 * sum(disagree) / len(facts),
                 "same_kind_consistent": 100 * verdicts.count("consistent") / len(others),
                 "same_kind_against": 100 * verdicts.count("against") / len(others),
                 "per_kind": per_kind, "seconds_per_reply": seconds / len(replies),

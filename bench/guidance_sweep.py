@@ -74,6 +74,23 @@ def run(engine, jobs, sampling: SamplingConfig, desc: str, workers: int) -> tupl
     return replies, time.perf_counter() - started
 
 
+def resumable(out: Path, size: dict) -> dict:
+    """The results saved so far at ``out`` (a rerun skips what is there), refused if they are of another size;
+    stamped with this machine."""
+    results = json.loads(out.read_text()) if out.exists() else {}
+    if results and results.get("size") != size:
+        raise SystemExit(f"{out} holds a run of another size ({results.get('size')}); use another --out")
+    results["size"], results["cpu"] = size, describe_hardware()
+    return results
+
+
+def bundled_engine():
+    """The bundled model and one engine over its serving copy, as the server runs them (32 rows)."""
+    model, fmt = load_chat_model(None)
+    model.eval()
+    return model, fmt, Engine(serving_model(model), fmt, max_batch=32, max_queue=4096, capacity=1024)
+
+
 def self_repeats(reply: str) -> bool:
     return repetition(reply, []) > 0
 
@@ -90,14 +107,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results/guidance_sweep.json"))
     args = parser.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    size = {"contexts": args.contexts, "questions": args.questions}
-    if results and results.get("size") != size:
-        raise SystemExit(f"{args.out} holds a run of another size ({results.get('size')}); use another --out")
-    results["size"], results["cpu"] = size, describe_hardware()
-    model, fmt = load_chat_model(None)
-    model.eval()
-    engine = Engine(serving_model(model), fmt, max_batch=32, max_queue=4096, capacity=1024)
+    results = resumable(args.out, {"contexts": args.contexts, "questions": args.questions})
+    model, fmt, engine = bundled_engine()
     results["decoding"] = engine.fast_path.describe()
     labeler = default_labeler()
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")

@@ -8,7 +8,8 @@ persona's facts (matched by all-MiniLM-L6-v2, or by shared words without it), th
 (:func:`personagpt.personas.facts.question`), and the reply's opening words give another (:func:`~personagpt.personas.facts.answer_polarity`).
 A question about a thing of the same kind as a fact that the persona does not have ("do you have cats ?" with "i have
 two dogs.", :mod:`personagpt.personas.kinds`) implies no. The same reading steers decoding: :func:`opening_ban`
-lists the first tokens that would answer against the persona, and a turn bans them (``SamplingConfig.consistent_answers``).
+lists the first tokens that would answer against the persona, and a turn bans them
+(``SamplingConfig.consistent_answers``).
 """
 
 from __future__ import annotations
@@ -100,12 +101,17 @@ class ConsistencyChecker:
 
 AFFIRMING = ("yes", "yeah", "yep", "yup", "yea", "ya", "sure", "absolutely", "definitely", "certainly", "indeed",
              "correct", "totally", "of")  # "of" opens "of course"
-AFFIRMING_PHRASES = ("i do", "i am", "i did", "i have", "i can", "i will")  # affirm when the turn or sentence ends there
+AFFIRMING_PHRASES = ("i do", "i am", "i did", "i have", "i can", "i will")  # affirm when the turn or sentence ends
 _COMMON_STARTS = {"in", "to", "so", "an", "it", "is", "as", "at", "on", "de", "co", "ab", "ce", "tot", "corr", "ind",
                   "def", "cer", "abs", "ne", "na", "nev", "su"}  # word starts too common to ban as openings
 DENYING = ("no", "nope", "nah", "not", "never", "nay")
 DENYING_PHRASES = ("i do not", "i don't", "i am not", "i'm not", "i have not", "i haven't", "i have never", "i did not",
                    "i didn't", "i never", "i can not", "i can't", "i cannot")
+
+
+def _forms(text: str) -> set[str]:
+    """``text`` as it may open a reply: lower or capitalised, after a space or not."""
+    return {text, " " + text, text.capitalize(), " " + text.capitalize()}
 
 
 def spellings(tokenizer, text: str, limit: int = 4) -> list[tuple[int, ...]]:
@@ -137,23 +143,20 @@ def spellings(tokenizer, text: str, limit: int = 4) -> list[tuple[int, ...]]:
 @functools.lru_cache(maxsize=16)
 def opening_ban(tokenizer, expected: bool, eos_id: int) -> tuple[tuple[int, ...], ...]:
     """Token sequences that would open an answer against ``expected`` (the true answer: True for yes): a reply
-    may not begin with any of them (its last token is banned once the reply holds the rest). "yes", " Yeah", ...
-    in every spelling the vocabulary allows, whose first piece is banned as an opening too unless it starts many
-    other words ("ye" of "ye" + "ah", not "in" of "in" + "deed") and "i do ." / "i am but" / "i do" + end of turn when the answer is no;
-    "no", "i do not", "i'm not", ... when it is yes. Every casing and leading space is listed."""
-    def forms(text: str) -> set[str]:
-        return {text, " " + text, text.capitalize(), " " + text.capitalize()}
-
+    may not begin with any of them (its last token is banned once the reply holds the rest). When the answer is no:
+    "yes", " Yeah", ... in every spelling the vocabulary allows, whose first piece is banned as an opening too unless
+    it starts many other words ("ye" of "ye" + "ah", not "in" of "in" + "deed"), and "i do ." / "i am but" / "i do" +
+    end of turn; when it is yes: "no", "i do not", "i'm not", ... Every casing and leading space is listed."""
     banned: set[tuple[int, ...]] = set()
     if expected:
-        words, phrases = DENYING, [p for text in DENYING_PHRASES for p in forms(text)]
+        words, phrases = DENYING, [p for text in DENYING_PHRASES for p in _forms(text)]
         endings: list[list[int]] = [[]]
     else:
-        words, phrases = AFFIRMING, [p for text in AFFIRMING_PHRASES for p in forms(text)]
+        words, phrases = AFFIRMING, [p for text in AFFIRMING_PHRASES for p in _forms(text)]
         endings = [tokenizer.encode(e, add_special_tokens=False) for e in (" ,", " .", " !", ",", ".", "!", " but",
                                                                             " and", " too")] + [[eos_id]]
     for word in words:
-        for form in forms(word):
+        for form in _forms(word):
             for spelled in spellings(tokenizer, form):
                 banned.add(spelled)
                 start = tokenizer.decode(spelled[:1]).strip().lower()
@@ -168,6 +171,5 @@ def opening_ban(tokenizer, expected: bool, eos_id: int) -> tuple[tuple[int, ...]
 def yes_no_openers(tokenizer, expected: bool) -> tuple[int, ...]:
     """The single tokens that open an answer with ``expected``'s word: "yes", " Yeah", ... or "no", " Nope", ..."""
     words = ("yes", "yeah") if expected else ("no", "nope", "nah")
-    ids = {tuple(tokenizer.encode(form, add_special_tokens=False)) for word in words
-           for form in (word, " " + word, word.capitalize(), " " + word.capitalize())}
+    ids = {tuple(tokenizer.encode(form, add_special_tokens=False)) for word in words for form in _forms(word)}
     return tuple(sorted(i[0] for i in ids if len(i) == 1))

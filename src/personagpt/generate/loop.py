@@ -84,12 +84,13 @@ class Row:
 
 
 @functools.lru_cache(maxsize=64)
-def _ban_table(opening_ban: tuple[tuple[int, ...], ...]) -> dict[tuple[int, ...], list[int]]:
-    """An opening ban as what may not follow each prefix: {(i, do): [,, ., eos], (): [yes, ...]}."""
+def _ban_table(opening_ban: tuple[tuple[int, ...], ...]) -> tuple[dict[tuple[int, ...], list[int]], int]:
+    """An opening ban as what may not follow each prefix, {(i, do): [,, ., eos], (): [yes, ...]}, and the longest
+    prefix (past it a reply is free: no lookup)."""
     table: dict[tuple[int, ...], list[int]] = {}
     for seq in opening_ban:
         table.setdefault(seq[:-1], []).append(seq[-1])
-    return table
+    return table, max(map(len, table))
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,7 +146,8 @@ class Sampler:
             return _all_but(row.cfg.opening_only, vocab, self.device)
         if not row.cfg.opening_ban:
             return base
-        extra = _ban_table(row.cfg.opening_ban).get(tuple(row.tokens))
+        table, longest = _ban_table(row.cfg.opening_ban)
+        extra = table.get(tuple(row.tokens)) if len(row.tokens) <= longest else None
         return torch.cat([base, torch.tensor(extra, device=self.device)]) if extra else base
 
     def take(self, row: Row, token: int) -> None:

@@ -48,7 +48,8 @@ NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seve
            "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 RELATIONSHIPS = [("engaged", r"\b(engaged|fiance|fiancee|getting married)\b"), ("divorced", r"\b(divorced|divorce)\b"),
                  ("widowed", r"\b(widow|widowed|widower)\b"), ("married", r"\b(married|wife|husband|spouse)\b"),
-                 ("dating", r"\b(girlfriend|boyfriend|dating)\b"), ("single", r"\bsingle\b(?! (parent|mom|dad|mother|father))")]
+                 ("dating", r"\b(girlfriend|boyfriend|dating)\b"),
+                 ("single", r"\bsingle\b(?! (parent|mom|dad|mother|father))")]
 _PLACE_STOP = {"the", "a", "an", "of", "and", "but", "now", "with", "near", "my", "in", "on"}
 _GENERIC_PETS = {"pet", "pets", "animal", "animals"}
 
@@ -74,7 +75,7 @@ def fact_kinds(text: str) -> dict[str, frozenset]:
     kinds: dict[str, set] = {}
     owned = re.search(r"\b(i have|i own|i got|i adopted|i rescued|i take care of)\b", t)
     pets = {PETS.get(w.removesuffix("'s"), PETS.get(_singular(w.removesuffix("'s")))) for i, w in enumerate(words)
-            if (owned and owned.start() < t.find(w)) or "my" in words[max(0, i - 2):i] or "pet" in words[max(0, i - 2):i]}
+            if (owned and owned.start() < t.find(w)) or {"my", "pet"} & set(words[max(0, i - 2):i])}
     pets.discard(None)
     if pets:
         kinds["pet"] = pets
@@ -84,7 +85,7 @@ def fact_kinds(text: str) -> dict[str, frozenset]:
                     r"((?:\w+ ){0,3}\w+)", t)  # "i am sam , a friendly nurse": a name first
     if job:
         jobs = {_singular(w) if _singular(w) in JOBS else w for w in job.group(1).split()} & JOBS
-        if jobs and not re.search(r"\b(want to be|wants to be|would like to be|dream|married to|engaged to|dating)\b", t):
+        if jobs and not re.search(r"\b(wants? to be|would like to be|dream|married to|engaged to|dating)\b", t):
             kinds["job"] = jobs
     place = re.search(r"\b(?:i live in|i am from|i grew up in|i was born in|i moved to|i live on|i reside in) "
                       r"((?:\w+ ){0,3}\w+)", t)
@@ -98,7 +99,6 @@ def fact_kinds(text: str) -> dict[str, frozenset]:
     food = set(words) & DIETS
     favorite = re.search(r"\bfavorite food(?:s)? (?:is|are) ((?:\w+ ){0,3}\w+)|(\w+) (?:is|are) my favorite food", t)
     if favorite:
-        food |= set((favorite.group(1) or favorite.group(2)).split()) & (FOODS | {_singular(w) for w in FOODS})
         food |= {w for w in (favorite.group(1) or favorite.group(2)).split() if w not in _PLACE_STOP} - {"food"}
     elif re.search(r"\b(i eat|i love|i like|i enjoy|i do not eat|i hate|i cook)\b", t):
         food |= {w for w in words if w in FOODS} | ({"ice cream"} if "ice cream" in t else set())
@@ -142,13 +142,10 @@ def statement(question: str) -> str | None:
 
 
 def _same_thing(kind: str, asked, own) -> bool:
-    if kind == "family":
-        member, count = asked
-        for other, other_count in [own]:
-            related = other == member or member in GENERIC_FAMILY.get(other, ()) or other in GENERIC_FAMILY.get(member, ())
-            if related and (count is None or count < 2 or other_count is None or count == other_count):
-                return True
-        return False
+    if kind == "family":  # (member, count): "a son" is one of "two kids"; "three kids" is not "two kids"
+        (member, count), (other, other_count) = asked, own
+        related = other == member or member in GENERIC_FAMILY.get(other, ()) or other in GENERIC_FAMILY.get(member, ())
+        return related and (count is None or count < 2 or other_count is None or count == other_count)
     if kind == "pet" and (asked in _GENERIC_PETS or own in _GENERIC_PETS):
         return True
     return asked == own

@@ -222,8 +222,7 @@ class Reply:
             yield self.envelope.chunk({"content": piece}, choice=self._choice_extra(self.read_tokens), index=index)
         self.metrics.observe(self.job)
         extra = await self.extras(content)
-        if self.include_usage:
-            extra.pop("usage")
+        if self.include_usage:  # the usage comes in a last chunk of its own (events)
             extra["usage"] = None
         yield self.envelope.chunk({}, self.finish_reason(), choice=self._choice_extra(), index=index, **extra)
 
@@ -261,8 +260,8 @@ class Choices:
         self.include_usage = False
 
     def usage(self) -> dict:
-        prompt = len(self.replies[0].job.prompt)
-        completion = sum(len(r.job.tokens) for r in self.replies)
+        each = [reply.usage() for reply in self.replies]
+        prompt, completion = each[0]["prompt_tokens"], sum(u["completion_tokens"] for u in each)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     async def events(self):

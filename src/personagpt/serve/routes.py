@@ -14,10 +14,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from personagpt.control.selfplay import self_play
-from personagpt.errors import PersonaGPTError
+from personagpt.errors import DataError, PersonaGPTError
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
+from personagpt.personas.cards import card_from_bytes
 from personagpt.serve.completions import Choices, Reply, TextReply, UpstreamReply
 from personagpt.serve.errors import ApiError
 from personagpt.serve.requests import (continues, conversation_of, policy_of, refuse_local_only,
@@ -90,9 +91,6 @@ def random_persona(http: Request, seed: int | None = Query(None)):
 async def read_card(http: Request):
     """What the page's Import does with a card: the persona facts its prose gives (as a system prompt's would),
     what was left out, and its greetings ({{user}} as "there"). Nothing is kept."""
-    from personagpt.errors import DataError
-    from personagpt.personas.cards import card_from_bytes
-
     try:
         card = card_from_bytes(await http.body(), "the card")
         taken = card.persona()

@@ -248,8 +248,8 @@ class SelfPlayRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    candidates: int = Field(FRONT_END_DEFAULTS.num_candidates, ge=1, le=8, description="Best-of-N for both bots' turns, as in "
-                                                                        "chat completions; 1: plain sampling.")
+    candidates: int = Field(FRONT_END_DEFAULTS.num_candidates, ge=1, le=8,
+                            description="Best-of-N for both bots' turns, as in chat completions; 1: plain sampling.")
     commit_tokens: int = Field(FRONT_END_DEFAULTS.commit_tokens, ge=0, le=MAX_REPLY_TOKENS)
     stream: bool = False
 
