@@ -97,9 +97,9 @@ async function importCard(file) {
     state.messages.push({ role: "assistant", content: card.greetings[0] });
     renderMessages();
   }
-  const left = card.persona_left_out.length ? ` (left out: ${card.persona_left_out.join(" ")})` : "";
+  const left = card.persona_left_out.length ? ` Left out: ${card.persona_left_out.join(" ")}` : "";
   showError("chat-error", "");
-  $("card-note").textContent = `From ${card.name}'s card: ${card.persona.length} facts${left}.`;
+  $("card-note").textContent = `From ${card.name}'s card: ${card.persona.length} facts.${left}`;
 }
 
 async function importPersona(file) {
