@@ -77,6 +77,45 @@ def ours_single(mode: str, prompts: list[list[int]]) -> dict:
     return {"engine": f"ours ({mode})", "turns": turns[1:]}
 
 
+def ours_engine(prompts: list[list[int]]) -> dict:
+    """What ``interact`` runs where llama-cpp-python is installed: the terminal's own engine (llama.cpp backend,
+    chosen automatically), each turn a request whose prompt reuses the engine's prefix cache."""
+    import torch
+
+    from personagpt.cli.common import terminal_engine
+    from personagpt.generate.sampling import SamplingConfig
+    from personagpt.models.load import load_chat_model
+
+    torch.set_num_threads(2)
+    model, fmt = load_chat_model(None)
+    cfg = SamplingConfig(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+    engine = terminal_engine(model, fmt, cfg, 1024)
+    if engine is None:
+        raise SystemExit("the terminal has no engine here: llama-cpp-python is not installed")
+    turns = []
+    for ids in [prompts[0][::-1]] + prompts:  # the first pass warms up (no prefix in common); not reported
+        started = time.perf_counter()
+        tokens, first = [], None
+        for token in engine.submit(ids, cfg):
+            first = first or time.perf_counter()
+            tokens.append(token)
+        done = time.perf_counter()
+        turns.append({"prompt_tokens": len(ids), "ttft_ms": 1000 * (first - started),
+                      "ms_per_token": 1000 * (done - first) / (len(tokens) - 1), "tokens": tokens})
+    engine.close()
+    return {"engine": f"ours (engine: {engine.describe()})", "turns": turns[1:]}
+
+
+def chat_body(dialogue, turn: int, goal: str | None) -> dict:
+    """The chat request a client sends before the bot's ``turn``-th reply: the persona as a system message, the
+    gold history, our default sampling (answer rule, guidance), and in goal mode a goal (a guide row per user)."""
+    messages = [{"role": "system", "content": "\n".join(dialogue.facts(2))}]
+    for i, text in enumerate(dialogue.turns[: 2 * turn + 1]):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    body = {"messages": messages, "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS}
+    return {**body, "goal": goal} if goal else body
+
+
 def run_worker(args: list[str], python: str = sys.executable) -> dict:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         subprocess.run([python, *args, out.name], check=True)
@@ -161,11 +200,14 @@ def main() -> None:
     parser.add_argument("--exports", type=Path, default=Path("runs/peer"), help="Where the GGUF exports go.")
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-many", action="store_true")
+    parser.add_argument("--backends", nargs="+", default=["auto", "torch"],
+                        help="Our server's backends for the many-users run (auto: llama.cpp where installed).")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "PROMPTS"), help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.worker:  # a child process: one of our modes
         mode, prompts = args.worker
-        json.dump(ours_single(mode, json.load(open(prompts))["prompts"]), open(rest[0], "w"))
+        prompts = json.load(open(prompts))["prompts"]
+        json.dump(ours_engine(prompts) if mode == "engine" else ours_single(mode, prompts), open(rest[0], "w"))
         return
 
     from personagpt.data.dialogues import default_data_dir, load_dialogues
@@ -183,7 +225,6 @@ def main() -> None:
         if not path.exists():
             export_gguf(model, fmt, path, dtype)
         ggufs[dtype] = path
-    del model
     result = {"cpu": cpu_name(), "new_tokens": NEW_TOKENS, "single": [], "many": []}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"prompts": single, "new_tokens": NEW_TOKENS}, f)
@@ -192,7 +233,10 @@ def main() -> None:
         json.dump({"prompts": single, "new_tokens": NEW_TOKENS, "no_repack": True}, f)
         no_repack_file = f.name
     if not args.skip_single:
-        for mode in ("off", "fp32", "int8"):
+        from personagpt.generate.llamacpp import unavailable
+
+        modes = ("off", "fp32", "int8") + (() if unavailable(model) else ("engine",))
+        for mode in modes:
             result["single"].append(run_worker([__file__, "--worker", mode, prompts_file]))
             print(summary(result["single"][-1]), flush=True)
         if args.llama_python:
@@ -208,17 +252,28 @@ def main() -> None:
                     result["single"].append(row)
                     print(summary(row), flush=True)
                     break
-    per_user = [prompts_of(d, fmt, args.turns) for d in dialogues[1:1 + args.users]]
+    del model
+    users = dialogues[1:1 + args.users]
+    per_user = [prompts_of(d, fmt, args.turns) for d in users]
     port = 8765
-    ours = None if args.skip_many else serve_and_load(
-        [sys.executable, "-m", "personagpt.cli", "serve", "--port", str(port), "--quiet",
-         "--max-batch", str(args.users)], f"http://127.0.0.1:{port}/health",
-        f"http://127.0.0.1:{port}/v1/completions",
-        lambda ids: {"prompt": ids, "max_tokens": NEW_TOKENS, "min_tokens": NEW_TOKENS, "temperature": 0},
-        per_user)
-    if ours is not None:
-        result["many"].append({"engine": "ours (server, default path)", **ours})
-        print(result["many"][-1], flush=True)
+    server = [sys.executable, "-m", "personagpt.cli", "serve", "--port", str(port), "--quiet"]
+    health, completions = f"http://127.0.0.1:{port}/health", f"http://127.0.0.1:{port}/v1/completions"
+    # the same ids as llama-server, greedy; then what chat clients get: default sampling, persona chat and goal
+    # mode (each user's guide row beside its own: twice the rows), requests built from the same dialogues
+    variants = [("ids, greedy", completions, lambda ids: {"prompt": ids, "max_tokens": NEW_TOKENS,
+                                                             "min_tokens": NEW_TOKENS, "temperature": 0}, per_user),
+                ("chat defaults, persona", f"http://127.0.0.1:{port}/v1/chat/completions", lambda body: body,
+                 [[chat_body(d, t, None) for t in range(args.turns)] for d in users]),
+                ("chat defaults, goal mode (guide rows)", f"http://127.0.0.1:{port}/v1/chat/completions",
+                 lambda body: body, [[chat_body(d, t, "talk about hobbies.") for t in range(args.turns)]
+                                     for d in users])]
+    for backend in ([] if args.skip_many else args.backends):
+        for name, url, body_of, work in variants:
+            rows = args.users * (2 if "guide" in name else 1)
+            env = {**os.environ, "PERSONAGPT_BACKEND": backend}
+            ours = serve_and_load(server + ["--max-batch", str(rows)], health, url, body_of, work, env=env)
+            result["many"].append({"engine": f"ours (server, {backend}; {name})", **ours})
+            print(result["many"][-1], flush=True)
     if args.llama_server and not args.skip_many:
         for dtype, path in ggufs.items():
             command = [args.llama_server, "-m", str(path), "--port", str(port), "-np", str(args.users), "-c",

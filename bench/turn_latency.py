@@ -1,7 +1,7 @@
 """One user's time to first visible text and whole-turn time per decoding setting, in the terminal chat and the server.
 
 The terminal chat (``personagpt interact``: a :class:`~personagpt.generate.conversation.Conversation` decoding on
-its own cache) and the server (``create_app`` with its defaults, one streaming client through the official
+its own cache, or through an engine of its own where llama-cpp-python is installed, as ``interact`` does) and the server (``create_app`` with its defaults, one streaming client through the official
 ``openai`` package) answer the same ``--turns`` validation contexts (a dialogue cut before a bot turn, seed 0) in
 persona mode and in goal mode, once per setting, one setting after another, each after one warm-up turn. The
 first visible text is the first streamed piece that is not blank. Settings change the front ends' defaults only in
@@ -22,10 +22,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from personagpt.cli.common import terminal_engine
 from personagpt.data.dialogues import load_dialogues
 from personagpt.format import DEFAULT_ACTIONS
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.sampling import FRONT_END_DEFAULTS, SamplingConfig
+from personagpt.generate.slots import choose_backend
 from personagpt.models.hardware import describe_hardware
 from personagpt.models.load import load_chat_model
 
@@ -52,9 +54,11 @@ def contexts(count: int) -> list[dict]:
     return picked
 
 
-def terminal_turn(model, fmt, job: dict, sampling: SamplingConfig, mode: str, seed: int) -> tuple[float, float]:
+def terminal_turn(model, fmt, job: dict, sampling: SamplingConfig, mode: str, seed: int,
+                  engine=None) -> tuple[float, float]:
     conversation = Conversation.from_turns(model, fmt, job["turns"], persona=job["persona"],
-                                           goal=job["goal"] if mode == "goal" else None, sampling=sampling, seed=seed)
+                                           goal=job["goal"] if mode == "goal" else None, sampling=sampling, seed=seed,
+                                           engine=engine)
     started, first = time.perf_counter(), None
     for piece in conversation.stream():
         if first is None and piece.strip():
@@ -121,6 +125,7 @@ def main() -> None:
     results = {"cpu": describe_hardware(), "turns": args.turns}
     model, fmt = load_chat_model(None)
     model.eval()
+    results["backend"] = " / ".join(choose_backend(None, model))
     for path in args.paths:
         for mode in ("persona", "goal"):
             for name in args.settings:
@@ -129,8 +134,10 @@ def main() -> None:
                     sampling = FRONT_END_DEFAULTS if change is None else replace(
                         FRONT_END_DEFAULTS, **(PLAIN | change))
 
-                    def turn(job, seed, sampling=sampling):
-                        return terminal_turn(model, fmt, job, sampling, mode, seed)
+                    engine = terminal_engine(model, fmt, sampling, 1024)  # what interact decodes through
+
+                    def turn(job, seed, sampling=sampling, engine=engine):
+                        return terminal_turn(model, fmt, job, sampling, mode, seed, engine)
                     server = None
                 else:  # a fresh server per setting: every setting starts from an empty prefix cache
                     server, client = start_server(model, fmt)
@@ -149,6 +156,8 @@ def main() -> None:
                 if server is not None:
                     server.should_exit = True
                     time.sleep(1)
+                elif engine is not None:
+                    engine.close()
     for key, row in list(results.items()):
         if isinstance(row, dict) and "turn_ms" in row:
             base = results[" ".join(key.split()[:2]) + " plain (N=1)"]

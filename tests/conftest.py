@@ -15,6 +15,9 @@ import uvicorn
 # The fast decoding path over fp32 weights gives exactly the reference model's tokens, which many tests compare
 # across paths; the int8 path (the default on CPUs with fast bf16) is tested on its own in test_fastpath.py.
 os.environ.setdefault("PERSONAGPT_FAST_PATH", "fp32")
+# Likewise the engine runs on torch, where llama-cpp-python would be chosen if installed; the llama.cpp backend is
+# tested on its own in test_llamacpp.py.
+os.environ.setdefault("PERSONAGPT_BACKEND", "torch")
 
 from personagpt.format import PromptFormat  # noqa: E402
 from personagpt.models.load import build_gpt2, load_tokenizer, save_checkpoint

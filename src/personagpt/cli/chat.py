@@ -15,7 +15,8 @@ from typing import Annotated, Optional
 import typer
 
 from personagpt.cli.common import (MAX_FACTS, Prompter, UserError, friendly_errors, load, parse_action,
-                                   persona_from_flags, say_decoding, typing_hidden)
+                                   persona_from_flags, say_decoding, terminal_engine,
+                                   typing_hidden)
 from personagpt.cli.options import (DeviceOpt, MaxLenOpt, ModelOpt, PersonaFileOpt, PersonaOpt, PersonasPathOpt,
                                     RandomPersonaOpt, SeedOpt, TurnsOpt, sampling_options)
 from personagpt.errors import PersonaGPTError
@@ -324,9 +325,10 @@ def interact(
             check_context_budget(loaded, fmt, facts, max_length, sampling)
         if compile:
             typer.echo(COMPILE_NOTE, err=True)
-        session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling,
-                              max_context=max_length or default_window(loaded, sampling),
-                              seed=seed, compile=compile, greetings=greetings, name=name)
+        window = max_length or default_window(loaded, sampling)
+        engine = terminal_engine(loaded, fmt, sampling, window, compile)
+        session = ChatSession(loaded, fmt, mode, facts, prompter, sampling=sampling, max_context=window,
+                              seed=seed, compile=compile, greetings=greetings, name=name, engine=engine)
         if mode == 0:
             typer.echo("Persona: " + " ".join(facts))
         try:
@@ -334,6 +336,8 @@ def interact(
         finally:
             if save is not None:
                 session.save(save)
+            if engine is not None:
+                engine.close()
         typer.echo("Goodbye.")
 
 

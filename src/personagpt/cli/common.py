@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 import time
@@ -137,14 +138,37 @@ def load(model_name: str | None, device: str | None, trainable: bool = False, to
 
 
 def say_decoding(model, compiled: bool = False, sampling=None) -> None:
-    """One line on stderr: which decoding path this CPU gets (see personagpt.models.fastpath), and best-of-N if on."""
+    """One line on stderr: what decodes on this machine (llama.cpp where installed, else the torch path this CPU
+    gets; see personagpt.generate.slots), and best-of-N if on."""
+    from personagpt.generate.slots import choose_backend
     from personagpt.models.fastpath import choose_fast_path
 
-    what = "torch.compile over the reference model (--compile)" if compiled else choose_fast_path(None, model).describe()
+    if compiled:
+        what = "torch.compile over the reference model (--compile)"
+    elif choose_backend(None, model)[0] == "llama.cpp":
+        from personagpt.generate.llamacpp import WEIGHTS
+
+        what = f"llama.cpp, {os.environ.get('PERSONAGPT_LLAMACPP_WEIGHTS') or WEIGHTS} weights (llama-cpp-python " \
+               "is installed; PERSONAGPT_BACKEND=torch for torch)"
+    else:
+        what = choose_fast_path(None, model).describe()
     if sampling is not None and sampling.num_candidates > 1 and sampling.do_sample:
         when = f"after {sampling.commit_tokens} tokens" if sampling.commit_tokens else "among whole replies"
         what += f"; replies best of {sampling.num_candidates}, chosen {when} (--candidates 1: one sample)"
     typer.echo(f"Decoding: {what}", err=True)
+
+
+def terminal_engine(model, fmt, sampling, window: int, compiled: bool = False):
+    """An engine of the terminal chat's own where the engine's backend is llama.cpp (twice torch's pace per token
+    on the project's CPUs), sized for one conversation's rows; None: the terminal decodes on torch itself."""
+    from personagpt.generate.slots import choose_backend
+
+    if compiled or sampling.num_beams > 1 or choose_backend(None, model)[0] != "llama.cpp":
+        return None
+    from personagpt.generate.engine import Engine
+
+    rows = max(1, sampling.num_candidates) * 2  # each candidate may take a guide row beside it
+    return Engine(model, fmt, max_batch=rows, max_queue=rows, capacity=window)
 
 
 def persona_from_flags(persona: list[str] | None, persona_file: Path | None, random_persona: bool,

@@ -29,16 +29,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
 
 from personagpt.errors import PersonaGPTError, QueueFullError, RequestCancelled
-from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.format import PromptFormat
-from personagpt.models.load import context_limit
-from personagpt.generate.kvcache import PrefixCache, ReservedCache
 from personagpt.generate.loop import Row, Sampler, guided_logits
 from personagpt.generate.sampling import SamplingConfig
-from personagpt.scoring import decoder_and_head
+from personagpt.generate.slots import TorchSlots, choose_backend
+from personagpt.models.load import context_limit
 
 
 _DONE = object()
@@ -121,31 +118,6 @@ class Request:
         return self.finished_at - self.first_token_at
 
 
-class _SlotLayer(DynamicLayer):
-    """One layer's keys/values for a forward over slot rows ``first:first+n``: row b writes its q new keys/values
-    at its own positions ``positions[b]`` ([n, q]) and attends over the first ``width`` cells of its slot."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, first: int, positions: torch.Tensor,
-                 width: int) -> None:
-        super().__init__()
-        self._k, self._v, self._first, self._positions, self._width = keys, values, first, positions, width
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        rows = slice(self._first, self._first + key_states.shape[0])
-        index = torch.arange(rows.start, rows.stop, device=key_states.device).unsqueeze(1)
-        self._k[index, :, self._positions] = key_states.transpose(1, 2)
-        self._v[index, :, self._positions] = value_states.transpose(1, 2)
-        self.keys, self.values = self._k[rows, :, : self._width], self._v[rows, :, : self._width]
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self._width - 1
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self._width, 0
-
-
 @dataclass
 class _Active:
     request: Request
@@ -169,20 +141,27 @@ class Engine:
     """
 
     def __init__(self, model, fmt: PromptFormat, *, max_batch: int = 16, max_queue: int = 64,
-                 capacity: int | None = None, prefix_cache_tokens: int = 16384, fast: str | None = None) -> None:
-        """``fast`` picks the decoding path (:func:`~personagpt.models.fastpath.choose_fast_path`; None: by the CPU)."""
+                 capacity: int | None = None, prefix_cache_tokens: int = 16384, fast: str | None = None,
+                 backend: str | None = None) -> None:
+        """``backend`` runs the model (:func:`~personagpt.generate.slots.choose_backend`: llama.cpp where it is
+        installed, else torch; None: automatic); ``fast`` picks torch's decoding path
+        (:func:`~personagpt.models.fastpath.choose_fast_path`; None: by the CPU)."""
         self.model, self.fmt = model, fmt
-        self.fast_path = choose_fast_path(fast, model)
-        self.decoder = fast_decoder(model, self.fast_path.mode)
         self.max_batch, self.max_queue = max_batch, max_queue
         self.capacity = min(capacity or 1024, context_limit(model))
-        self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self.device = model.device
+        self.backend, why = choose_backend(backend, model, max_batch)
+        if self.backend == "llama.cpp":
+            from personagpt.generate.llamacpp import LlamaCppSlots
+
+            self.slots = LlamaCppSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens)
+        else:
+            self.slots = TorchSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens, fast)
+        self.backend_reason = why
+        self.prefix_cache = self.slots.prefix_cache
         self.sampler = Sampler(fmt, self.device)
-        self._decoder, self._head = decoder_and_head(self.decoder)
         self._waiting: deque[Request] = deque()
         self._active: list[_Active] = []
-        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._lock = threading.Condition()
         self._ids = itertools.count(1)
         self._stopping = False
@@ -251,6 +230,21 @@ class Engine:
         return list(self.submit(prompt, sampling, generator, seed))
 
     @property
+    def fast_path(self):
+        """The torch decoding path chosen for this CPU (what the torch backend and the model's other work run)."""
+        return self.slots.fast_path
+
+    @property
+    def decoder(self):
+        return self.slots.decoder
+
+    def describe(self) -> str:
+        """What decodes, said at start-up and in /health."""
+        if self.backend == "torch":
+            return self.slots.describe()
+        return f"{self.slots.describe()} ({self.backend_reason})"
+
+    @property
     def queue_depth(self) -> int:
         return len(self._waiting)
 
@@ -264,6 +258,8 @@ class Engine:
             self._stopping = True
             self._lock.notify_all()
         self._thread.join(timeout=30)
+        if not self._thread.is_alive() and hasattr(self.slots, "close"):
+            self.slots.close()
 
     # ---- the scheduler thread ----------------------------------------------------------------------------------
 
@@ -300,18 +296,6 @@ class Engine:
             request.error = RequestCancelled("the server is shutting down")
             request._emit(_DONE)
 
-    def _ensure_buffers(self) -> None:
-        """Allocate the slot buffers once, shaped from one tiny forward (kv heads and head size per layer)."""
-        if self._buffers is not None:
-            return
-        probe = ReservedCache()
-        self.decoder(torch.tensor([[self.fmt.eos_id]], device=self.device), cache=probe, use_cache=True)
-        self._buffers = []
-        for layer in probe.layers:
-            _, heads, _, dim = layer.keys.shape
-            shape = (self.max_batch, heads, self.capacity, dim)
-            self._buffers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
-
     def _admit(self, requests: list[Request]) -> None:
         """Prefill the new requests' prompts (after their cached prefixes) into the next free slots, all in one
         forward pass, and sample each one's first token."""
@@ -325,7 +309,6 @@ class Engine:
         if not live:
             return
         started = time.perf_counter()
-        self._ensure_buffers()
         first = len(self._active)
         # each request fills one slot, a guided one a second with its guide prompt
         sequences = [(r, r.prompt, False) for r in live] + [(r, r.guide_prompt, True) for r in live if r.guided]
@@ -338,30 +321,15 @@ class Engine:
             else:
                 index[key] = len(unique)
                 unique.append(sequence)
-        starts, chunks = [], []
-        for slot, (request, prompt, is_guide) in enumerate(unique, first):
-            shared, kv = self.prefix_cache.longest(prompt, len(prompt) - 1)
-            for (kb, vb), (k, v) in zip(self._buffers, kv if kv is not None else ()):
-                kb[slot, :, :shared] = k[:, :shared]
-                vb[slot, :, :shared] = v[:, :shared]
-            if not is_guide:
-                request.cached_tokens = shared
-            starts.append(shared)
-            chunks.append(prompt[shared:])
-        width = max(len(c) for c in chunks)
-        ids = torch.tensor([c + [self.fmt.eos_id] * (width - len(c)) for c in chunks], device=self.device)
-        begin = torch.tensor(starts, device=self.device).unsqueeze(1)
-        positions = (begin + torch.arange(width, device=self.device)).clamp(max=self.capacity - 1)
-        span = min(self.capacity, int(positions.max()) + 1)
-        # row b's query i sees its slot's cells up to its own position (padding queries too: finite, unused)
-        visible = torch.arange(span, device=self.device).view(1, 1, span) <= positions.unsqueeze(-1)
-        logits = self._forward(ids, positions, visible, first, span, last=[len(c) - 1 for c in chunks])
+        starts = [self.slots.reuse(slot, prompt) for slot, (_, prompt, _) in enumerate(unique, first)]
+        chunks = [prompt[start:] for (_, prompt, _), start in zip(unique, starts)]
+        logits = self.slots.forward(first, chunks, starts)
         self.forward_tokens += sum(len(c) for c in chunks)
+        for (request, _, is_guide), start in zip(unique, starts):
+            if not is_guide:
+                request.cached_tokens = start
         for slot, ((request, prompt, is_guide), source) in enumerate(copies, first + len(unique)):
-            length = len(prompt)
-            for kb, vb in self._buffers:
-                kb[slot, :, :length] = kb[first + source, :, :length]
-                vb[slot, :, :length] = vb[first + source, :, :length]
+            self.slots.copy(first + source, slot, len(prompt))
             if not is_guide:
                 request.cached_tokens = starts[source]
         elapsed = time.perf_counter() - started
@@ -381,19 +349,6 @@ class Engine:
         # the slot order is the admission order: unique sequences, then copies (as the buffers were filled)
         self._active.extend(rows)
         self._accept(rows, logits[torch.tensor(sources, device=self.device)])
-
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor, first: int, span: int,
-                 last: list[int]) -> torch.Tensor:
-        """Run slot rows ``first:first+n`` on ``ids`` [n, q] at ``positions``; next-token logits at index
-        ``last[b]`` of each row. ``visible`` [n, q, span] says which cells each query attends to."""
-        dtype = self._buffers[0][0].dtype
-        mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill_(~visible,
-                                                                                       torch.finfo(dtype).min)
-        cache = Cache(layers=[_SlotLayer(k, v, first, positions, span) for k, v in self._buffers])
-        hidden = self._decoder(input_ids=ids, attention_mask=mask.unsqueeze(1), position_ids=positions, cache=cache,
-                               use_cache=True).last_hidden_state
-        picked = hidden[torch.arange(len(last), device=self.device), torch.tensor(last, device=self.device)]
-        return self._head(picked.contiguous())
 
     def _accept(self, rows: list[_Active], logits: torch.Tensor) -> None:
         """Sample each row's next token from its line of ``logits`` (the one token step,
@@ -429,11 +384,7 @@ class Engine:
 
     def _step(self) -> None:
         """One decoding step for every active row."""
-        lengths = torch.tensor([r.length for r in self._active], device=self.device).unsqueeze(1)
-        span = int(lengths.max()) + 1
-        tokens = torch.tensor([[r.last] for r in self._active], device=self.device)
-        visible = torch.arange(span, device=self.device).view(1, 1, span) <= lengths.unsqueeze(-1)
-        logits = self._forward(tokens, lengths, visible, 0, span, last=[0] * len(self._active))
+        logits = self.slots.forward(0, [[r.last] for r in self._active], [r.length for r in self._active])
         self.steps += 1
         self.forward_tokens += len(self._active)
         for row in self._active:
@@ -448,19 +399,13 @@ class Engine:
             if row.request.finish_reason is None and not row.request.cancelled:
                 i += 1
                 continue
-            sequence = (row.prompt + row.request.tokens)[: row.length]
-            # one block per entry ([layers, 2, heads, length, dim]), not two small tensors per layer: large blocks
-            # go back to the OS when evicted, where thousands of small ones fragmented the heap of a long run
-            self.prefix_cache.add(sequence, torch.stack([torch.stack([k[i, :, : row.length], v[i, :, : row.length]])
-                                                         for k, v in self._buffers]))
+            self.slots.retire(i, (row.prompt + row.request.tokens)[: row.length])
             if not row.is_guide:
                 self._finish(row, row.request.finish_reason or "cancelled")
             last = len(self._active) - 1
             if i != last:  # the last row moves into the freed slot, so active rows stay contiguous
                 moved = self._active[last]
-                for k, v in self._buffers:
-                    k[i, :, : moved.length] = k[last, :, : moved.length]
-                    v[i, :, : moved.length] = v[last, :, : moved.length]
+                self.slots.move(last, i, moved.length)
                 self._active[i] = moved
             self._active.pop()
 

@@ -124,11 +124,13 @@ def crop_to_prefix(cache: Cache, cached_ids: Sequence[int], ids: Sequence[int]) 
 
 
 class PrefixCache:
-    """Keys/values of finished sequences, least recently used dropped first once over ``max_tokens``."""
+    """Finished sequences' keys/values (any value a backend keeps: a tensor, a llama.cpp sequence id), least
+    recently used dropped first once over ``max_tokens``. Adding returns the values dropped, for the backend to
+    free."""
 
     def __init__(self, max_tokens: int) -> None:
         self.max_tokens = max_tokens
-        self.entries: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()  # [layers, 2, heads, len, dim]
+        self.entries: OrderedDict[tuple[int, ...], object] = OrderedDict()
         self.tokens = 0
 
     def longest(self, ids: Sequence[int], limit: int):
@@ -143,17 +145,30 @@ class PrefixCache:
         self.entries.move_to_end(best_key)
         return min(best, limit), self.entries[best_key]
 
-    def add(self, ids: Sequence[int], kv: torch.Tensor) -> None:
+    def add(self, ids: Sequence[int], kv) -> list:
+        """Keep ``kv`` for ``ids``; the values no longer kept (superseded, evicted, or ``kv`` itself if too long)."""
         key = tuple(ids)
         if not key or len(key) > self.max_tokens:
-            return
+            return [kv]
+        dropped = []
         for old in [k for k in self.entries if len(k) <= len(key) and key[: len(k)] == k]:
-            self.tokens -= len(old)  # a prefix of the new entry: superseded
-            del self.entries[old]
-        if key not in self.entries:
-            self.tokens += len(key)
+            self.tokens -= len(old)  # a prefix of the new entry (or the same sequence): superseded
+            dropped.append(self.entries.pop(old))
+        self.tokens += len(key)
         self.entries[key] = kv
-        self.entries.move_to_end(key)
         while self.tokens > self.max_tokens:
-            old, _ = self.entries.popitem(last=False)
-            self.tokens -= len(old)
+            dropped.append(self.pop_oldest())
+        return dropped
+
+    def pop_oldest(self):
+        """Drop the least recently used entry; its value."""
+        old, kv = self.entries.popitem(last=False)
+        self.tokens -= len(old)
+        return kv
+
+    def clear(self) -> list:
+        """Drop every entry; their values."""
+        values = list(self.entries.values())
+        self.entries.clear()
+        self.tokens = 0
+        return values

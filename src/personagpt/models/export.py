@@ -111,7 +111,7 @@ def _write_tokenizer(writer, fmt: PromptFormat) -> None:
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     merges = [m if isinstance(m, str) else " ".join(m) for m in backend["model"]["merges"]]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2" if "Ġ" in vocab and len(vocab) > 50000 else "smollm")
+    writer.add_tokenizer_pre("gpt-2" if "Ġ" in vocab and len(vocab) > 50000 else "smollm")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

@@ -92,7 +92,7 @@ class AppState:
     def health(self) -> dict:
         engine = self.engine
         return {"status": "ok", "model": self.model_name, "precision": self.precision,
-                "decoding": engine.fast_path.describe(), "max_batch": engine.max_batch,
+                "decoding": engine.describe(), "backend": engine.backend, "max_batch": engine.max_batch,
                 "max_context": engine.capacity}
 
     def ready_engine(self) -> Engine:

@@ -1,0 +1,220 @@
+"""The engine's llama.cpp backend: llama.cpp's batched decode runs the model; sampling, guidance, best-of-N and
+logprobs stay ours (:mod:`personagpt.generate.engine` samples every row from the logits this returns).
+
+On the project's CPUs llama.cpp's q8_0 kernels decode a token about twice as fast as torch's int8 products
+(docs/performance.md). The model is exported once to a q8_0 GGUF (:func:`~personagpt.models.export.export_gguf`),
+kept under the cache directory by a hash of its weights, and loaded into one llama.cpp context whose keys/values
+are *unified*: every engine slot is a llama.cpp sequence, and the prefix cache's entries are sequences too, so
+copying a prefix or a best-of-N prompt into a slot shares its cells instead of copying them.
+
+llama-cpp-python is an optional extra (``pip install 'personagpt[llamacpp]'``; it compiles llama.cpp, 10-40
+minutes on 2 cores); without it the engine runs on torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from personagpt.errors import PersonaGPTError
+from personagpt.format import PromptFormat
+from personagpt.generate.kvcache import PrefixCache
+from personagpt.models.fastpath import choose_fast_path, fast_decoder
+from personagpt.models.hardware import cpu_flags
+
+WEIGHTS = "q8_0"  # llama.cpp's int8-class weights: the precision torch's int8 path has ($PERSONAGPT_LLAMACPP_WEIGHTS)
+_CACHE_SEQUENCES = 64  # prefix-cache entries kept as llama.cpp sequences at most
+_MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+
+
+def unavailable(model, rows: int = 1) -> str | None:
+    """Why the llama.cpp backend cannot run ``model`` in ``rows`` slots here, or None when it can."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed"
+    if rows > _MAX_SEQUENCES:
+        return f"llama.cpp decodes at most {_MAX_SEQUENCES} sequences together, not {rows}"
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in ("llama", "gpt2") or hasattr(model, "peft_config"):
+        return "the model does not export to GGUF (a plain llama- or gpt2-type model does)"
+    if model.device.type != "cpu":
+        return f"the model is on {model.device.type}"
+    return None
+
+
+def weights_digest(model) -> str:
+    """A hash of the model's weights and configuration: the name of its cached GGUF export."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(model.config.to_json_string().encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cached_gguf(model, fmt: PromptFormat, weights: str = WEIGHTS) -> Path:
+    """The model's GGUF export in ``weights`` precision, written once per model under the cache directory."""
+    from personagpt.models.export import export_gguf
+    from personagpt.models.load import cache_dir
+
+    path = cache_dir() / "gguf" / f"{weights_digest(model)}-{weights}.gguf"
+    if not path.exists():
+        print(f"Converting the model for llama.cpp, once: {path}", file=sys.stderr, flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.gguf")
+        export_gguf(model, fmt, partial, weights)
+        partial.replace(path)  # a crash mid-export leaves no half-written file under the final name
+    return path
+
+
+_log_callback = None  # kept alive: llama.cpp calls it for every log line
+
+
+def _quiet(llama) -> None:
+    """llama.cpp logs every tensor it loads on stderr; keep its errors only."""
+    global _log_callback
+    if _log_callback is None:
+        def log(level, text, _):
+            if level == 4:  # GGML_LOG_LEVEL_ERROR
+                print(text.decode(errors="replace"), end="", flush=True)
+        _log_callback = llama.llama_log_callback(log)
+        llama.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+class LlamaCppSlots:
+    """Engine slots as llama.cpp sequences (slot i is sequence i), prefix-cache entries as sequences after them."""
+
+    name = "llama.cpp"
+
+    def __init__(self, model, fmt: PromptFormat, max_batch: int, capacity: int, prefix_cache_tokens: int,
+                 weights: str | None = None) -> None:
+        import llama_cpp as llama
+
+        weights = weights or os.environ.get("PERSONAGPT_LLAMACPP_WEIGHTS") or WEIGHTS
+
+        self._llama = llama
+        _quiet(llama)
+        llama.llama_backend_init()
+        self.fmt, self.max_batch, self.capacity, self.weights = fmt, max_batch, capacity, weights
+        self.cache_sequences = min(_CACHE_SEQUENCES, _MAX_SEQUENCES - max_batch)
+        self.fast_path = choose_fast_path(None, model)  # what the model's other work (scoring) runs on
+        self.decoder = fast_decoder(model, self.fast_path.mode)
+        self.path = cached_gguf(model, fmt, weights)
+        model_params = llama.llama_model_default_params()
+        # on AMX CPUs llama.cpp's repacked q8_0 kernels died with an illegal instruction (bench/README.md, "The q8_0
+        # crash"); a crash would take the server down, so there the weights stay in their plain layout
+        self.repacked = "amx_int8" not in cpu_flags()
+        model_params.use_extra_bufts = self.repacked
+        self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self._model:
+            raise PersonaGPTError(f"llama.cpp could not load {self.path}")
+        params = llama.llama_context_default_params()
+        params.n_ctx = max_batch * capacity + prefix_cache_tokens
+        self.batch_tokens = params.n_batch = params.n_ubatch = 512
+        params.n_seq_max = max_batch + self.cache_sequences
+        params.n_threads = params.n_threads_batch = torch.get_num_threads()
+        params.kv_unified = True  # a sequence copied into another shares its cells
+        params.no_perf = True
+        self._context = llama.llama_init_from_model(self._model, params)
+        if not self._context:
+            raise PersonaGPTError("llama.cpp could not create a context "
+                                  f"({params.n_ctx} cells for {max_batch} slots of {capacity} tokens)")
+        self._memory = llama.llama_get_memory(self._context)
+        self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
+        self._width = model.get_output_embeddings().weight.shape[0]  # the torch model's logits (may be padded)
+        self._batch = llama.llama_batch_init(self.batch_tokens, 0, 1)
+        self.prefix_cache = PrefixCache(prefix_cache_tokens)
+        self._free = list(range(max_batch, max_batch + self.cache_sequences))  # sequence ids for cache entries
+
+    def describe(self) -> str:
+        layout = "" if self.repacked else ", not repacked (AMX)"
+        return f"llama.cpp, {self.weights} weights{layout} ({self.path.name})"
+
+    def close(self) -> None:
+        if self._context:
+            self._llama.llama_batch_free(self._batch)
+            self._llama.llama_free(self._context)
+            self._llama.llama_model_free(self._model)
+            self._context = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone
+            pass
+
+    # ---- the slots interface ------------------------------------------------------------------------------------
+
+    def reuse(self, slot: int, prompt: Sequence[int]) -> int:
+        self._clear(slot)
+        shared, entry = self.prefix_cache.longest(prompt, len(prompt) - 1)
+        if shared:
+            self._llama.llama_memory_seq_cp(self._memory, entry, slot, 0, shared)
+        return shared
+
+    def forward(self, first: int, chunks: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
+        for b, start in enumerate(starts):  # a slot's cells from ``start`` on are overwritten
+            self._llama.llama_memory_seq_rm(self._memory, first + b, start, -1)
+        feed = [(token, start + i, first + b, i == len(chunk) - 1)
+                for b, (chunk, start) in enumerate(zip(chunks, starts)) for i, token in enumerate(chunk)]
+        outputs = []
+        for at in range(0, len(feed), self.batch_tokens):
+            outputs.append(self._decode(feed[at: at + self.batch_tokens]))
+        logits = torch.from_numpy(np.concatenate(outputs))
+        if self._width > self.vocab:  # padded rows of the torch head: never sampled
+            logits = torch.nn.functional.pad(logits, (0, self._width - self.vocab), value=float("-inf"))
+        return logits
+
+    def copy(self, source: int, target: int, length: int) -> None:
+        self._clear(target)
+        self._llama.llama_memory_seq_cp(self._memory, source, target, 0, length)
+
+    def retire(self, slot: int, sequence: Sequence[int]) -> None:
+        if self.prefix_cache.max_tokens and self.cache_sequences and sequence:
+            if not self._free:  # every cache sequence is taken: the least recently used entry goes
+                self._evict(self.prefix_cache.pop_oldest())
+            entry = self._free.pop()
+            self._llama.llama_memory_seq_cp(self._memory, slot, entry, 0, len(sequence))
+            for dropped in self.prefix_cache.add(sequence, entry):
+                self._evict(dropped)
+        self._clear(slot)
+
+    def move(self, source: int, target: int, length: int) -> None:
+        self.copy(source, target, length)
+        self._clear(source)
+
+    # ---- llama.cpp -----------------------------------------------------------------------------------------------
+
+    def _clear(self, sequence: int) -> None:
+        self._llama.llama_memory_seq_rm(self._memory, sequence, -1, -1)
+
+    def _evict(self, entry: int) -> None:
+        self._clear(entry)
+        self._free.append(entry)
+
+    def _decode(self, feed: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """One llama_decode over ``(token, position, sequence, wants logits)``; the wanted rows' logits in order."""
+        batch = self._batch
+        for i, (token, position, sequence, wanted) in enumerate(feed):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
+            batch.seq_id[i][0], batch.logits[i] = sequence, wanted
+        batch.n_tokens = len(feed)
+        status = self._llama.llama_decode(self._context, batch)
+        if status == 1 and self.prefix_cache.entries:  # no room for the batch: the prefix cache makes room
+            for entry in self.prefix_cache.clear():
+                self._evict(entry)
+            status = self._llama.llama_decode(self._context, batch)
+        if status != 0:
+            raise PersonaGPTError(f"llama.cpp could not decode a batch of {len(feed)} tokens (status {status})")
+        wanted = sum(1 for *_, w in feed if w)
+        if not wanted:
+            return np.empty((0, self.vocab), dtype=np.float32)
+        pointer = self._llama.llama_get_logits(self._context)
+        return np.ctypeslib.as_array(pointer, shape=(wanted, self.vocab)).copy()
