@@ -369,7 +369,7 @@ class SelfPlay:
         if decoding not in self.DECODING:
             raise SettingsError(f"decoding must be one of {', '.join(self.DECODING)}, not {decoding!r}")
         self.decoding = decoding
-        self.engine = Engine(model if decoding == "exact" else serving_model(model), fmt, max_batch=32,
+        self.engine = Engine(model if decoding == "exact" else serving_model(model, fmt=fmt), fmt, max_batch=32,
                              max_queue=8192, prefix_cache_tokens=65536, fast=self.DECODING[decoding],
                              backend="torch" if decoding == "exact" else None)
         self.identifiers: dict[str, IdentifierFactory] = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
@@ -146,10 +145,10 @@ def say_decoding(model, compiled: bool = False, sampling=None) -> None:
     if compiled:
         what = "torch.compile over the reference model (--compile)"
     elif choose_backend(None, model)[0] == "llama.cpp":
-        from personagpt.generate.llamacpp import WEIGHTS
+        from personagpt.generate.llamacpp import default_weights
 
-        what = f"llama.cpp, {os.environ.get('PERSONAGPT_LLAMACPP_WEIGHTS') or WEIGHTS} weights (llama-cpp-python " \
-               "is installed; PERSONAGPT_BACKEND=torch for torch)"
+        what = f"llama.cpp, {default_weights()} weights (llama-cpp-python is installed; PERSONAGPT_BACKEND=torch " \
+               "for torch)"
     else:
         what = choose_fast_path(None, model).describe()
     if sampling is not None and sampling.num_candidates > 1 and sampling.do_sample:

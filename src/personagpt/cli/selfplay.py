@@ -61,7 +61,7 @@ def selfplay(
         # reuses the keys/values of the conversation so far
         # best-of-N: each turn's N candidates are rows of the batch; guidance: each has its guide row beside it
         rows = num_convos * sampling.num_candidates * (2 if sampling.guided else 1)
-        engine = Engine(serving_model(loaded), fmt, max_batch=rows, max_queue=rows,
+        engine = Engine(serving_model(loaded, fmt=fmt), fmt, max_batch=rows, max_queue=rows,
                         capacity=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)))
         for index, facts in enumerate(personas):  # in order: the conversations then run side by side
             typer.echo(f"Conversation {index + 1}/{num_convos} — persona: {' '.join(facts)}", err=True)

@@ -30,7 +30,7 @@ from personagpt.generate.kvcache import PrefixCache
 from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.models.hardware import cpu_flags
 
-WEIGHTS = "q8_0"  # llama.cpp's int8-class weights: the precision torch's int8 path has ($PERSONAGPT_LLAMACPP_WEIGHTS)
+WEIGHTS = "q8_0"  # llama.cpp's int8-class weights: the precision torch's int8 path has
 _CACHE_SEQUENCES = 64  # prefix-cache entries kept as llama.cpp sequences at most
 _MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
@@ -59,11 +59,21 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def cached_gguf(model, fmt: PromptFormat, weights: str = WEIGHTS) -> Path:
-    """The model's GGUF export in ``weights`` precision, written once per model under the cache directory."""
+def default_weights() -> str:
+    """The GGUF precision the backend decodes with: ``$PERSONAGPT_LLAMACPP_WEIGHTS``, else q8_0."""
+    return os.environ.get("PERSONAGPT_LLAMACPP_WEIGHTS") or WEIGHTS
+
+
+def cached_gguf(model, fmt: PromptFormat, weights: str | None = None) -> Path:
+    """The model's GGUF export in ``weights`` precision, written once per model under the cache directory, and
+    remembered on the model: a server exports the weights as loaded, before it converts them to bf16 for scoring."""
     from personagpt.models.export import export_gguf
     from personagpt.models.load import cache_dir
 
+    weights = weights or default_weights()
+    exports = model.__dict__.setdefault("_personagpt_gguf", {})
+    if weights in exports:
+        return exports[weights]
     path = cache_dir() / "gguf" / f"{weights_digest(model)}-{weights}.gguf"
     if not path.exists():
         print(f"Converting the model for llama.cpp, once: {path}", file=sys.stderr, flush=True)
@@ -71,6 +81,7 @@ def cached_gguf(model, fmt: PromptFormat, weights: str = WEIGHTS) -> Path:
         partial = path.with_suffix(".partial.gguf")
         export_gguf(model, fmt, partial, weights)
         partial.replace(path)  # a crash mid-export leaves no half-written file under the final name
+    exports[weights] = path
     return path
 
 
@@ -97,7 +108,7 @@ class LlamaCppSlots:
                  weights: str | None = None) -> None:
         import llama_cpp as llama
 
-        weights = weights or os.environ.get("PERSONAGPT_LLAMACPP_WEIGHTS") or WEIGHTS
+        weights = weights or default_weights()
 
         self._llama = llama
         _quiet(llama)
@@ -160,8 +171,7 @@ class LlamaCppSlots:
         return shared
 
     def forward(self, first: int, chunks: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
-        for b, start in enumerate(starts):  # a slot's cells from ``start`` on are overwritten
-            self._llama.llama_memory_seq_rm(self._memory, first + b, start, -1)
+        # a slot holds cells below ``starts[b]`` only: reuse, copy and move clear a slot before filling it
         feed = [(token, start + i, first + b, i == len(chunk) - 1)
                 for b, (chunk, start) in enumerate(zip(chunks, starts)) for i, token in enumerate(chunk)]
         outputs = []

@@ -35,11 +35,19 @@ def generation_model(model, precision: str = "auto"):
     return model, inference_autocast(model, precision)
 
 
-def serving_model(model, precision: str = "auto"):
+def serving_model(model, precision: str = "auto", fmt=None):
     """The model a server decodes with, converted in place: bf16 weights where the CPU (or GPU) is fast at bf16
-    (half the bytes read per token), else as loaded. ``no`` keeps fp32."""
+    (half the bytes read per token), else as loaded. ``no`` keeps fp32. Given ``fmt``, an engine's llama.cpp
+    backend gets its GGUF export from the weights as loaded too."""
     if choose_fast_path(None, model).mode == "int8":  # its int8 weights come from the weights as loaded
         fast_decoder(model)
+    if fmt is not None:
+        from personagpt.generate.slots import choose_backend
+
+        if choose_backend(None, model)[0] == "llama.cpp":
+            from personagpt.generate.llamacpp import cached_gguf
+
+            cached_gguf(model, fmt)
     mode = resolve_mixed_precision(precision)
     if mode == "bf16" and model.dtype == torch.float32:
         return model.to(torch.bfloat16)

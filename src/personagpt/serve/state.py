@@ -77,7 +77,7 @@ class AppState:
                               "decoding": f"the upstream engine at {self.upstream.url}"})
                 return
             model, fmt = loader() if loader else load_chat_model(settings.model, device=settings.device)
-            model = serving_model(model, settings.precision)
+            model = serving_model(model, settings.precision, fmt)
             self.model_name = Path(settings.model).name if settings.model else "personagpt"  # as the README calls it
             self.precision = str(model.dtype).removeprefix("torch.")
             self.engine = Engine(model, fmt, max_batch=settings.max_batch, max_queue=settings.max_queue,
