@@ -200,6 +200,10 @@ def main() -> None:
     parser.add_argument("--exports", type=Path, default=Path("runs/peer"), help="Where the GGUF exports go.")
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-many", action="store_true")
+    parser.add_argument("--modes", nargs="+", default=["off", "fp32", "int8", "engine"],
+                        choices=["off", "fp32", "int8", "engine"],
+                        help="Our single-user paths: torch's reference, fast fp32 and int8 loops, and the terminal's "
+                             "engine (llama.cpp where installed).")
     parser.add_argument("--backends", nargs="+", default=["auto", "torch"],
                         help="Our server's backends for the many-users run (auto: llama.cpp where installed).")
     parser.add_argument("--worker", nargs=2, metavar=("MODE", "PROMPTS"), help=argparse.SUPPRESS)
@@ -235,7 +239,7 @@ def main() -> None:
     if not args.skip_single:
         from personagpt.generate.llamacpp import unavailable
 
-        modes = ("off", "fp32", "int8") + (() if unavailable(model) else ("engine",))
+        modes = [m for m in args.modes if m != "engine" or not unavailable(model)]
         for mode in modes:
             result["single"].append(run_worker([__file__, "--worker", mode, prompts_file]))
             print(summary(result["single"][-1]), flush=True)

@@ -3,9 +3,8 @@ logprobs stay ours (:mod:`personagpt.generate.engine` samples every row from the
 
 On the project's CPUs llama.cpp's q8_0 kernels decode a token about twice as fast as torch's int8 products
 (docs/performance.md). The model is exported once to a q8_0 GGUF (:func:`~personagpt.models.export.export_gguf`),
-kept under the cache directory by a hash of its weights, and loaded into one llama.cpp context whose keys/values
-are *unified*: every engine slot is a llama.cpp sequence, and the prefix cache's entries are sequences too, so
-copying a prefix or a best-of-N prompt into a slot shares its cells instead of copying them.
+kept under the cache directory by a hash of its weights, and loaded into one llama.cpp context in which every
+engine slot and every prefix-cache entry is a llama.cpp sequence with keys/values of its own.
 
 llama-cpp-python is an optional extra (``pip install 'personagpt[llamacpp]'``; it compiles llama.cpp, 10-40
 minutes on 2 cores); without it the engine runs on torch.
@@ -31,7 +30,7 @@ from personagpt.models.fastpath import choose_fast_path, fast_decoder
 from personagpt.models.hardware import cpu_flags
 
 WEIGHTS = "q8_0"  # llama.cpp's int8-class weights: the precision torch's int8 path has
-_CACHE_SEQUENCES = 64  # prefix-cache entries kept as llama.cpp sequences at most
+_CACHE_SEQUENCES = 64  # prefix-cache entries kept as llama.cpp sequences at most (each holds `capacity` cells)
 _MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
@@ -100,7 +99,15 @@ def _quiet(llama) -> None:
 
 
 class LlamaCppSlots:
-    """Engine slots as llama.cpp sequences (slot i is sequence i), prefix-cache entries as sequences after them."""
+    """Engine slots and prefix-cache entries as llama.cpp sequences, each in a KV stream of its own.
+
+    Each sequence has its own ``capacity`` cells (llama.cpp's non-unified cache), so a decoding row attends over its
+    own tokens only; in a unified cache every row's attention spans every cell in use (16 users' steps at 400
+    tokens: 72-76 ms against 54-59). Slot i is sequence i: llama.cpp decodes the sequences of one batch together
+    only when their ids are consecutive, as the engine's active slots are. Cache entries are the sequences after
+    the slots. Reusing, copying, retiring and moving copy whole streams (all llama.cpp copies between streams) and
+    cut them to length.
+    """
 
     name = "llama.cpp"
 
@@ -108,16 +115,16 @@ class LlamaCppSlots:
                  weights: str | None = None) -> None:
         import llama_cpp as llama
 
-        weights = weights or default_weights()
-
         self._llama = llama
         _quiet(llama)
         llama.llama_backend_init()
-        self.fmt, self.max_batch, self.capacity, self.weights = fmt, max_batch, capacity, weights
-        self.cache_sequences = min(_CACHE_SEQUENCES, _MAX_SEQUENCES - max_batch)
+        self.fmt, self.max_batch, self.capacity = fmt, max_batch, capacity
+        self.weights = weights or default_weights()
+        # one cached conversation per slot row fits a full server's users and their guide rows
+        self.cache_sequences = min(_CACHE_SEQUENCES, max(4, max_batch), _MAX_SEQUENCES - max_batch)
         self.fast_path = choose_fast_path(None, model)  # what the model's other work (scoring) runs on
         self.decoder = fast_decoder(model, self.fast_path.mode)
-        self.path = cached_gguf(model, fmt, weights)
+        self.path = cached_gguf(model, fmt, self.weights)
         model_params = llama.llama_model_default_params()
         # on AMX CPUs llama.cpp's repacked q8_0 kernels died with an illegal instruction (bench/README.md, "The q8_0
         # crash"); a crash would take the server down, so there the weights stay in their plain layout
@@ -126,23 +133,24 @@ class LlamaCppSlots:
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
             raise PersonaGPTError(f"llama.cpp could not load {self.path}")
+        sequences = max_batch + self.cache_sequences
         params = llama.llama_context_default_params()
-        params.n_ctx = max_batch * capacity + prefix_cache_tokens
+        params.n_seq_max = sequences
+        params.n_ctx = sequences * -(-capacity // 256) * 256  # llama.cpp pads each stream to 256 cells
         self.batch_tokens = params.n_batch = params.n_ubatch = 512
-        params.n_seq_max = max_batch + self.cache_sequences
         params.n_threads = params.n_threads_batch = torch.get_num_threads()
-        params.kv_unified = True  # a sequence copied into another shares its cells
+        params.kv_unified = False
         params.no_perf = True
         self._context = llama.llama_init_from_model(self._model, params)
         if not self._context:
             raise PersonaGPTError("llama.cpp could not create a context "
-                                  f"({params.n_ctx} cells for {max_batch} slots of {capacity} tokens)")
+                                  f"({sequences} sequences of {capacity} tokens)")
         self._memory = llama.llama_get_memory(self._context)
         self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self._width = model.get_output_embeddings().weight.shape[0]  # the torch model's logits (may be padded)
         self._batch = llama.llama_batch_init(self.batch_tokens, 0, 1)
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
-        self._free = list(range(max_batch, max_batch + self.cache_sequences))  # sequence ids for cache entries
+        self._free = list(range(max_batch, sequences))  # cache sequences holding nothing
 
     def describe(self) -> str:
         layout = "" if self.repacked else ", not repacked (AMX)"
@@ -164,14 +172,12 @@ class LlamaCppSlots:
     # ---- the slots interface ------------------------------------------------------------------------------------
 
     def reuse(self, slot: int, prompt: Sequence[int]) -> int:
-        self._clear(slot)
         shared, entry = self.prefix_cache.longest(prompt, len(prompt) - 1)
-        if shared:
-            self._llama.llama_memory_seq_cp(self._memory, entry, slot, 0, shared)
+        self._copy(entry, slot, shared)
         return shared
 
     def forward(self, first: int, chunks: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
-        # a slot holds cells below ``starts[b]`` only: reuse, copy and move clear a slot before filling it
+        # a slot holds cells below ``starts[b]`` only: reuse and copy cut a slot's sequence where it is filled
         feed = [(token, start + i, first + b, i == len(chunk) - 1)
                 for b, (chunk, start) in enumerate(zip(chunks, starts)) for i, token in enumerate(chunk)]
         outputs = []
@@ -183,21 +189,20 @@ class LlamaCppSlots:
         return logits
 
     def copy(self, source: int, target: int, length: int) -> None:
-        self._clear(target)
-        self._llama.llama_memory_seq_cp(self._memory, source, target, 0, length)
+        self._copy(source, target, length)
 
     def retire(self, slot: int, sequence: Sequence[int]) -> None:
         if self.prefix_cache.max_tokens and self.cache_sequences and sequence:
             if not self._free:  # every cache sequence is taken: the least recently used entry goes
-                self._evict(self.prefix_cache.pop_oldest())
+                self._release(self.prefix_cache.pop_oldest())
             entry = self._free.pop()
-            self._llama.llama_memory_seq_cp(self._memory, slot, entry, 0, len(sequence))
+            self._copy(slot, entry, len(sequence))
             for dropped in self.prefix_cache.add(sequence, entry):
-                self._evict(dropped)
+                self._release(dropped)
         self._clear(slot)
 
     def move(self, source: int, target: int, length: int) -> None:
-        self.copy(source, target, length)
+        self._copy(source, target, length)
         self._clear(source)
 
     # ---- llama.cpp -----------------------------------------------------------------------------------------------
@@ -205,9 +210,17 @@ class LlamaCppSlots:
     def _clear(self, sequence: int) -> None:
         self._llama.llama_memory_seq_rm(self._memory, sequence, -1, -1)
 
-    def _evict(self, entry: int) -> None:
+    def _release(self, entry: int) -> None:
         self._clear(entry)
         self._free.append(entry)
+
+    def _copy(self, source: int | None, target: int, length: int) -> None:
+        """``target`` holds ``source``'s first ``length`` tokens (nothing when ``length`` is 0)."""
+        self._clear(target)
+        if length:
+            self._llama.llama_memory_seq_cp(self._memory, source, target, -1, -1)  # whole streams only (applied in
+            # order before the next decode, so a stream copied on is copied first)
+            self._llama.llama_memory_seq_rm(self._memory, target, length, -1)
 
     def _decode(self, feed: list[tuple[int, int, int, bool]]) -> np.ndarray:
         """One llama_decode over ``(token, position, sequence, wants logits)``; the wanted rows' logits in order."""
@@ -217,10 +230,6 @@ class LlamaCppSlots:
             batch.seq_id[i][0], batch.logits[i] = sequence, wanted
         batch.n_tokens = len(feed)
         status = self._llama.llama_decode(self._context, batch)
-        if status == 1 and self.prefix_cache.entries:  # no room for the batch: the prefix cache makes room
-            for entry in self.prefix_cache.clear():
-                self._evict(entry)
-            status = self._llama.llama_decode(self._context, batch)
         if status != 0:
             raise PersonaGPTError(f"llama.cpp could not decode a batch of {len(feed)} tokens (status {status})")
         wanted = sum(1 for *_, w in feed if w)
