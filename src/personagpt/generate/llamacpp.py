@@ -153,6 +153,8 @@ class LlamaCppSlots:
         self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self._width = model.get_output_embeddings().weight.shape[0]  # the torch model's logits (may be padded)
         self._batch = llama.llama_batch_init(self.batch_tokens, 0, 1)
+        # logits land here, one row per slot at most (a step's rows; a prefill's last tokens)
+        self._logits = torch.full((max_batch, self._width), float("-inf"))
         self.prefix_cache = PrefixCache(prefix_cache_tokens)
         self._free = list(range(max_batch, sequences))  # cache sequences holding nothing
 
@@ -183,16 +185,14 @@ class LlamaCppSlots:
         return shared
 
     def forward(self, first: int, chunks: Sequence[Sequence[int]], starts: Sequence[int]) -> torch.Tensor:
+        """The logits after each chunk, in a buffer the next forward reuses (the engine samples them first)."""
         # a slot holds cells below ``starts[b]`` only: reuse and copy cut a slot's sequence where it is filled
         feed = [(token, start + i, first + b, i == len(chunk) - 1)
                 for b, (chunk, start) in enumerate(zip(chunks, starts)) for i, token in enumerate(chunk)]
-        outputs = []
+        done = 0
         for at in range(0, len(feed), self.batch_tokens):
-            outputs.append(self._decode(feed[at: at + self.batch_tokens]))
-        logits = torch.from_numpy(np.concatenate(outputs))
-        if self._width > self.vocab:  # padded rows of the torch head: never sampled
-            logits = torch.nn.functional.pad(logits, (0, self._width - self.vocab), value=float("-inf"))
-        return logits
+            done += self._decode(feed[at: at + self.batch_tokens], self._logits[done:])
+        return self._logits[:done]
 
     def copy(self, source: int, target: int, length: int) -> None:
         self._copy(source, target, length)
@@ -228,8 +228,9 @@ class LlamaCppSlots:
             # order before the next decode, so a stream copied on is copied first)
             self._llama.llama_memory_seq_rm(self._memory, target, length, -1)
 
-    def _decode(self, feed: list[tuple[int, int, int, bool]]) -> np.ndarray:
-        """One llama_decode over ``(token, position, sequence, wants logits)``; the wanted rows' logits in order."""
+    def _decode(self, feed: list[tuple[int, int, int, bool]], out: torch.Tensor) -> int:
+        """One llama_decode over ``(token, position, sequence, wants logits)``; the wanted rows' logits go to the
+        first rows of ``out`` (copied straight from llama.cpp's buffer); how many."""
         batch = self._batch
         for i, (token, position, sequence, wanted) in enumerate(feed):
             batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
@@ -239,7 +240,11 @@ class LlamaCppSlots:
         if status != 0:
             raise PersonaGPTError(f"llama.cpp could not decode a batch of {len(feed)} tokens (status {status})")
         wanted = sum(1 for *_, w in feed if w)
-        if not wanted:
-            return np.empty((0, self.vocab), dtype=np.float32)
-        pointer = self._llama.llama_get_logits(self._context)
-        return np.ctypeslib.as_array(pointer, shape=(wanted, self.vocab)).copy()
+        if wanted:
+            pointer = self._llama.llama_get_logits(self._context)
+            if self._width == self.vocab:
+                ctypes.memmove(out.data_ptr(), pointer, wanted * self.vocab * 4)
+            else:  # the torch head's padded rows stay -inf: never sampled
+                source = np.ctypeslib.as_array(pointer, shape=(wanted, self.vocab))
+                out[:wanted, : self.vocab] = torch.from_numpy(source)
+        return wanted
