@@ -127,3 +127,21 @@ def test_the_server_and_the_terminal_decode_on_llamacpp_when_it_is_installed(mod
                 "--max-new-tokens", "4", "--seed", "3"], b"hello\ndo you have cats ?\n")
     assert chat.exit_code == 0, chat.output
     assert "Decoding: llama.cpp, f32 weights" in chat.output and chat.output.count("Bot:") == 2
+
+
+@needs_llama
+def test_a_llamacpp_that_fails_to_start_leaves_torch_serving_unless_it_was_asked_for(model, fmt, f32_cache,
+                                                                                   monkeypatch):
+    from personagpt.errors import PersonaGPTError
+
+    def broken(*args, **kwargs):
+        raise PersonaGPTError("llama.cpp could not load model.gguf")
+
+    monkeypatch.setattr(llamacpp, "LlamaCppSlots", broken)
+    monkeypatch.delenv("PERSONAGPT_BACKEND")
+    engine = Engine(model, fmt, max_batch=2, capacity=256)  # chosen automatically: falls back, says why
+    assert engine.backend == "torch" and "llama.cpp failed to start: llama.cpp could not load" in engine.describe()
+    assert engine.generate(prompts(fmt)[0], SamplingConfig(max_new_tokens=3), seed=1)
+    engine.close()
+    with pytest.raises(PersonaGPTError, match="could not load"):
+        Engine(model, fmt, max_batch=2, capacity=256, backend="llama.cpp")  # asked for: the error stands

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
 from collections import deque
@@ -151,11 +152,17 @@ class Engine:
         self.capacity = min(capacity or 1024, context_limit(model))
         self.device = model.device
         self.backend, why = choose_backend(backend, model, max_batch)
+        self.slots = None
         if self.backend == "llama.cpp":
             from personagpt.generate.llamacpp import LlamaCppSlots
 
-            self.slots = LlamaCppSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens)
-        else:
+            try:
+                self.slots = LlamaCppSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens)
+            except (PersonaGPTError, OSError) as error:  # chosen for speed, not asked for: torch still serves
+                if backend is not None or os.environ.get("PERSONAGPT_BACKEND"):
+                    raise
+                self.backend, why = "torch", f"llama.cpp failed to start: {error}"
+        if self.slots is None:
             self.slots = TorchSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens, fast)
         self.backend_reason = why
         self.prefix_cache = self.slots.prefix_cache
@@ -240,9 +247,10 @@ class Engine:
 
     def describe(self) -> str:
         """What decodes, said at start-up and in /health."""
-        if self.backend == "torch":
-            return self.slots.describe()
-        return f"{self.slots.describe()} ({self.backend_reason})"
+        if self.backend == "llama.cpp":
+            return f"{self.slots.describe()} ({self.backend_reason})"
+        failed = self.backend_reason.startswith("llama.cpp failed")
+        return self.slots.describe() + (f"; {self.backend_reason}" if failed else "")
 
     @property
     def queue_depth(self) -> int:
