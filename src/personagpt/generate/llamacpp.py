@@ -6,8 +6,9 @@ On the project's CPUs llama.cpp's q8_0 kernels decode a token about twice as fas
 kept under the cache directory by a hash of its weights, and loaded into one llama.cpp context in which every
 engine slot and every prefix-cache entry is a llama.cpp sequence with keys/values of its own.
 
-llama-cpp-python is an optional extra (``pip install 'personagpt[llamacpp]'``; it compiles llama.cpp, 10-40
-minutes on 2 cores); without it the engine runs on torch.
+llama-cpp-python is an optional extra (``CMAKE_ARGS=-DGGML_OPENMP=OFF pip install 'personagpt[llamacpp]'``; it
+compiles llama.cpp, 10-40 minutes on 2 cores; without OpenMP, because an OpenMP build shares torch's libgomp in our
+process and decodes slower); without it the engine runs on torch.
 """
 
 from __future__ import annotations
@@ -129,6 +130,9 @@ class LlamaCppSlots:
         # on AMX CPUs llama.cpp's repacked q8_0 kernels died with an illegal instruction (bench/README.md, "The q8_0
         # crash"); a crash would take the server down, so there the weights stay in their plain layout
         self.repacked = "amx_int8" not in cpu_flags()
+        # llama.cpp built with OpenMP binds to the libgomp torch loaded first and shares its runtime; decoding from
+        # the engine's thread then ran 25-45% slower per token than from the main thread (docs/performance.md)
+        self.openmp = b"OPENMP = 1" in llama.llama_print_system_info()
         model_params.use_extra_bufts = self.repacked
         self._model = llama.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self._model:
@@ -159,7 +163,8 @@ class LlamaCppSlots:
         self._free = list(range(max_batch, sequences))  # cache sequences holding nothing
 
     def describe(self) -> str:
-        layout = "" if self.repacked else ", not repacked (AMX)"
+        layout = ("" if self.repacked else ", not repacked (AMX)") + (
+            ", built with OpenMP: slower beside torch, rebuild with CMAKE_ARGS=-DGGML_OPENMP=OFF" if self.openmp else "")
         return (f"llama.cpp, {self.weights} weights{layout}, {self._torch_threads} threads; torch's own work on one "
                 f"({self.path.name})")
 
