@@ -142,17 +142,19 @@ class LlamaCppSlots:
         params.n_seq_max = sequences
         params.n_ctx = sequences * -(-capacity // 256) * 256  # llama.cpp pads each stream to 256 cells
         self.batch_tokens = params.n_batch = params.n_ubatch = 512
-        # llama.cpp gets the cores; torch's own work (sampling, scoring) runs on one thread: torch's idle workers
-        # spin after each operation and took a core from llama.cpp's (16 users: 176 tokens/s, 254 with torch on one)
         self._torch_threads = torch.get_num_threads()
         params.n_threads = params.n_threads_batch = self._torch_threads
-        torch.set_num_threads(1)
         params.kv_unified = False
         params.no_perf = True
         self._context = llama.llama_init_from_model(self._model, params)
         if not self._context:
+            llama.llama_model_free(self._model)
             raise PersonaGPTError("llama.cpp could not create a context "
                                   f"({sequences} sequences of {capacity} tokens)")
+        # llama.cpp gets the cores; torch's own work (sampling, scoring) runs on one thread: torch's idle workers
+        # spin after each operation and took a core from llama.cpp's (an OpenMP build, 16 users: 176 tokens/s, 254
+        # with torch on one); restored on close
+        torch.set_num_threads(1)
         self._memory = llama.llama_get_memory(self._context)
         self.vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         self._width = model.get_output_embeddings().weight.shape[0]  # the torch model's logits (may be padded)
