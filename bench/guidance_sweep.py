@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=300)
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--goal-scales", type=float, nargs="+", default=[1, 1.5, 2, 2.5, 3, 4])
-    parser.add_argument("--persona-scales", type=float, nargs="+", default=[1, 1.5, 2, 3])
+    parser.add_argument("--persona-scales", type=float, nargs="*", default=[1, 1.5, 2, 3])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1], help="best-of-N settings to cross with "
                         "the scales (4: the default best-of-4, chosen after 8 tokens)")
     parser.add_argument("--fluency", type=int, default=30, help="contexts whose replies are scored for fluency")
@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     results = resumable(args.out, {"contexts": args.contexts, "questions": args.questions})
     model, fmt, engine = bundled_engine()
-    results["decoding"] = engine.fast_path.describe()
+    results["decoding"] = engine.describe()
     labeler = default_labeler()
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
     goals, questions = goal_jobs(split, args.contexts), question_jobs(split, args.questions)
