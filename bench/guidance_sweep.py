@@ -88,7 +88,7 @@ def bundled_engine():
     """The bundled model and one engine over its serving copy, as the server runs them (32 rows)."""
     model, fmt = load_chat_model(None)
     model.eval()
-    return model, fmt, Engine(serving_model(model), fmt, max_batch=32, max_queue=4096, capacity=1024)
+    return model, fmt, Engine(serving_model(model, fmt=fmt), fmt, max_batch=32, max_queue=4096, capacity=1024)
 
 
 def self_repeats(reply: str) -> bool:
