@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     results = resumable(args.out, {"questions": args.questions, "same_kind": args.same_kind})
     _, _, engine = bundled_engine()
-    results["decoding"] = engine.fast_path.describe()
+    results["decoding"] = engine.describe()
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
     facts, others = persona_probes(split, args.questions), same_kind_probes(split, args.same_kind)
     print(f"{len(facts)} questions about a fact, {len(others)} about another thing of a fact's kind; "

@@ -4,10 +4,9 @@ A background thread owns the model. Requests (a prompt, sampling settings, a ran
 queue; between two decoding steps the scheduler admits waiting requests into free *slots* and drops finished
 or cancelled ones, so requests join and leave the running batch at any step.
 
-* **Slots.** Each layer's keys and values live in one buffer ``[slots, kv_heads, capacity, head_dim]``; a request
-  owns one slot row and its own length. A decoding step feeds one token per active row with its own position and
-  writes its keys/values at that row's length (:class:`_SlotLayer`); a 4D mask hides each row's unused tail.
-  Active rows are kept contiguous (a finished row's slot takes the last row), so a step reads views, not copies.
+* **Slots.** A request owns one slot and its own length; a decoding step feeds one token per active row at its own
+  position. Active rows are kept contiguous (a finished row's slot takes the last row). Where a slot's keys/values
+  live and how rows run forward is the backend's (:mod:`personagpt.generate.slots`: torch buffers, or llama.cpp).
 * **Prefix cache.** A finished request's keys/values are kept (LRU, bounded by tokens). A new prompt reuses the
   longest cached prefix it starts with: clients resend the whole history each turn, so a late turn costs only its
   new tokens.
@@ -22,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
 import time
 from collections import deque
@@ -159,7 +157,7 @@ class Engine:
             try:
                 self.slots = LlamaCppSlots(model, fmt, max_batch, self.capacity, prefix_cache_tokens)
             except (PersonaGPTError, OSError) as error:  # chosen for speed, not asked for: torch still serves
-                if backend is not None or os.environ.get("PERSONAGPT_BACKEND"):
+                if why == "asked for":
                     raise
                 self.backend, why = "torch", f"llama.cpp failed to start: {error}"
         if self.slots is None:
