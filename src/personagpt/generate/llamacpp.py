@@ -27,7 +27,7 @@ import torch
 from personagpt.errors import PersonaGPTError
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import PrefixCache
-from personagpt.models.fastpath import choose_fast_path, fast_decoder
+from personagpt.models.fastpath import choose_fast_path, fast_decoder, supported
 from personagpt.models.hardware import cpu_flags
 
 WEIGHTS = "q8_0"  # llama.cpp's int8-class weights: the precision torch's int8 path has
@@ -41,8 +41,7 @@ def unavailable(model, rows: int = 1) -> str | None:
         return "llama-cpp-python is not installed"
     if rows > _MAX_SEQUENCES:
         return f"llama.cpp decodes at most {_MAX_SEQUENCES} sequences together, not {rows}"
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in ("llama", "gpt2") or hasattr(model, "peft_config"):
+    if not supported(model):  # the same plain llama- and gpt2-type models the fast path and the GGUF export take
         return "the model does not export to GGUF (a plain llama- or gpt2-type model does)"
     if model.device.type != "cpu":
         return f"the model is on {model.device.type}"
@@ -165,8 +164,8 @@ class LlamaCppSlots:
         self._free = list(range(max_batch, sequences))  # cache sequences holding nothing
 
     def describe(self) -> str:
-        layout = ("" if self.repacked else ", not repacked (AMX)") + (
-            ", built with OpenMP: slower beside torch, rebuild with CMAKE_ARGS=-DGGML_OPENMP=OFF" if self.openmp else "")
+        openmp = ", built with OpenMP: slower beside torch, rebuild with CMAKE_ARGS=-DGGML_OPENMP=OFF"
+        layout = ("" if self.repacked else ", not repacked (AMX)") + (openmp if self.openmp else "")
         return (f"llama.cpp, {self.weights} weights{layout}, {self._torch_threads} threads; torch's own work on one "
                 f"({self.path.name})")
 
