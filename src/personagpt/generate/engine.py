@@ -10,7 +10,8 @@ or cancelled ones, so requests join and leave the running batch at any step.
 * **Prefix cache.** A finished request's keys/values are kept (LRU, bounded by tokens). A new prompt reuses the
   longest cached prefix it starts with: clients resend the whole history each turn, so a late turn costs only its
   new tokens.
-* **Sampling** is per request, with the rules and the generator of :class:`~personagpt.generate.conversation.Conversation`:
+* **Sampling** is per request, with the rules and the generator of
+  :class:`~personagpt.generate.conversation.Conversation`:
   a request gives the same tokens whether it runs alone or in a full batch (up to float rounding).
 
 Transformers' own continuous batching (``generate_batch``) was measured first and is far slower on a CPU (see
@@ -125,6 +126,7 @@ class _Active:
     last: int  # the token to feed next
     row: Row | None  # its sampling state (settings, generator, seen ids; its tokens are the request's); None: a guide
     guide: _Active | None = None  # the guide row whose logits steer this row's (classifier-free guidance)
+    released: bool = False  # a guide row whose window (``guide_tokens``) is over: retired at the next drop
 
     @property
     def is_guide(self) -> bool:
@@ -185,7 +187,8 @@ class Engine:
         ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives.
         ``guidance`` != 1 with a ``guide_prompt`` (the prompt without its goal or persona) decodes with
         classifier-free guidance: the guide prompt takes a second slot row, decoded in the same batched steps, and
-        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own)."""
+        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own), for the
+        reply's first ``sampling.guide_tokens`` tokens when that is set (then the guide row leaves its slot)."""
         cfg = sampling or SamplingConfig()
         if cfg.num_beams > 1:
             raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
@@ -371,6 +374,9 @@ class Engine:
         for i, (row, token) in enumerate(zip(rows, picks)):
             if row.guide is not None and token is not None:
                 row.guide.last = token
+                window = row.request.sampling.guide_tokens
+                if window and len(row.request.tokens) >= window:  # guidance's window is over: unsteered from now
+                    row.guide.released, row.guide = True, None
             if row.is_guide or token is None:
                 continue
             request, cfg = row.request, row.request.sampling
@@ -402,7 +408,7 @@ class Engine:
         i = 0
         while i < len(self._active):
             row = self._active[i]
-            if row.request.finish_reason is None and not row.request.cancelled:
+            if row.request.finish_reason is None and not row.request.cancelled and not row.released:
                 i += 1
                 continue
             self.slots.retire(i, (row.prompt + row.request.tokens)[: row.length])
