@@ -10,8 +10,8 @@ reply's opening words say whether it answers as the fact says (recall) or agains
 
 Fluency: the unguided model's mean log-probability per token of each goal reply under the goal prompt (the first
 ``--fluency`` contexts, scored on the engine's forward), so a scale that pushes wording off the natural path
-shows. Repeats: replies that repeat
-one of their own word 4-grams. Time: seconds per reply with all replies of a setting in flight together.
+shows. Repeats: replies that repeat one of their own word 4-grams. Time: seconds per reply with all replies of a
+setting in flight together.
 
 Each setting is saved to ``--out`` when done; a rerun skips those already there (``--contexts`` and
 ``--questions`` must match). Validation data only, never used to tune anything else.
@@ -104,8 +104,6 @@ def main() -> None:
     parser.add_argument("--persona-scales", type=float, nargs="*", default=[1, 1.5, 2, 3])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1], help="best-of-N settings to cross with "
                         "the scales (4: the default best-of-4, chosen after 8 tokens)")
-    parser.add_argument("--guide-tokens", type=int, nargs="+", default=[0], help="goal guidance for the reply's "
-                        "first this many tokens only (0: the whole reply), crossed with the goal scales")
     parser.add_argument("--fluency", type=int, default=30, help="contexts whose replies are scored for fluency")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench/results/guidance_sweep.json"))
@@ -125,12 +123,11 @@ def main() -> None:
 
     for n in args.candidates:
         sampling = replace(SAMPLING, num_candidates=n, commit_tokens=8 if n > 1 else 0)
-        for scale, window in [(s, w) for s in args.goal_scales for w in args.guide_tokens if s != 1 or not w]:
-            key = f"goal g={scale:g} N={n}" + (f" first {window}" if window else "")
+        for scale in args.goal_scales:
+            key = f"goal g={scale:g} N={n}"
             if key in results:
                 continue
-            replies, seconds = run(engine, goals, replace(sampling, goal_guidance=scale, guide_tokens=window), key,
-                                   args.workers)
+            replies, seconds = run(engine, goals, replace(sampling, goal_guidance=scale), key, args.workers)
             accepted = [bool(r.strip()) and labeler.accepts(r, job["goal"]) for r, job in zip(replies, goals)]
             per_goal = {g: 100 * sum(a for a, j in zip(accepted, goals) if j["goal"] == g) /
                         sum(j["goal"] == g for j in goals) for g in DEFAULT_ACTIONS}

@@ -1,8 +1,6 @@
 """Classifier-free guidance in the one token loop: off at g = 1 (today's tokens), the steered pick at g > 1, the
 guide row in the same batched engine step as its prompt's row, and scales validated at every front end."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 
@@ -83,30 +81,6 @@ def test_the_engine_decodes_the_guide_row_in_the_same_step(model, fmt, engine):
     local.respond()
     assert local.turn_ids[-1][:6] == tokens[:6]
     assert engine.active == 0  # both rows left their slots
-
-
-def test_a_guidance_window_steers_the_first_tokens_then_drops_the_guide_row(model, fmt, engine):
-    window = SamplingConfig(do_sample=False, max_new_tokens=7, min_new_tokens=7, goal_guidance=3.0, guide_tokens=3)
-    whole = replace(window, guide_tokens=0)
-    bot = conversation(model, fmt, window)
-    prompt = bot.context_ids()
-    guide = bot.guide_ids(prompt)
-    list(engine.submit([fmt.eos_id], SamplingConfig(max_new_tokens=1)))  # the engine sizes its slots first
-    rows = []
-    handle = engine.decoder.get_input_embeddings().register_forward_hook(
-        lambda module, args, out: rows.append(args[0].shape[0]))
-    try:
-        windowed = list(engine.submit(prompt, window, seed=0, guide_prompt=guide, guidance=3.0))
-    finally:
-        handle.remove()
-    steered = list(engine.submit(prompt, whole, seed=0, guide_prompt=guide, guidance=3.0))
-    assert windowed[:3] == steered[:3]  # the window's tokens are the guided ones
-    # the guide row is fed the tokens sampled before the window closes (2), then leaves: 2-row steps, then 1-row
-    assert rows == [2, 2, 2, 1, 1, 1, 1]
-    local = conversation(model, fmt, window)  # the local loop keeps the same window
-    local.respond()
-    assert local.turn_ids[-1][:7] == windowed
-    assert engine.active == 0
 
 
 def test_persona_mode_guides_away_from_the_persona(model, fmt):

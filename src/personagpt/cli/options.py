@@ -72,9 +72,6 @@ SAMPLING_OPTIONS = [
     _option("persona_guidance", Annotated[float, typer.Option("--persona-guidance", min=0, max=MAX_GUIDANCE, help=(
         "Classifier-free guidance toward the persona (persona mode), the guide being the prompt without the "
         "persona facts; 1: off."))], FRONT_END_DEFAULTS.persona_guidance),
-    _option("guide_tokens", Annotated[int, typer.Option("--guide-tokens", min=0, help=(
-        "Guidance steers the reply's first this many tokens, then decoding goes on unguided at the cost of a "
-        "plain reply (0: the whole reply)."))], FRONT_END_DEFAULTS.guide_tokens),
     _option("consistent_answers", Annotated[bool, typer.Option("--consistent-answers/--free-answers", help=(
         "A yes/no question about the persona (one of its facts, or a thing of the same kind it does not have: "
         "another pet, job, place ...) is never answered against it: the openings that would (\"yes\" to "

@@ -126,7 +126,6 @@ class _Active:
     last: int  # the token to feed next
     row: Row | None  # its sampling state (settings, generator, seen ids; its tokens are the request's); None: a guide
     guide: _Active | None = None  # the guide row whose logits steer this row's (classifier-free guidance)
-    released: bool = False  # a guide row whose window (``guide_tokens``) is over: retired at the next drop
 
     @property
     def is_guide(self) -> bool:
@@ -187,8 +186,7 @@ class Engine:
         ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives.
         ``guidance`` != 1 with a ``guide_prompt`` (the prompt without its goal or persona) decodes with
         classifier-free guidance: the guide prompt takes a second slot row, decoded in the same batched steps, and
-        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own), for the
-        reply's first ``sampling.guide_tokens`` tokens when that is set (then the guide row leaves its slot)."""
+        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own)."""
         cfg = sampling or SamplingConfig()
         if cfg.num_beams > 1:
             raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
@@ -374,9 +372,6 @@ class Engine:
         for i, (row, token) in enumerate(zip(rows, picks)):
             if row.guide is not None and token is not None:
                 row.guide.last = token
-                window = row.request.sampling.guide_tokens
-                if window and len(row.request.tokens) >= window:  # guidance's window is over: unsteered from now
-                    row.guide.released, row.guide = True, None
             if row.is_guide or token is None:
                 continue
             request, cfg = row.request, row.request.sampling
@@ -408,7 +403,7 @@ class Engine:
         i = 0
         while i < len(self._active):
             row = self._active[i]
-            if row.request.finish_reason is None and not row.request.cancelled and not row.released:
+            if row.request.finish_reason is None and not row.request.cancelled:
                 i += 1
                 continue
             self.slots.retire(i, (row.prompt + row.request.tokens)[: row.length])

@@ -216,8 +216,6 @@ class TokenLoop:
                 if token is not None:
                     self.logprobs[r] += float(model_logprobs[i, token])
         self.steps += 1
-        if self.guide is not None and self.cfg.guide_tokens and self.steps >= self.cfg.guide_tokens:
-            self.guide = None  # guidance's window is over: its rows are no longer fed
         self._fed = None if self.done else [self.fmt.eos_id if t is None else t for t in picks]
         return picks
 

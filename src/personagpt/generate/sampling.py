@@ -18,7 +18,6 @@ DEFAULT_CANDIDATES = 1
 DEFAULT_COMMIT_TOKENS = 8  # best-of-N, when asked for: choose after this many tokens
 DEFAULT_GOAL_GUIDANCE = 2.5
 DEFAULT_PERSONA_GUIDANCE = 1.0
-DEFAULT_GUIDE_TOKENS = 0
 DEFAULT_YES_NO_FIRST = True
 MAX_GUIDANCE = 8.0  # beyond this the guided logits are mostly the difference: replies stop being sentences
 
@@ -44,9 +43,6 @@ class SamplingConfig:
     # prompt without its goal (goal mode) or without its persona facts (persona mode); 1: off
     goal_guidance: float = 1.0
     persona_guidance: float = 1.0
-    # guidance steers the reply's first this many tokens, then the guide row is dropped (0: every token): a goal is
-    # mostly decided by the opening words, and on a CPU the guide row doubles a step's cost (docs/character.md)
-    guide_tokens: int = 0
     # a yes/no question about the persona (one of its facts, or a thing of the same kind it does not have) may not be
     # answered against the persona: the opening words that would are banned (generate/consistency.py)
     consistent_answers: bool = True
@@ -77,8 +73,6 @@ class SamplingConfig:
             raise SettingsError("num_candidates must be >= 1")
         if self.commit_tokens < 0:
             raise SettingsError("commit_tokens must be >= 0")
-        if self.guide_tokens < 0:
-            raise SettingsError("guide_tokens must be >= 0 (0: guidance for the whole reply)")
         for name in ("goal_guidance", "persona_guidance"):
             if not 0 <= getattr(self, name) <= MAX_GUIDANCE:
                 raise SettingsError(f"{name} must be between 0 and {MAX_GUIDANCE:g} (1: no guidance)")
@@ -97,7 +91,6 @@ class SamplingConfig:
     def generate_kwargs(self, fmt: PromptFormat) -> dict:
         kwargs = asdict(self)
         del kwargs["num_candidates"], kwargs["commit_tokens"], kwargs["goal_guidance"], kwargs["persona_guidance"]
-        del kwargs["guide_tokens"]
         del kwargs["presence_penalty"], kwargs["frequency_penalty"], kwargs["consistent_answers"], kwargs["opening_ban"]
         del kwargs["yes_no_first"], kwargs["opening_only"]
         if not self.do_sample:
@@ -115,5 +108,4 @@ GREEDY = SamplingConfig(do_sample=False)
 
 FRONT_END_DEFAULTS = SamplingConfig(num_candidates=DEFAULT_CANDIDATES, commit_tokens=DEFAULT_COMMIT_TOKENS,
                                     goal_guidance=DEFAULT_GOAL_GUIDANCE, persona_guidance=DEFAULT_PERSONA_GUIDANCE,
-                                    guide_tokens=DEFAULT_GUIDE_TOKENS,
                                     yes_no_first=DEFAULT_YES_NO_FIRST)

@@ -108,7 +108,6 @@ def sampling_of(body) -> SamplingConfig:
                           frequency_penalty=getattr(body, "frequency_penalty", 0.0),
                           goal_guidance=getattr(body, "goal_guidance", defaults.goal_guidance),
                           persona_guidance=getattr(body, "persona_guidance", defaults.persona_guidance),
-                          guide_tokens=getattr(body, "guide_tokens", defaults.guide_tokens),
                           consistent_answers=getattr(body, "consistent_answers", defaults.consistent_answers),
                           yes_no_first=getattr(body, "yes_no_first", defaults.yes_no_first))
 

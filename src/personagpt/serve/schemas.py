@@ -114,9 +114,6 @@ class ChatRequest(BaseModel):
     persona_guidance: float = Field(FRONT_END_DEFAULTS.persona_guidance, ge=0, le=MAX_GUIDANCE, description=(
         "Extension: classifier-free guidance toward the persona (no goal), the guide being the prompt without "
         "the persona facts; 1: off. Costs one more batch row."))
-    guide_tokens: int = Field(FRONT_END_DEFAULTS.guide_tokens, ge=0, le=MAX_REPLY_TOKENS, description=(
-        "Extension: guidance steers the reply's first this many tokens, then its extra row is dropped (0: the "
-        "whole reply)."))
     consistent_answers: bool = Field(FRONT_END_DEFAULTS.consistent_answers, description=(
         "Extension: a yes/no question about the persona (one of its facts, or a thing of the same kind it does not "
         "have) is never answered against it: the openings that would are not sampled. false: free answers."))
