@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from personagpt.errors import SettingsError
+from personagpt.generate import best_of_n
+from personagpt.generate.best_of_n import recorded_scores, reply_logprobs
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
 from personagpt.generate.sampling import MAX_GUIDANCE, SamplingConfig
@@ -150,3 +152,38 @@ def test_front_ends_use_the_default_scales_and_answer_rule():
     for cfg in (chat, selfplay):
         assert (cfg.goal_guidance, cfg.persona_guidance, cfg.consistent_answers) == (
             FRONT_END_DEFAULTS.goal_guidance, FRONT_END_DEFAULTS.persona_guidance, True)
+
+
+def test_best_of_n_ranks_by_the_scores_its_rows_recorded_without_a_model_pass(model, fmt, engine, monkeypatch):
+    cfg = SamplingConfig(max_new_tokens=6, goal_guidance=2.0, num_candidates=3, commit_tokens=4)
+    bot = conversation(model, fmt, cfg)
+    prompt = bot.context_ids()
+    guide = bot.guide_ids(prompt)
+    requests = engine.submit_many(prompt, 3, cfg, torch.Generator().manual_seed(4), guide_prompt=guide, guidance=2.0)
+    tokens = [list(r) for r in requests]
+    finished = [t[-1] == fmt.eos_id for t in tokens]
+    replies = [t[:-1] if end else t for t, end in zip(tokens, finished)]
+    for heads, ends in ((replies, finished), ([r[:2] for r in replies], [False] * 3)):  # whole, and begun
+        conditioned, unconditioned = recorded_scores(requests, heads, ends)
+        assert conditioned == pytest.approx(reply_logprobs(model, prompt, heads, fmt.eos_id, finished=ends).tolist(),
+                                            abs=1e-3)
+        assert unconditioned == pytest.approx(reply_logprobs(model, guide, heads, fmt.eos_id, finished=ends).tolist(),
+                                              abs=1e-3)
+    unguided = engine.submit_many(prompt, 2, cfg, torch.Generator().manual_seed(4))
+    assert recorded_scores(unguided, [list(r) for r in unguided], [False] * 2)[1] is None
+    # a scored request's guide row at guidance 1 steers nothing: it only records the reference's scores
+    reference = bot.reference_ids(prompt)
+    scoring = engine.submit_many(prompt, 2, cfg, torch.Generator().manual_seed(4), guide_prompt=reference)
+    assert [list(r) for r in scoring] == [r.tokens for r in unguided] and all(r.guided for r in scoring)
+    heads = [r.tokens[:3] for r in scoring]
+    assert recorded_scores(scoring, heads, [False] * 2)[1] == pytest.approx(
+        reply_logprobs(model, reference, heads, fmt.eos_id, finished=[False] * 2).tolist(), abs=1e-3)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("best-of-N scored its candidates again")
+
+    monkeypatch.setattr(best_of_n, "reply_logprobs", no_pass)
+    for decoder in (engine, None):  # through the engine, and on the session's own loop
+        assert conversation(model, fmt, cfg, seed=1, engine=decoder).respond() is not None
+    persona = Conversation.from_turns(model, fmt, TURNS, persona=FACTS, sampling=cfg, fast="off", engine=engine)
+    assert persona.respond() is not None  # unguided: the reference rides as a row of the engine

@@ -59,8 +59,9 @@ def selfplay(
         policy = FixedPolicy(goals) if goals else RandomPolicy(seed=seed)
         # the conversations run side by side on one engine: their decoding steps are batched, and each turn
         # reuses the keys/values of the conversation so far
-        # best-of-N: each turn's N candidates are rows of the batch; guidance: each has its guide row beside it
-        rows = num_convos * sampling.num_candidates * (2 if sampling.guided else 1)
+        # best-of-N: each turn's N candidates are rows of the batch, each with a guide row beside it (guidance, or
+        # the reference its scores are taken against)
+        rows = num_convos * sampling.num_candidates * (2 if sampling.guided or sampling.num_candidates > 1 else 1)
         engine = Engine(serving_model(loaded, fmt=fmt), fmt, max_batch=rows, max_queue=rows,
                         capacity=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)))
         for index, facts in enumerate(personas):  # in order: the conversations then run side by side

@@ -159,6 +159,19 @@ def sample_candidates(model, fmt: PromptFormat, ids: Sequence[int], n: int, cfg:
     return loop.replies
 
 
+def recorded_scores(requests: Sequence, replies: Sequence[Sequence[int]],
+                    finished: Sequence[bool]) -> tuple[list[float], list[float] | None]:
+    """The replies' summed log-probabilities under their prompt and, when every request was guided, under its guide
+    prompt (the prompt without the persona or the goal), as the engine recorded them while sampling: best-of-N's
+    reranker then needs no model pass of its own (``replies[i]``: request i's first tokens, eos counted when
+    ``finished[i]``)."""
+    counts = [len(reply) + bool(end) for reply, end in zip(replies, finished)]
+    conditioned = [sum(r.scores[:n]) for r, n in zip(requests, counts)]
+    if not all(len(r.guide_scores) >= n for r, n in zip(requests, counts)):
+        return conditioned, None
+    return conditioned, [sum(r.guide_scores[:n]) for r, n in zip(requests, counts)]
+
+
 @torch.inference_mode()
 def reply_logprobs(model, prompt: Sequence[int], replies: Sequence[Sequence[int]], eos_id: int,
                    scorer: PrefixScorer | None = None, finished: Sequence[bool] | None = None) -> torch.Tensor:
@@ -214,9 +227,10 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
                     replies: Sequence[Sequence[int]], bot_turns: Sequence[str], goal: str | None = None,
                     weights: RerankWeights = RerankWeights(), labeler=None, conditioned: Sequence[float] | None = None,
                     scorer: PrefixScorer | None = None, finished: Sequence[bool] | None = None, checker=None,
-                    asked=None) -> list[Candidate]:
+                    asked=None, unconditioned: Sequence[float] | None = None) -> list[Candidate]:
     """Score replies to ``prompt``; ``reference`` is the same context without the persona (or the goal).
-    ``conditioned`` are the replies' log-likelihoods under ``prompt`` when already known (from sampling);
+    ``conditioned`` are the replies' log-likelihoods under ``prompt`` when already known (from sampling),
+    ``unconditioned`` theirs under a context without the persona or the goal (a guide prompt's, from guided sampling);
     ``scorer`` keeps the reference context's cache across turns; ``finished[i]`` False: reply i
     is still being written (scored as a prefix, without eos); ``asked`` (an
     :class:`~personagpt.generate.consistency.AskedFact`) is the persona fact the last turn asked about, and ``checker``
@@ -225,7 +239,8 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
     if conditioned is None:
         conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id, finished=ends).tolist()
     pmi_weight = weights.persona if goal is None else weights.goal
-    unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends) if pmi_weight else None
+    if pmi_weight and unconditioned is None:
+        unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends).tolist()
     candidates = []
     for i, reply in enumerate(replies):
         text = fmt.decode(reply)

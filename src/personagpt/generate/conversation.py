@@ -31,7 +31,7 @@ from personagpt.models.fastpath import fast_decoder
 from personagpt.format import PromptFormat
 from personagpt.generate.kvcache import ReservedCache, Step, capacity, compiled_step, crop_to_prefix, eager_step
 from personagpt.generate.best_of_n import (PrefixScorer, RerankWeights, best_of_n_lockstep, best_of_n_requests,
-                                          candidates_loop, default_labeler, rank_candidates, repeated)
+                                          candidates_loop, default_labeler, rank_candidates, recorded_scores, repeated)
 from personagpt.generate.consistency import ConsistencyChecker, opening_ban, yes_no_openers
 from personagpt.generate.loop import Guide, TokenLoop, strip_reply
 from personagpt.generate.replay import Replay, generate_replays
@@ -262,18 +262,22 @@ class Conversation:
         others dropped."""
         generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
-            requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator,
-                                               **self.guide_request(ids, cfg))
-            tokens = best_of_n_requests(requests,
-                                        cfg.commit_tokens, self.fmt.eos_id,
-                                        lambda replies, finished: self.choose(ids, replies, finished))
+            guide = self.guide_request(ids, cfg)
+            weights = self.weights or RerankWeights()
+            if guide["guide_prompt"] is None and (weights.persona if self.goal is None else weights.goal):
+                # the reference rides beside each candidate as a row that steers nothing: its PMI costs no pass
+                guide = {"guide_prompt": self.reference_ids(ids), "guidance": 1.0}
+            requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator, **guide)
+            tokens = best_of_n_requests(requests, cfg.commit_tokens, self.fmt.eos_id, lambda replies, finished:
+                                        self.choose(ids, replies, finished, *recorded_scores(requests, replies,
+                                                                                             finished)))
         else:
             if self._prompt_scorer is None:
                 self._prompt_scorer = PrefixScorer(self.decoder)
             loop = candidates_loop(self.decoder, self.fmt, ids, cfg.num_candidates, cfg, self.generator,
                                    self._prompt_scorer, self._guide(ids, cfg, cfg.num_candidates))
             tokens = best_of_n_lockstep(loop, cfg.commit_tokens, lambda replies, finished: self.choose(
-                ids, replies, finished, loop.logprobs))
+                ids, replies, finished, loop.logprobs, loop.guide_logprobs))
         try:
             for token in tokens:
                 generated.append(token)
@@ -286,23 +290,28 @@ class Conversation:
             self._record(strip_reply(generated, self.fmt.eos_id))
 
     def choose(self, ids: Sequence[int], replies: Sequence[Sequence[int]], finished: Sequence[bool],
-               conditioned: Sequence[float] | None = None) -> int:
+               conditioned: Sequence[float] | None = None, unconditioned: Sequence[float] | None = None) -> int:
         """The index of the best of ``replies`` to the prompt ``ids`` (whole or, where not ``finished``, begun),
-        scored by :func:`~personagpt.generate.best_of_n.rank_candidates` against this conversation's persona or goal."""
+        scored by :func:`~personagpt.generate.best_of_n.rank_candidates` against this conversation's persona or goal
+        (``conditioned``/``unconditioned``: their log-likelihoods with and without it, where sampling recorded them)."""
         if self._reference_scorer is None:
             self._reference_scorer = PrefixScorer(self.decoder)
-        history = list(ids[len(self.prefix):])
-        if self.goal is None:
-            reference = self.fmt.persona_prefix([]) + history
-        else:
-            reference = self.fmt.persona_prefix(self.facts, speaker=1) + history
+        reference = self.reference_ids(ids)
         bot_turns = [t for i, t in enumerate(self.turns) if (len(self.turns) - i) % 2 == 0]
         asked = self.checker.asked_fact(self.turns[-1], self.facts) if self.turns and self.facts else None
         ranked = rank_candidates(self.decoder, self.fmt, ids, reference, replies, bot_turns, self.goal,
                                  labeler=self._labeler(), scorer=self._reference_scorer, finished=finished,
                                  conditioned=None if conditioned is None else list(conditioned),
+                                 unconditioned=None if unconditioned is None else list(unconditioned),
                                  checker=self.checker, asked=asked, weights=self.weights or RerankWeights())
         return ranked[0].index
+
+    def reference_ids(self, ids: Sequence[int]) -> list[int]:
+        """The prompt ``ids`` without its persona (or its goal): what best-of-N's persona/goal PMI is taken against."""
+        history = list(ids[len(self.prefix):])
+        if self.goal is None:
+            return self.fmt.persona_prefix([]) + history
+        return self.fmt.persona_prefix(self.facts, speaker=1) + history
 
     def _labeler(self):
         if self.labeler is None:

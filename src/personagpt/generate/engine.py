@@ -63,6 +63,11 @@ class Request:
     guide_prompt: list[int] | None = None  # guidance: the same prompt without the goal (or the persona)
     guidance: float = 1.0  # logits = guide + guidance * (prompt - guide); 1: the prompt's own
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+    # best-of-N's reranker reads these instead of scoring the candidates again: each sampled token's log-probability
+    # under the prompt and, when guided, under the guide prompt (the reference its PMI is taken against)
+    scored: bool = False
+    scores: list[float] = field(default_factory=list)
+    guide_scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._events: deque = deque()
@@ -71,8 +76,9 @@ class Request:
 
     @property
     def guided(self) -> bool:
-        """Decoded with classifier-free guidance: a second slot row holds ``guide_prompt`` and its tokens."""
-        return self.guide_prompt is not None and self.guidance != 1.0
+        """A second slot row holds ``guide_prompt`` and its tokens: to steer by (classifier-free guidance), or
+        with ``guidance`` 1 in a scored request only as the reference best-of-N's scores are taken against."""
+        return self.guide_prompt is not None and (self.guidance != 1.0 or self.scored)
 
     @property
     def slots(self) -> int:
@@ -181,12 +187,15 @@ class Engine:
     def submit(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                generator: torch.Generator | None = None, seed: int | None = None,
                loop: asyncio.AbstractEventLoop | None = None, logprobs: int | None = None,
-               guide_prompt: Sequence[int] | None = None, guidance: float = 1.0) -> Request:
+               guide_prompt: Sequence[int] | None = None, guidance: float = 1.0, scored: bool = False) -> Request:
         """Queue a request; iterate the returned :class:`Request` for its tokens (eos included when produced).
-        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives.
+        ``logprobs`` (0-20) records each token's log-probability under the model and that many alternatives;
+        ``scored`` records each token's log-probability under the prompt and the guide prompt (``Request.scores``,
+        ``Request.guide_scores``), which best-of-N ranks by.
         ``guidance`` != 1 with a ``guide_prompt`` (the prompt without its goal or persona) decodes with
         classifier-free guidance: the guide prompt takes a second slot row, decoded in the same batched steps, and
-        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own)."""
+        each token is sampled from ``guide + guidance * (prompt - guide)`` (logprobs stay the model's own); a
+        ``scored`` request's guide row at ``guidance`` 1 steers nothing and only records ``guide_scores``."""
         cfg = sampling or SamplingConfig()
         if cfg.num_beams > 1:
             raise PersonaGPTError("the engine samples or decodes greedily; beam search is not served")
@@ -201,9 +210,9 @@ class Engine:
         if guide_prompt is not None and len(guide_prompt) + cfg.max_new_tokens > self.capacity:
             raise PersonaGPTError(f"guide prompt ({len(guide_prompt)} tokens) + reply ({cfg.max_new_tokens}) exceed "
                                   f"the engine's {self.capacity}-token capacity")
-        if guide_prompt is not None and guidance != 1.0 and self.max_batch < 2:
+        if guide_prompt is not None and (guidance != 1.0 or scored) and self.max_batch < 2:
             raise PersonaGPTError("guidance needs two rows of the batch; this engine has one")
-        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs,
+        request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs, scored=scored,
                           guide_prompt=list(guide_prompt) if guide_prompt is not None else None, guidance=guidance)
         with self._lock:
             if self._stopping:
@@ -219,7 +228,8 @@ class Engine:
                     loop: asyncio.AbstractEventLoop | None = None, guide_prompt: Sequence[int] | None = None,
                     guidance: float = 1.0, logprobs: int | None = None) -> list[Request]:
         """``count`` requests for one prompt, queued together so they are admitted together and the prompt is
-        encoded once (best-of-N candidates; each records ``logprobs`` as :meth:`submit`). All or none are queued."""
+        encoded once (best-of-N candidates; each records ``logprobs`` as :meth:`submit`, and the scores best-of-N
+        ranks by). All or none are queued."""
         # each candidate samples from its own generator, seeded from ``generator``: its tokens then do not depend
         # on how many draws the others made before they were cancelled (a seeded request stays reproducible)
         seeds = torch.randint(2 ** 62, (count,), generator=generator).tolist() if generator is not None else None
@@ -228,7 +238,7 @@ class Engine:
             if len(self._waiting) + count > self.max_queue:
                 raise QueueFullError(f"{len(self._waiting)} requests are already waiting; try again shortly")
             return [self.submit(prompt, sampling, g, loop=loop, guide_prompt=guide_prompt, guidance=guidance,
-                                logprobs=logprobs) for g in generators]
+                                logprobs=logprobs, scored=True) for g in generators]
 
     def generate(self, prompt: Sequence[int], sampling: SamplingConfig | None = None,
                  generator: torch.Generator | None = None, seed: int | None = None) -> list[int]:
@@ -364,7 +374,7 @@ class Engine:
         position = {id(row): i for i, row in enumerate(rows)}
         steered = logits
         for i, row in enumerate(rows):
-            if row.guide is not None:
+            if row.guide is not None and row.request.guidance != 1.0:
                 if steered is logits:
                     steered = logits.float().clone()
                 steered[i] = guided_logits(logits[i], logits[position[id(row.guide)]], row.request.guidance)
@@ -375,6 +385,11 @@ class Engine:
             if row.is_guide or token is None:
                 continue
             request, cfg = row.request, row.request.sampling
+            if request.scored:  # before the token is handed out, so a reader finds its score
+                request.scores.append(float(logits[i].float().log_softmax(-1)[token]))
+                if row.guide is not None:
+                    guide = logits[position[id(row.guide)]]
+                    request.guide_scores.append(float(guide.float().log_softmax(-1)[token]))
             if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
                 logprobs = logits[i].float().log_softmax(-1)
                 top = torch.topk(logprobs, request.logprobs) if request.logprobs else None

@@ -162,8 +162,8 @@ class TokenLoop:
     known: :meth:`advance` picks one token per live row, the next call first feeds them (one forward for all rows),
     so a token is handed out as soon as it is sampled. :meth:`keep` goes on with one row alone (a committed
     candidate). ``step`` (one row only) runs the single-token forward, e.g. compiled; ``logprobs`` keeps each
-    row's summed log p(tokens | prompt) under the model (its eos included once sampled), so that best-of-N's
-    scores need no second pass."""
+    row's summed log p(tokens | prompt) under the model (its eos included once sampled), and with a ``guide``
+    ``guide_logprobs`` the same under the guide prompt, so that best-of-N's scores need no second pass."""
 
     def __init__(self, model, fmt: PromptFormat, prompt: Sequence[int], logits: torch.Tensor, cache,
                  cfg: SamplingConfig, n: int = 1, generator: torch.Generator | None = None, step: Step | None = None,
@@ -175,6 +175,7 @@ class TokenLoop:
         self.logits = logits.expand(n, -1) if logits.dim() == 1 else logits
         self.position = len(prompt)  # tokens in the cache
         self.logprobs = [0.0] * n if logprobs else None
+        self.guide_logprobs = [0.0] * n if logprobs and guide is not None else None
         self.steps = 0
         self._fed: list[int] | None = None
         self.guide = guide
@@ -212,9 +213,12 @@ class TokenLoop:
         model_logprobs = torch.log_softmax(self.logits.float(), -1) if self.logprobs is not None else None
         picks = self.sampler.pick(self.logits if self.guide is None else self.guide.steer(self.logits), rows)
         if model_logprobs is not None:
+            guide_logprobs = torch.log_softmax(self.guide.logits.float(), -1) if self.guide_logprobs else None
             for i, (r, token) in enumerate(zip(self.rows, picks)):
                 if token is not None:
                     self.logprobs[r] += float(model_logprobs[i, token])
+                    if guide_logprobs is not None:
+                        self.guide_logprobs[r] += float(guide_logprobs[i, token])
         self.steps += 1
         self._fed = None if self.done else [self.fmt.eos_id if t is None else t for t in picks]
         return picks

@@ -14,7 +14,7 @@ from personagpt.control.goals import GoalLabeler, minilm_path
 from personagpt.data.dialogues import load_personas, resolve_personas_path
 from personagpt.errors import PersonaGPTError, QueueFullError
 from personagpt.format import DEFAULT_CONTEXT
-from personagpt.generate.best_of_n import RerankWeights
+from personagpt.generate.best_of_n import RerankWeights, recorded_scores
 from personagpt.generate.conversation import Conversation
 from personagpt.generate.engine import Engine
 from personagpt.generate.sampling import SamplingConfig
@@ -128,17 +128,18 @@ class AppState:
         """The N requests of a best-of-N turn, as one job (they count against the batch like N users; the
         log-probabilities, when asked for, are the chosen reply's)."""
         engine = self.ready_engine()
+        guide = conversation.guide_request(prompt, cfg)
         with self.queue_room():
             requests = engine.submit_many(prompt, cfg.num_candidates, cfg, conversation.generator,
-                                          loop=asyncio.get_running_loop(), logprobs=logprobs,
-                                          **conversation.guide_request(prompt, cfg))
-        # Without the persona/goal PMI: a stateless request has no reference cache from its previous turn, so that
-        # pass would re-encode the whole history in a worker thread beside the engine (16 users at best of 4: a
-        # turn's p95 went to 48 s; bench/README.md, "Best replies by default"). Consistency, goal, repetition and
-        # fluency cost no model pass.
-        conversation.weights = RerankWeights(persona=0.0, goal=0.0)
-        return BestOfNJob(requests, cfg.commit_tokens, engine.fmt.eos_id,
-                          lambda replies, finished: conversation.choose(prompt, replies, finished))
+                                          loop=asyncio.get_running_loop(), logprobs=logprobs, **guide)
+        # The scores come from the engine's rows (no model pass). Without a guide row, no persona/goal PMI: a
+        # stateless request has no reference cache from its previous turn, so that pass would re-encode the whole
+        # history in a worker thread beside the engine (16 users at best of 4: a turn's p95 went to 48 s;
+        # bench/README.md, "Best replies by default"); a guided request's guide row is that reference, for free.
+        if guide["guide_prompt"] is None:
+            conversation.weights = RerankWeights(persona=0.0, goal=0.0)
+        return BestOfNJob(requests, cfg.commit_tokens, engine.fmt.eos_id, lambda replies, finished: conversation.choose(
+            prompt, replies, finished, *recorded_scores(requests, replies, finished)))
 
     def goal_accepted(self, goal: str, text: str) -> bool | None:
         """Whether the goal labeler accepts ``text`` as pursuing ``goal`` (the semantic labeler when its encoder
