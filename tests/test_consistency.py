@@ -12,7 +12,7 @@ from personagpt.personas.facts import answer_polarity, negate, question
 from personagpt.generate.conversation import Conversation, SamplingConfig
 from personagpt.models.load import default_model, load_chat_model
 from personagpt.generate.best_of_n import best_of_n_lockstep, candidates_loop, contradiction, contrast_facts
-from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS
+from personagpt.generate.sampling import DEFAULT_CANDIDATES, DEFAULT_COMMIT_TOKENS, DEFAULT_GOAL_CANDIDATES
 
 FACTS = ["i have a dog.", "i work as a nurse."]
 
@@ -156,6 +156,7 @@ def test_front_ends_share_the_best_of_n_defaults():
     for name in ("interact", "selfplay"):
         params = {p.name: p.default for p in command.commands[name].params}
         assert params["num_candidates"] == DEFAULT_CANDIDATES, name
+        assert params["goal_candidates"] == DEFAULT_GOAL_CANDIDATES, name
         assert params["commit_tokens"] == DEFAULT_COMMIT_TOKENS, name
     body = ChatRequest(messages=[{"role": "user", "content": "hi"}])
     assert body.candidates == DEFAULT_CANDIDATES and body.commit_tokens == DEFAULT_COMMIT_TOKENS

@@ -5,6 +5,7 @@ system prompt of six sentences, and a system message after the first turn."""
 import openai
 import pytest
 
+from personagpt.generate.sampling import DEFAULT_GOAL_CANDIDATES
 from personagpt.models.load import build_gpt2
 from personagpt.serve import ServerSettings, create_app
 
@@ -206,3 +207,19 @@ def test_what_real_clients_sent_is_answered(client, recorded):
         else:
             reply = client.chat.completions.create(**body)
             assert reply.choices[0].message.content is not None and reply.choices[0].finish_reason
+
+
+def test_a_goal_turn_is_the_best_of_two_guided_samples_unless_the_request_says(client):
+    messages = [{"role": "user", "content": "hi !"}]
+    goal = {"goal": "ask about pets."}
+    steered = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=6, extra_body=goal)
+    assert steered.model_extra["candidates"] == DEFAULT_GOAL_CANDIDATES == 2
+    plain = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=6)
+    assert "candidates" not in (plain.model_extra or {})  # persona mode: one sample
+    for asked in ({"candidates": 1}, {"candidates": 3}):
+        reply = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=6,
+                                               extra_body=goal | asked)
+        assert (reply.model_extra or {}).get("candidates", 1) == asked["candidates"]
+    greedy = client.chat.completions.create(model="personagpt", messages=messages, max_tokens=6, temperature=0,
+                                            extra_body=goal)
+    assert "candidates" not in (greedy.model_extra or {})

@@ -1,6 +1,8 @@
 """Classifier-free guidance in the one token loop: off at g = 1 (today's tokens), the steered pick at g > 1, the
 guide row in the same batched engine step as its prompt's row, and scales validated at every front end."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -187,3 +189,16 @@ def test_best_of_n_ranks_by_the_scores_its_rows_recorded_without_a_model_pass(mo
         assert conversation(model, fmt, cfg, seed=1, engine=decoder).respond() is not None
     persona = Conversation.from_turns(model, fmt, TURNS, persona=FACTS, sampling=cfg, fast="off", engine=engine)
     assert persona.respond() is not None  # unguided: the reference rides as a row of the engine
+
+
+def test_a_goal_turn_takes_the_goal_candidates(model, fmt):
+    from personagpt.generate.sampling import DEFAULT_GOAL_CANDIDATES, FRONT_END_DEFAULTS
+
+    persona = Conversation.from_turns(model, fmt, TURNS, persona=FACTS, sampling=FRONT_END_DEFAULTS, fast="off")
+    assert persona.turn_sampling().num_candidates == FRONT_END_DEFAULTS.num_candidates == 1
+    assert conversation(model, fmt, FRONT_END_DEFAULTS).turn_sampling().num_candidates == DEFAULT_GOAL_CANDIDATES
+    for told in (replace(FRONT_END_DEFAULTS, goal_candidates=1), replace(FRONT_END_DEFAULTS, do_sample=False),
+                 SamplingConfig()):  # one sample when told so, when greedy, and in the library's plain settings
+        assert conversation(model, fmt, told).turn_sampling().num_candidates == 1
+    with pytest.raises(SettingsError):
+        SamplingConfig(goal_candidates=0)

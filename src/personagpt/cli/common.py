@@ -154,6 +154,8 @@ def say_decoding(model, compiled: bool = False, sampling=None) -> None:
     if sampling is not None and sampling.num_candidates > 1 and sampling.do_sample:
         when = f"after {sampling.commit_tokens} tokens" if sampling.commit_tokens else "among whole replies"
         what += f"; replies best of {sampling.num_candidates}, chosen {when} (--candidates 1: one sample)"
+    if sampling is not None and (sampling.goal_candidates or 1) > 1 and sampling.do_sample:
+        what += f"; a turn with a goal best of {sampling.goal_candidates} (--goal-candidates 1: one sample)"
     typer.echo(f"Decoding: {what}", err=True)
 
 
@@ -166,7 +168,7 @@ def terminal_engine(model, fmt, sampling, window: int, compiled: bool = False):
         return None
     from personagpt.generate.engine import Engine
 
-    rows = max(1, sampling.num_candidates) * 2  # each candidate may take a guide row beside it
+    rows = max(sampling.num_candidates, sampling.goal_candidates or 1) * 2  # each candidate may take a guide row
     return Engine(model, fmt, max_batch=rows, max_queue=rows, capacity=window)
 
 

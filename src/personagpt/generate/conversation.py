@@ -193,6 +193,8 @@ class Conversation:
         would answer against the persona are banned (:func:`~personagpt.generate.consistency.opening_ban`); with
         ``yes_no_first`` the reply opens with the yes or no the persona implies."""
         cfg = cfg or self.sampling
+        if self.goal is not None:
+            cfg = cfg.for_goal()
         if not cfg.consistent_answers or cfg.opening_ban or not self.facts or not self.turns:
             return cfg
         asked = self.checker.asked_fact(self.turns[-1], self.facts)

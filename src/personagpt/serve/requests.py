@@ -90,7 +90,8 @@ def continues(body: ChatRequest) -> bool:
 
 
 def sampling_of(body) -> SamplingConfig:
-    """The request's decoding settings; what it leaves out is the front ends' default (self-play's guidance too)."""
+    """The request's decoding settings; what it leaves out is the front ends' default (self-play's guidance too;
+    a goal turn's best-of-N where ``candidates`` is left out)."""
     defaults = FRONT_END_DEFAULTS
     greedy = body.temperature == 0
     min_tokens = getattr(body, "min_tokens", 0)
@@ -103,6 +104,8 @@ def sampling_of(body) -> SamplingConfig:
                           repetition_penalty=getattr(body, "repetition_penalty", None) or defaults.repetition_penalty,
                           max_new_tokens=limit or defaults.max_new_tokens, min_new_tokens=min_tokens,
                           num_candidates=getattr(body, "candidates", 1) if not greedy else 1,
+                          goal_candidates=None if greedy or "candidates" in getattr(body, "model_fields_set", ())
+                          else defaults.goal_candidates,
                           commit_tokens=getattr(body, "commit_tokens", 0),
                           presence_penalty=getattr(body, "presence_penalty", 0.0),
                           frequency_penalty=getattr(body, "frequency_penalty", 0.0),

@@ -106,8 +106,9 @@ class ChatRequest(BaseModel):
                                                                       "before this many tokens (benchmarks).")
     candidates: int = Field(FRONT_END_DEFAULTS.num_candidates, ge=1, le=8, description=(
         "Extension: sample this many replies side by side and keep the one scored best (persona consistency, "
-        "goal, repetition, fluency) after `commit_tokens` tokens, then stream it; 1: plain sampling. Greedy "
-        "requests (temperature 0) sample once."))
+        "goal, repetition, fluency) after `commit_tokens` tokens, then stream it; 1: plain sampling. Left out: 1, "
+        f"or {FRONT_END_DEFAULTS.goal_candidates} when the request has a `goal`. Greedy requests (temperature 0) "
+        "sample once."))
     goal_guidance: float = Field(FRONT_END_DEFAULTS.goal_guidance, ge=0, le=MAX_GUIDANCE, description=(
         "Extension: classifier-free guidance toward the goal: tokens are sampled from guide + g * (prompt - "
         "guide), the guide being the prompt without the goal; 1: off. Costs one more batch row."))
