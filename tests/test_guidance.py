@@ -202,3 +202,16 @@ def test_a_goal_turn_takes_the_goal_candidates(model, fmt):
         assert conversation(model, fmt, told).turn_sampling().num_candidates == 1
     with pytest.raises(SettingsError):
         SamplingConfig(goal_candidates=0)
+
+
+def test_the_auth_interviewer_asks_with_the_default_goal_guidance(model, fmt, monkeypatch):
+    import personagpt.auth.commands  # noqa: F401 (imported before SelfPlay is replaced: it keeps the real one)
+    from personagpt.auth import interview
+    from personagpt.cli import auth
+    from personagpt.generate.sampling import FRONT_END_DEFAULTS
+
+    made = {}
+    monkeypatch.setattr(auth, "load", lambda name, device: (model, fmt))
+    monkeypatch.setattr(interview, "SelfPlay", lambda *args, **kwargs: made.setdefault("sampling", args[4]))
+    auth._self_play(None, None, None, 2, 8, 1, embedding=False)
+    assert made["sampling"].goal_guidance == FRONT_END_DEFAULTS.goal_guidance != 1

@@ -87,12 +87,14 @@ def _self_play(model_name, device, head_path, turns, max_new_tokens, workers, ne
     identifiers and, where a head fits the model, the embedding identifier."""
     from personagpt.auth.interview import SelfPlay
     from personagpt.auth.commands import load_head
-    from personagpt.generate.sampling import SamplingConfig
+    from personagpt.generate.sampling import DEFAULT_GOAL_GUIDANCE, SamplingConfig
 
     head = load_head(head_path, model_name, required=need_head) if embedding or need_head else None
     loaded, fmt = load(model_name, device)
     loaded.eval()
-    return SelfPlay(loaded, fmt, head, turns, SamplingConfig(max_new_tokens=max_new_tokens), workers,
+    # the interviewer's questions follow their goals with the front ends' guidance (the partner answers unguided)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, goal_guidance=DEFAULT_GOAL_GUIDANCE)
+    return SelfPlay(loaded, fmt, head, turns, sampling, workers,
                     partner_candidates=partner_candidates, decoding=decoding)
 
 
