@@ -168,7 +168,7 @@ def terminal_engine(model, fmt, sampling, window: int, compiled: bool = False):
         return None
     from personagpt.generate.engine import Engine
 
-    rows = max(sampling.num_candidates, sampling.goal_candidates or 1) * 2  # each candidate may take a guide row
+    rows = sampling.most_candidates * 2  # each candidate may take a guide row beside it
     return Engine(model, fmt, max_batch=rows, max_queue=rows, capacity=window)
 
 

@@ -61,7 +61,7 @@ def selfplay(
         # reuses the keys/values of the conversation so far
         # best-of-N: each turn's N candidates are rows of the batch, each with a guide row beside it (guidance, or
         # the reference its scores are taken against)
-        candidates = max(sampling.num_candidates, sampling.goal_candidates or 1)  # the interviewer's: goal mode
+        candidates = sampling.most_candidates  # the interviewer's turns pursue goals
         rows = num_convos * candidates * (2 if sampling.guided or candidates > 1 else 1)
         engine = Engine(serving_model(loaded, fmt=fmt), fmt, max_batch=rows, max_queue=rows,
                         capacity=max_length or min(DEFAULT_CONTEXT, context_limit(loaded)))

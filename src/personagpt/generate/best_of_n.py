@@ -47,6 +47,10 @@ class RerankWeights:
     fluency: float = 0.5
     denial: float = 10.0  # the reply denies the persona fact it was asked about (first, like an accepted goal)
 
+    def pmi(self, goal: str | None) -> float:
+        """The weight of the PMI term: the goal's in goal mode, the persona's otherwise (0: no reference needed)."""
+        return self.persona if goal is None else self.goal
+
 
 @dataclass
 class Candidate:
@@ -238,7 +242,7 @@ def rank_candidates(model, fmt: PromptFormat, prompt: Sequence[int], reference: 
     ends = [True] * len(replies) if finished is None else list(finished)
     if conditioned is None:
         conditioned = reply_logprobs(model, prompt, replies, fmt.eos_id, finished=ends).tolist()
-    pmi_weight = weights.persona if goal is None else weights.goal
+    pmi_weight = weights.pmi(goal)
     if pmi_weight and unconditioned is None:
         unconditioned = reply_logprobs(model, reference, replies, fmt.eos_id, scorer, ends).tolist()
     candidates = []

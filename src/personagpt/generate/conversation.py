@@ -265,8 +265,7 @@ class Conversation:
         generated: list[int] = []
         if self.engine is not None:  # the engine batches the N requests with everyone else's
             guide = self.guide_request(ids, cfg)
-            weights = self.weights or RerankWeights()
-            if guide["guide_prompt"] is None and (weights.persona if self.goal is None else weights.goal):
+            if guide["guide_prompt"] is None and (self.weights or RerankWeights()).pmi(self.goal):
                 # the reference rides beside each candidate as a row that steers nothing: its PMI costs no pass
                 guide = {"guide_prompt": self.reference_ids(ids), "guidance": 1.0}
             requests = self.engine.submit_many(ids, cfg.num_candidates, cfg, self.generator, **guide)

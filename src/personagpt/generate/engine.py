@@ -210,10 +210,10 @@ class Engine:
         if guide_prompt is not None and len(guide_prompt) + cfg.max_new_tokens > self.capacity:
             raise PersonaGPTError(f"guide prompt ({len(guide_prompt)} tokens) + reply ({cfg.max_new_tokens}) exceed "
                                   f"the engine's {self.capacity}-token capacity")
-        if guide_prompt is not None and (guidance != 1.0 or scored) and self.max_batch < 2:
-            raise PersonaGPTError("guidance needs two rows of the batch; this engine has one")
         request = Request(list(prompt), cfg, generator, loop, next(self._ids), logprobs=logprobs, scored=scored,
                           guide_prompt=list(guide_prompt) if guide_prompt is not None else None, guidance=guidance)
+        if request.guided and self.max_batch < 2:
+            raise PersonaGPTError("guidance needs two rows of the batch; this engine has one")
         with self._lock:
             if self._stopping:
                 raise PersonaGPTError("the engine is shut down")
@@ -385,13 +385,14 @@ class Engine:
             if row.is_guide or token is None:
                 continue
             request, cfg = row.request, row.request.sampling
+            # the model's own distribution (as vLLM reports logprobs by default), once for both readers
+            logprobs = logits[i].float().log_softmax(-1) if request.scored or request.logprobs is not None else None
             if request.scored:  # before the token is handed out, so a reader finds its score
-                request.scores.append(float(logits[i].float().log_softmax(-1)[token]))
+                request.scores.append(float(logprobs[token]))
                 if row.guide is not None:
                     guide = logits[position[id(row.guide)]]
                     request.guide_scores.append(float(guide.float().log_softmax(-1)[token]))
-            if request.logprobs is not None:  # the model's own distribution, as vLLM reports it by default
-                logprobs = logits[i].float().log_softmax(-1)
+            if request.logprobs is not None:
                 top = torch.topk(logprobs, request.logprobs) if request.logprobs else None
                 request.token_logprobs.append((float(logprobs[token]), [] if top is None else list(
                     zip(top.indices.tolist(), top.values.tolist()))))

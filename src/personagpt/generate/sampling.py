@@ -93,6 +93,11 @@ class SamplingConfig:
         """Whether either guidance is on (a guided sequence takes a second batch row)."""
         return self.goal_guidance != 1 or self.persona_guidance != 1
 
+    @property
+    def most_candidates(self) -> int:
+        """The most samples a turn takes side by side, in either mode (what an engine's batch is sized for)."""
+        return max(self.num_candidates, self.goal_candidates or 1)
+
     def for_goal(self) -> SamplingConfig:
         """These settings for a turn that pursues a goal: ``goal_candidates`` samples where set (greedy: one)."""
         if self.goal_candidates is None:
