@@ -71,11 +71,12 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--replies", type=int, default=300, help="contexts for F1 and distinct-2 (0: none)")
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--model", help="a model other than the bundled one")
     parser.add_argument("--out", type=Path, default=Path("bench/results/character.json"))
     args = parser.parse_args()
     results = resumable(args.out, {"questions": args.questions, "same_kind": args.same_kind})
-    _, _, engine = bundled_engine()
-    results["decoding"] = engine.describe()
+    _, _, engine = bundled_engine(args.model)
+    results["decoding"], results["model"] = engine.describe(), args.model or "bundled"
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
     facts, others = persona_probes(split, args.questions), same_kind_probes(split, args.same_kind)
     print(f"{len(facts)} questions about a fact, {len(others)} about another thing of a fact's kind; "

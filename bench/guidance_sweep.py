@@ -9,7 +9,7 @@ question`, seed 1) after the gold history up to a random point, answered in char
 reply's opening words say whether it answers as the fact says (recall) or against it (contradiction).
 
 Fluency: the unguided model's mean log-probability per token of each goal reply under the goal prompt (the first
-``--fluency`` contexts, scored on the engine's forward), so a scale that pushes wording off the natural path
+``--fluency`` contexts, scored on the bundled model's fast path even when ``--model`` decodes), so a scale that pushes wording off the natural path
 shows. Repeats: replies that repeat one of their own word 4-grams. Time: seconds per reply with all replies of a
 setting in flight together.
 
@@ -85,11 +85,24 @@ def resumable(out: Path, size: dict) -> dict:
     return results
 
 
-def bundled_engine():
-    """The bundled model and one engine over its serving copy, as the server runs them (32 rows)."""
-    model, fmt = load_chat_model(None)
+def bundled_engine(name: str | None = None):
+    """The bundled model (or the model ``name``) and one engine over its serving copy, as the server runs them
+    (32 rows)."""
+    model, fmt = load_chat_model(name)
     model.eval()
     return model, fmt, Engine(serving_model(model, fmt=fmt), fmt, max_batch=32, max_queue=4096, capacity=1024)
+
+
+def bundled_judge(engine, name: str | None):
+    """The forward that scores fluency: always the bundled model's (the engine's own when it runs the bundled
+    model), so replies of another model are judged by the same reader."""
+    if name is None:
+        return engine.decoder
+    from personagpt.models.fastpath import choose_fast_path, fast_decoder
+
+    judge, _ = load_chat_model(None)
+    judge = serving_model(judge.eval())
+    return fast_decoder(judge, choose_fast_path(None, judge).mode)
 
 
 def self_repeats(reply: str) -> bool:
@@ -106,11 +119,14 @@ def main() -> None:
                         "the scales (4: the default best-of-4, chosen after 8 tokens)")
     parser.add_argument("--fluency", type=int, default=30, help="contexts whose replies are scored for fluency")
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--model", help="a model other than the bundled one (its replies' fluency is still "
+                        "scored by the bundled model)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/guidance_sweep.json"))
     args = parser.parse_args()
     results = resumable(args.out, {"contexts": args.contexts, "questions": args.questions})
-    model, fmt, engine = bundled_engine()
-    results["decoding"] = engine.describe()
+    model, fmt, engine = bundled_engine(args.model)
+    judge = bundled_judge(engine, args.model)
+    results["decoding"], results["model"] = engine.describe(), args.model or "bundled"
     labeler = default_labeler()
     split = load_dialogues(DATA / "personachat" / "valid_both_original_no_cands.txt")
     goals, questions = goal_jobs(split, args.contexts), question_jobs(split, args.questions)
@@ -137,8 +153,8 @@ def main() -> None:
                     continue
                 prompt = Conversation.from_turns(model, fmt, job["turns"], goal=job["goal"]).context_ids(40)
                 ids = fmt.text(reply)
-                with torch.inference_mode():  # on the engine's own forward (the fast path): the model as it decodes
-                    fluency.append(float(reply_logprobs(engine.decoder, prompt, [ids], fmt.eos_id)[0]) / (len(ids) + 1))
+                with torch.inference_mode():  # the bundled model's fast path, as it decodes
+                    fluency.append(float(reply_logprobs(judge, prompt, [ids], fmt.eos_id)[0]) / (len(ids) + 1))
             results[key] = {"control": 100 * sum(accepted) / len(accepted), "weakest": min(per_goal.values()),
                             "per_goal": per_goal, "fluency_logprob_per_token": sum(fluency) / len(fluency),
                             "self_repeats": 100 * sum(map(self_repeats, replies)) / len(replies),

@@ -72,6 +72,27 @@ def test_harvest_logs_every_attempt_and_resumes(tiny_model, fmt, tmp_path):
                     progress=False)
 
 
+def test_harvest_through_an_engine_runs_contexts_side_by_side(tiny_model, fmt, tmp_path):
+    from personagpt.generate.engine import Engine
+
+    log = tmp_path / "attempts.jsonl"
+    engine = Engine(tiny_model, fmt, max_batch=16, max_queue=16, backend="torch")
+    submitted = []
+    submit_many = engine.submit_many
+    engine.submit_many = lambda ids, count, *a, **k: submitted.append(count) or submit_many(ids, count, *a, **k)
+    try:
+        counts = harvest(tiny_model, fmt, dialogues(), [GOAL], log, per_goal=4, max_attempts=10, candidates=2,
+                         sampling=SamplingConfig(max_new_tokens=5, goal_candidates=1),  # --candidates wins
+                         labeler=LongRepliesFulfilTheGoal(), engine=engine, parallel=3, progress=False)
+        assert submitted == [2] * sum(counts[GOAL].values())  # every attempt's two candidates went to the engine
+    finally:
+        engine.close()
+    attempts = read_attempts(log)
+    assert sum(counts[GOAL].values()) == len(attempts) and counts[GOAL]["kept"] <= 4
+    keys = [a.key for a in attempts]
+    assert len(keys) == len(set(keys))
+
+
 def test_build_selftrain_data_cli(tiny_checkpoint, tmp_path):
     source = tmp_path / "d.jsonl"
     source.write_text("".join(json.dumps({"turns": d.turns, "p1_facts": d.p1_facts, "p2_facts": d.p2_facts}) + "\n"

@@ -141,6 +141,7 @@ def build_selftrain_data(
     per_goal: Annotated[int, typer.Option(min=1, help="Stop a goal once this many generated turns are kept.")] = 150,
     max_attempts: Annotated[Optional[int], typer.Option(min=1, help="Give up on a goal after this many attempts (default 20x --per-goal).")] = None,
     cap: Annotated[int, typer.Option(min=1, help="A goal's examples after merging: base ones are all kept, generated ones only fill up to this.")] = 500,
+    parallel: Annotated[int, typer.Option(min=1, max=64, help="Contexts generated at once, batched in one engine's steps (1: one at a time, no engine).")] = 8,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
     sampling: SamplingConfig = None,
@@ -166,8 +167,20 @@ def build_selftrain_data(
             sampling = replace(sampling, num_candidates=8)
         sampling = replace(sampling, commit_tokens=0)  # offline: the labeler judges whole candidates
         loaded, fmt = load(model, device)
-        counts = harvest(serving_model(loaded), fmt, dialogues, goal_list, log, per_goal=per_goal,
-                         max_attempts=max_attempts, candidates=sampling.num_candidates, sampling=sampling, seed=seed)
+        engine = None
+        if parallel > 1:
+            from personagpt.generate.engine import Engine
+
+            rows = parallel * sampling.num_candidates * 2  # each candidate may take a guide row beside it
+            engine = Engine(serving_model(loaded, fmt=fmt), fmt, max_batch=rows, max_queue=rows)
+            typer.echo(f"Decoding: {engine.describe()}", err=True)
+        try:
+            counts = harvest(serving_model(loaded), fmt, dialogues, goal_list, log, per_goal=per_goal,
+                             max_attempts=max_attempts, candidates=sampling.num_candidates, sampling=sampling,
+                             seed=seed, engine=engine, parallel=parallel)
+        finally:
+            if engine is not None:
+                engine.close()
         kept = [a.record() for a in read_attempts(log) if a.verdict == "kept" and a.goal in goal_list]
         records, merged = merge_control_records(base_records, kept, cap, seed=seed)
         write_records(records, out)

@@ -17,7 +17,9 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -100,47 +102,56 @@ def contexts(dialogues: Sequence[Dialogue], goal: str, seed: int) -> Iterator[tu
 def harvest(model, fmt, dialogues: Sequence[Dialogue], goals: Sequence[str], log_path: str | os.PathLike, *,
             per_goal: int = 150, max_attempts: int | None = None, candidates: int = 8, sampling=None,
             labeler=None, facts_probability: float = 0.5, history_turns: int = HISTORY_TURNS, seed: int = 0,
-            action_space: Sequence[str] = DEFAULT_ACTIONS, progress: bool = True) -> dict[str, Counter]:
+            action_space: Sequence[str] = DEFAULT_ACTIONS, engine=None, parallel: int = 1,
+            progress: bool = True) -> dict[str, Counter]:
     """Generate steered turns for each goal until ``per_goal`` are kept (or ``max_attempts`` tried), appending
     each attempt to ``log_path``. Attempts already in the log count and their contexts are skipped (resume).
-    Returns the verdict counts per goal, the logged ones included."""
+    With an ``engine``, ``parallel`` contexts are generated at once, batched in its steps (verdicts stay in
+    context order, so a run's log does not depend on timing). Returns the verdict counts per goal, the logged
+    ones included."""
 
     labeler = labeler or default_labeler()
-    cfg = replace(sampling or SamplingConfig(max_new_tokens=40), num_candidates=candidates)
+    # a goal turn takes goal_candidates samples where set: here --candidates decides
+    cfg = replace(sampling or SamplingConfig(max_new_tokens=40), num_candidates=candidates, goal_candidates=None)
     space = list(dict.fromkeys([*action_space, *goals]))
     drop_torn_tail(log_path)
     done = read_attempts(log_path)
     seen = {a.key for a in done}
     counts = {goal: Counter(a.verdict for a in done if a.goal == goal) for goal in goals}
     kept = {goal: {normalise(a.response) for a in done if a.goal == goal and a.verdict == "kept"} for goal in goals}
+
+    def attempt(goal: str, key: str, dialogue: Dialogue, cut: int) -> Attempt:
+        rng = random.Random(key)
+        own = dialogue.facts(dialogue.speaker_of(cut))
+        facts = list(own) if own and rng.random() < facts_probability else []
+        history = [t.strip() for t in dialogue.turns[max(0, cut - history_turns):cut]]
+        conversation = Conversation.from_turns(model, fmt, history, persona=facts, goal=goal, sampling=cfg,
+                                               seed=rng.randrange(2**31), engine=engine)
+        response = conversation.respond().strip()
+        return Attempt(key, goal, facts, history, response, sorted(labeler.label(response, space) if response else []))
+
+    width = max(1, parallel) if engine is not None else 1
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path, "a", encoding="utf-8") as log, ThreadPoolExecutor(width) as pool:
         _lock(log, log_path)
         for goal in goals:
             limit = max_attempts if max_attempts is not None else 20 * per_goal
             bar = tqdm(total=per_goal, initial=min(counts[goal]["kept"], per_goal), desc=f"harvest {goal}",
                        unit="kept", disable=not progress)
-            for key, dialogue, cut in contexts(dialogues, goal, seed):
-                if counts[goal]["kept"] >= per_goal or sum(counts[goal].values()) >= limit:
+            todo = ((key, d, cut) for key, d, cut in contexts(dialogues, goal, seed) if key not in seen)
+            while counts[goal]["kept"] < per_goal and sum(counts[goal].values()) < limit:
+                room = min(width, per_goal - counts[goal]["kept"], limit - sum(counts[goal].values()))
+                batch = list(islice(todo, room))
+                if not batch:
                     break
-                if key in seen:
-                    continue
-                rng = random.Random(key)
-                own = dialogue.facts(dialogue.speaker_of(cut))
-                facts = list(own) if own and rng.random() < facts_probability else []
-                history = [t.strip() for t in dialogue.turns[max(0, cut - history_turns):cut]]
-                conversation = Conversation.from_turns(model, fmt, history, persona=facts, goal=goal, sampling=cfg,
-                                                       seed=rng.randrange(2**31))
-                response = conversation.respond().strip()
-                labels = labeler.label(response, space) if response else set()
-                attempt = Attempt(key, goal, facts, history, response, sorted(labels),
-                                  verdict(goal, labels, response, kept[goal]))
-                log.write(json.dumps(attempt.to_json()) + "\n")
-                log.flush()
-                counts[goal][attempt.verdict] += 1
-                if attempt.verdict == "kept":
-                    kept[goal].add(normalise(response))
-                    bar.update(1)
+                for result in pool.map(lambda job: attempt(goal, *job), batch):
+                    result.verdict = verdict(goal, set(result.labels), result.response, kept[goal])
+                    log.write(json.dumps(result.to_json()) + "\n")
+                    log.flush()
+                    counts[goal][result.verdict] += 1
+                    if result.verdict == "kept":
+                        kept[goal].add(normalise(result.response))
+                        bar.update(1)
             bar.close()
     return counts
 
