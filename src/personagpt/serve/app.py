@@ -31,7 +31,7 @@ API_DESCRIPTION = f"""Persona-conditioned, controllable chat: an OpenAI-compatib
   `persona` field. A `goal` (an action code's text, its index 0-10, or free text) steers the reply. Replies use
   natural spacing; what you send back is converted to the model's training style. A yes/no question about the
   persona (or about a thing of the same kind it does not have) is answered as its facts say, yes or no first
-  (`consistent_answers`, `yes_no_first`); a goal is followed with guidance 2.5 (`goal_guidance`). `candidates: N`
+  (`consistent_answers`, `yes_no_first`); a goal is followed with guidance 1.5 (`goal_guidance`). `candidates: N`
   (best-of-N) samples N replies side by side and streams the best after `commit_tokens` (8) tokens; `n: N` returns
   N replies.
 * `POST /v1/completions`: raw text completion of a prompt in the model's own format (special tokens such as
