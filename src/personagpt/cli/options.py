@@ -66,8 +66,8 @@ SAMPLING_OPTIONS = [
         "fluency (best-of-N; 1: plain sampling, one reply). Ignored with --greedy."))],
         FRONT_END_DEFAULTS.num_candidates),
     _option("goal_candidates", Annotated[int, typer.Option("--goal-candidates", min=1, max=8, help=(
-        "--candidates for a turn that pursues a goal (goal mode, the interviewer of selfplay): the best of a few "
-        "guided samples follows its goal more often (docs/character.md)."))], FRONT_END_DEFAULTS.goal_candidates),
+        "--candidates for a turn that pursues a goal (goal mode, the interviewer of selfplay); the bundled model "
+        "follows its goal as often with one guided sample (docs/character.md)."))], FRONT_END_DEFAULTS.goal_candidates),
     _option("goal_guidance", Annotated[float, typer.Option("--goal-guidance", min=0, max=MAX_GUIDANCE, help=(
         "Classifier-free guidance toward the goal (goal mode): each token is sampled from "
         "guide + g * (prompt - guide), the guide being the prompt without the goal; 1: off."))],

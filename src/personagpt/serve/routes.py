@@ -110,7 +110,7 @@ async def chat(body: ChatRequest, http: Request):
     facts, turns, left_out = conversation_of(body, state.personas)
     cfg = sampling_of(body)
     if body.goal is not None:
-        cfg = cfg.for_goal()  # best of 2 guided samples unless the request says how many
+        cfg = cfg.for_goal()  # goal mode's own default number of samples unless the request says how many
     scale = "goal_guidance" if body.goal is not None else "persona_guidance"  # the one this turn uses
     per_candidate = 2 if getattr(cfg, scale) != 1 else 1  # guidance: a guide row beside each candidate
     if per_candidate > eng.max_batch:
