@@ -10,8 +10,8 @@ reply's opening words say whether it answers as the fact says (recall) or agains
 
 Fluency: the unguided model's mean log-probability per token of each goal reply under the goal prompt (the first
 ``--fluency`` contexts, scored on the bundled model's fast path even when ``--model`` decodes), so a scale that
-pushes wording off the natural path shows. Repeats: replies that repeat one of their own word 4-grams. Time: seconds per reply with all replies of a
-setting in flight together.
+pushes wording off the natural path shows. Repeats: replies that repeat one of their own word 4-grams. Time:
+seconds per reply with all replies of a setting in flight together.
 
 Each setting is saved to ``--out`` when done; a rerun skips those already there (``--contexts`` and
 ``--questions`` must match). Validation data only, never used to tune anything else.

@@ -167,15 +167,17 @@ def build_selftrain_data(
             sampling = replace(sampling, num_candidates=8)
         sampling = replace(sampling, commit_tokens=0)  # offline: the labeler judges whole candidates
         loaded, fmt = load(model, device)
+        # prepared once: the engine's llama.cpp backend (if any) gets its GGUF export only when an engine runs
+        served = serving_model(loaded, fmt=fmt if parallel > 1 else None)
         engine = None
         if parallel > 1:
             from personagpt.generate.engine import Engine
 
             rows = parallel * sampling.num_candidates * 2  # each candidate may take a guide row beside it
-            engine = Engine(serving_model(loaded, fmt=fmt), fmt, max_batch=rows, max_queue=rows)
+            engine = Engine(served, fmt, max_batch=rows, max_queue=rows)
             typer.echo(f"Decoding: {engine.describe()}", err=True)
         try:
-            counts = harvest(serving_model(loaded), fmt, dialogues, goal_list, log, per_goal=per_goal,
+            counts = harvest(served, fmt, dialogues, goal_list, log, per_goal=per_goal,
                              max_attempts=max_attempts, candidates=sampling.num_candidates, sampling=sampling,
                              seed=seed, engine=engine, parallel=parallel)
         finally:
